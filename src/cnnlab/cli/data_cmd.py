@@ -1,0 +1,43 @@
+"""cnnlab data inspect: the study's sanity check and example-images figure for any source."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="look at a data source")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    q = dsub.add_parser("inspect", help="shapes, class counts, pixel range and example images",
+                        description="The study's sanity check: array shapes, per-class counts for each split, "
+                                    "pixel min/max, a label-order scatter and the example-images grid (PNG).")
+    q.add_argument("source", help="cifar10, a folder, an archive or a CSV file")
+    q.add_argument("--out", default="data-inspect", help="folder for the figures (default: data-inspect)")
+    q.add_argument("--image-size", type=int, help="resize images to N x N when loading")
+    q.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted)")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    q.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.cli.common import print_json, print_table
+
+    summary = api.inspect_data(args.source, args.out, image_size=args.image_size, skip_bad=args.skip_bad)
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"{summary['name']}: {len(summary['classes'])} classes")
+    rows = []
+    for name, s in summary["splits"].items():
+        print(f"  {name:5s} images {tuple(s['shape'])}, labels ({s['images']},), "
+              f"pixels {s['pixel_min']}..{s['pixel_max']}")
+    for cls in summary["classes"]:
+        rows.append({"class": cls, **{split: s["class_counts"][cls] for split, s in summary["splits"].items()}})
+    print_table(rows)
+    if summary["skipped"]:
+        print(f"skipped {summary['skipped']} unreadable files")
+    for name, path in summary.get("figures", {}).items():
+        print(f"{name}: {path}")
+    return 0

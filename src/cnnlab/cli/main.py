@@ -1,0 +1,50 @@
+"""The ``cnnlab`` command: parse arguments, call the Python API, print. No logic of its own.
+
+Every subcommand lives in a small module under cnnlab/cli/ that adds its parser and its
+``run(args)``; user errors (CnnlabError) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+COMMANDS = ("train", "evaluate", "predict", "data", "models")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Train, evaluate and explain image classifiers on CIFAR-10 or your own images.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"cnnlab.cli.{name}_cmd").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CnnlabError as exc:
+        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""cnnlab predict: top-k labels for image files or folders."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="label images with a trained run",
+                       description="Top-k labels with probabilities for images and folders of images.")
+    p.add_argument("run_dir", help="a run directory written by `cnnlab train`")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--weights", default="final", choices=["final", "best"])
+    p.add_argument("--tta", choices=["none", "flip", "flip_translate"], default="none")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.cli.common import print_csv, print_json, print_table
+
+    results = api.predict(args.run_dir, args.paths, top_k=args.top_k, weights=args.weights, tta=args.tta)
+    if args.format == "json":
+        print_json(results)
+        return 0
+    rows = []
+    for r in results:
+        row = {"image": r["image"]}
+        for i, t in enumerate(r["top"], start=1):
+            row[f"label_{i}"] = t["label"]
+            row[f"p_{i}"] = round(t["probability"], 4)
+        rows.append(row)
+    (print_csv if args.format == "csv" else print_table)(rows)
+    return 0

@@ -1,0 +1,99 @@
+"""In-memory image datasets: uint8 pixel arrays, integer labels and class names.
+
+Every source (CIFAR-10, a folder tree, an archive, a CSV or DataFrame) ends up as an
+:class:`ImageArrays` per split, bundled in a :class:`DatasetBundle`. Nothing above the data
+layer ever sees a file path again, except for galleries and predictions that name images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnnlab.errors import DataError
+
+
+@dataclass
+class ImageArrays:
+    """One split: ``x`` is ``(N, H, W, 3)`` uint8, ``y`` is ``(N,)`` int64 class indices."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+    paths: list[str] | None = None  # where each image came from (for galleries, predictions)
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4 or self.x.shape[-1] != 3 or self.x.dtype != np.uint8:
+            raise DataError(f"images must be (N, H, W, 3) uint8, got {self.x.shape} {self.x.dtype}")
+        if len(self.x) != len(self.y):
+            raise DataError(f"{len(self.x)} images but {len(self.y)} labels")
+        self.y = np.asarray(self.y, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.x.shape[1]), int(self.x.shape[2])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, index: np.ndarray) -> "ImageArrays":
+        index = np.asarray(index)
+        paths = [self.paths[i] for i in index] if self.paths is not None else None
+        return ImageArrays(self.x[index], self.y[index], list(self.class_names), paths)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.y, minlength=self.num_classes)
+        return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+
+@dataclass
+class DatasetBundle:
+    """The splits a source provides. ``train`` is always there; ``val``/``test`` may not be."""
+
+    name: str
+    train: ImageArrays
+    test: ImageArrays | None = None
+    val: ImageArrays | None = None
+    info: dict[str, object] = field(default_factory=dict)  # skipped files, cache hit, ...
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    def splits(self) -> dict[str, ImageArrays]:
+        out = {"train": self.train}
+        if self.val is not None:
+            out["val"] = self.val
+        if self.test is not None:
+            out["test"] = self.test
+        return out
+
+    def all_images(self) -> ImageArrays:
+        """Every image of every split, as one array (for evaluating on a whole source)."""
+        parts = list(self.splits().values())
+        if len(parts) == 1:
+            return parts[0]
+        paths = None
+        if all(p.paths is not None for p in parts):
+            paths = [q for p in parts for q in p.paths]  # type: ignore[union-attr]
+        return ImageArrays(
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.y for p in parts]),
+            list(self.class_names),
+            paths,
+        )
+
+
+def check_classes(class_names: list[str], counts: dict[str, int], where: str) -> None:
+    """Refuse datasets that cannot train a classifier: fewer than two classes or an empty one."""
+    empty = [c for c in class_names if counts.get(c, 0) == 0]
+    if empty:
+        raise DataError(f"{where}: class folder {empty[0]!r} holds no images")
+    if len(class_names) < 2:
+        found = ", ".join(repr(c) for c in class_names) or "none"
+        raise DataError(f"{where}: need at least two classes to train a classifier, found {found}")

@@ -1,0 +1,134 @@
+"""Decoding one image file into an RGB uint8 array: the one place cnnlab reads pixels.
+
+The rules, applied in this order:
+
+1. The file is opened with Pillow; anything Pillow cannot identify, an empty file, a truncated
+   file or an image over ``max_pixels`` (a decompression bomb) is an error naming the file.
+2. The EXIF orientation tag is applied (a phone photo taken sideways comes out upright).
+3. Colour modes become 8-bit RGB:
+   - RGB: unchanged; L / 1 (grayscale, bilevel): the gray value is copied to R, G and B;
+   - P (palette): expanded through the palette; with transparency it is treated as RGBA;
+   - RGBA / LA / PA: alpha-composited onto a white background;
+   - I;16 and other 16-bit or 32-bit integer modes: scaled to 8 bits (value / 257 for 16-bit
+     data, i.e. 65535 -> 255), then treated as grayscale;
+   - F (32-bit float): values assumed in [0, 1] when they all are, else in [0, 255]; clipped;
+   - CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB.
+4. Resizing to ``size`` x ``size`` (when a size is given and differs): the shorter side is scaled
+   to ``size`` with Pillow's antialiased bilinear filter, then the centre is cropped, so the
+   aspect ratio is kept (what timm's evaluation transform does; Keras's squash is not used).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cnnlab.errors import DataError
+
+#: Images above this many pixels are refused as decompression bombs (Pillow's own default).
+MAX_PIXELS = 89_478_485
+
+#: Bumped whenever a rule above changes, so on-disk caches of decoded pixels are rebuilt.
+DECODE_VERSION = 1
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+)
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I"):  # I, I;16, I;16B, I;16L, I;16N
+        arr = np.asarray(img).astype(np.float64)
+        arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+        gray = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_image(
+    source: str | Path | bytes,
+    size: int | None = None,
+    *,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Decode one image (a path or the file's bytes) to an ``(H, W, 3)`` uint8 RGB array.
+
+    ``name`` is used in error messages when ``source`` is bytes (e.g. an archive member).
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    if isinstance(source, bytes):
+        if not source:
+            raise DataError(f"{label}: empty file")
+        fh: io.BytesIO | Path = io.BytesIO(source)
+    else:
+        path = Path(source)
+        try:
+            if path.stat().st_size == 0:
+                raise DataError(f"{label}: empty file")
+        except FileNotFoundError:
+            raise DataError(f"{label}: file not found") from None
+        fh = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fh) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise DataError(
+                        f"{label}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                        "(possible decompression bomb)"
+                    )
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                img = _to_rgb(img)
+                if size is not None:
+                    img = resize_center_crop(img, size)
+                arr = np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{label}: refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{label}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt data
+        raise DataError(f"{label}: corrupt or truncated image ({exc})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DataError(f"{label}: decoded to an unexpected shape {arr.shape}")
+    return arr

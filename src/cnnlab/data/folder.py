@@ -1,0 +1,256 @@
+"""Image-folder trees, on disk or inside .zip / .tar / .tar.gz archives.
+
+Layouts understood (one wrapping folder around either is skipped):
+
+    root/<class>/<image>                          one split: "train"
+    root/{train,test,val}/<class>/<image>         explicit splits ("validation", "valid" = val)
+
+Images in sub-folders of a class folder belong to that class, as in Keras's
+``image_dataset_from_directory``. Class names are the sorted folder names of the training split.
+Files that are not images by their suffix (README, .DS_Store) are ignored.
+
+Each split comes back in a fixed shuffled order (seed ``ORDER_SEED``), as Keras's
+``image_dataset_from_directory`` shuffles file lists: a folder tree is stored class by class,
+and Keras's "last 20% for validation" split would otherwise hold out whole classes.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from cnnlab.data.dataset import DatasetBundle, ImageArrays, check_classes
+from cnnlab.data.decode import decode_image, is_image_name
+from cnnlab.errors import DataError
+
+SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "val", "valid": "val"}
+ORDER_SEED = 1337
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def is_archive(path: str | Path) -> bool:
+    name = str(path).lower()
+    return any(name.endswith(s) for s in ARCHIVE_SUFFIXES)
+
+
+@dataclass
+class _Entry:
+    split: str
+    label: str
+    name: str  # path shown to the user: the file path, or "archive.tar.gz:member"
+    key: str  # how the reader finds the bytes: a file path or an archive member name
+
+
+def _layout(rel_paths: list[PurePosixPath], dirs: set[PurePosixPath], where: str) -> tuple[
+    list[tuple[str, str, int]], dict[str, set[str]]
+]:
+    """Assign each relative path a (split, class); return them and the class folders per split."""
+    # Skip one wrapping folder ("cifar10/train/cat/1.png" -> "train/cat/1.png").
+    strip = 0
+    tops = {p.parts[0] for p in rel_paths if len(p.parts) > 1}
+    if len(tops) == 1 and all(len(p.parts) >= 3 for p in rel_paths):
+        top = next(iter(tops))
+        if top.lower() not in SPLIT_NAMES:
+            below = {p.parts[1] for p in rel_paths}
+            strip = 1 if len(below) > 1 or below <= set(SPLIT_NAMES) else 0
+    parts_list = [p.parts[strip:] for p in rel_paths]
+    dir_parts = [d.parts[strip:] for d in dirs if len(d.parts) > strip]
+    firsts = {p[0].lower() for p in parts_list if len(p) >= 2}
+    split_layout = bool(firsts) and firsts <= set(SPLIT_NAMES) and "train" in firsts | {
+        d[0].lower() for d in dir_parts
+    }
+    assigned: list[tuple[str, str, int]] = []
+    folders: dict[str, set[str]] = {}
+    for i, parts in enumerate(parts_list):
+        if split_layout:
+            if len(parts) < 3:
+                continue  # a file directly under train/ has no class
+            split, label = SPLIT_NAMES[parts[0].lower()], parts[1]
+        else:
+            if len(parts) < 2:
+                continue  # a file at the top has no class
+            split, label = "train", parts[0]
+        assigned.append((split, label, i))
+        folders.setdefault(split, set()).add(label)
+    for d in dir_parts:  # class folders with no image at all still count (and are errors)
+        if split_layout and len(d) == 2 and d[0].lower() in SPLIT_NAMES:
+            folders.setdefault(SPLIT_NAMES[d[0].lower()], set()).add(d[1])
+        elif not split_layout and len(d) == 1:
+            folders.setdefault("train", set()).add(d[0])
+    if not assigned:
+        raise DataError(
+            f"{where}: found no images in class folders; expected root/<class>/<image> "
+            "or root/train/<class>/<image>"
+        )
+    if split_layout and "train" not in folders:
+        raise DataError(f"{where}: has {sorted(folders)} folders but no train/ folder")
+    return assigned, folders
+
+
+def scan(source: Path) -> tuple[list[_Entry], dict[str, set[str]], list[str]]:
+    """List a folder's or archive's images with their split and class."""
+    where = str(source)
+    rel: list[PurePosixPath] = []
+    keys: list[str] = []
+    dirs: set[PurePosixPath] = set()
+    ignored: list[str] = []
+    if source.is_dir():
+        for p in sorted(source.rglob("*")):
+            r = PurePosixPath(p.relative_to(source).as_posix())
+            if any(part.startswith(".") for part in r.parts):
+                continue
+            if p.is_dir():
+                dirs.add(r)
+            elif is_image_name(p.name):
+                rel.append(r)
+                keys.append(str(p))
+            else:
+                ignored.append(str(p))
+        prefix = ""
+    else:
+        names, dir_names = _archive_names(source)
+        for n in names:
+            r = PurePosixPath(n)
+            if any(part.startswith(".") or part == "__MACOSX" for part in r.parts):
+                continue
+            if is_image_name(n):
+                rel.append(r)
+                keys.append(n)
+            else:
+                ignored.append(n)
+        dirs = {PurePosixPath(d.rstrip("/")) for d in dir_names}
+        for r in rel:  # archives may omit directory entries
+            dirs.update(r.parents)
+        dirs.discard(PurePosixPath("."))
+        prefix = f"{source}:"
+    assigned, folders = _layout(rel, dirs, where)
+    entries = [
+        _Entry(split, label, prefix + (keys[i] if prefix else keys[i]), keys[i])
+        for split, label, i in assigned
+    ]
+    return entries, folders, ignored
+
+
+def _archive_names(path: Path) -> tuple[list[str], list[str]]:
+    try:
+        if str(path).lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+                return [i.filename for i in infos if not i.is_dir()], [
+                    i.filename for i in infos if i.is_dir()
+                ]
+        with tarfile.open(path) as tf:
+            members = tf.getmembers()
+            return [m.name for m in members if m.isfile()], [m.name for m in members if m.isdir()]
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read archive ({exc})") from None
+
+
+def _iter_bytes(source: Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+    """Yield (member, bytes) for the wanted archive members, in archive order (one pass)."""
+    try:
+        if str(source).lower().endswith(".zip"):
+            with zipfile.ZipFile(source) as zf:
+                for info in zf.infolist():
+                    if info.filename in wanted:
+                        yield info.filename, zf.read(info)
+            return
+        with tarfile.open(source, mode="r|*") as tf:  # streaming: one pass over a .tar.gz
+            for member in tf:
+                if member.isfile() and member.name in wanted:
+                    fh = tf.extractfile(member)
+                    yield member.name, fh.read() if fh else b""
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{source}: archive is corrupt or truncated ({exc})") from None
+
+
+def decode_entries(
+    source: Path,
+    entries: list[_Entry],
+    image_size: int | None,
+    skip_bad: bool,
+) -> tuple[list[np.ndarray | None], list[str]]:
+    """Decode every entry; bad files raise, or with ``skip_bad`` come back as None and listed."""
+    out: list[np.ndarray | None] = [None] * len(entries)
+    bad: list[str] = []
+    index = {e.key: i for i, e in enumerate(entries)}
+
+    def one(i: int, data: str | bytes) -> None:
+        try:
+            out[i] = decode_image(data, image_size, name=entries[i].name)
+        except DataError as exc:
+            if not skip_bad:
+                raise DataError(f"{exc} (use --skip-bad to skip bad files and count them)") from None
+            bad.append(str(exc))
+
+    if source.is_dir():
+        for i, e in enumerate(entries):
+            one(i, e.key)
+    else:
+        seen = set()
+        for member, data in _iter_bytes(source, set(index)):
+            seen.add(member)
+            one(index[member], data)
+        for e in entries:
+            if e.key not in seen:
+                one(index[e.key], b"")
+    return out, bad
+
+
+def stack_split(
+    arrays: list[np.ndarray | None],
+    entries: list[_Entry],
+    split: str,
+    class_names: list[str],
+    where: str,
+) -> ImageArrays | None:
+    idx = [i for i, e in enumerate(entries) if e.split == split and arrays[i] is not None]
+    if not idx:
+        return None
+    shapes = {arrays[i].shape for i in idx}  # type: ignore[union-attr]
+    if len(shapes) > 1:
+        raise DataError(
+            f"{where}: images have different sizes ({', '.join(str(s[:2]) for s in list(shapes)[:3])}...); "
+            "set data.image_size (CLI: --image-size N) to resize them all to N x N"
+        )
+    lookup = {c: k for k, c in enumerate(class_names)}
+    unknown = sorted({entries[i].label for i in idx} - set(lookup))
+    if unknown:
+        raise DataError(f"{where}: {split} split has class {unknown[0]!r} that the train split lacks")
+    idx = [idx[k] for k in np.random.default_rng(ORDER_SEED).permutation(len(idx))]
+    x = np.stack([arrays[i] for i in idx])  # type: ignore[misc]
+    y = np.array([lookup[entries[i].label] for i in idx], dtype=np.int64)
+    return ImageArrays(x, y, class_names, [entries[i].name for i in idx])
+
+
+def load_tree(
+    source: Path,
+    image_size: int | None = None,
+    skip_bad: bool = False,
+    name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DatasetBundle:
+    """Load a folder tree or an archive of one into memory."""
+    where = str(source)
+    if not source.exists():
+        raise DataError(f"{where}: no such file or folder")
+    entries, folders, ignored = scan(source)
+    class_names = sorted(folders["train"])
+    counts = {c: 0 for c in class_names}
+    for e in entries:
+        if e.split == "train":
+            counts[e.label] = counts.get(e.label, 0) + 1
+    check_classes(class_names, counts, where)
+    if progress:
+        progress(f"decoding {len(entries):,} images from {where}")
+    arrays, bad = decode_entries(source, entries, image_size, skip_bad)
+    splits = {s: stack_split(arrays, entries, s, class_names, where) for s in ("train", "val", "test")}
+    if splits["train"] is None:
+        raise DataError(f"{where}: every training image was unreadable")
+    info = {"source": where, "skipped": len(bad), "skipped_files": bad[:50], "ignored_files": len(ignored)}
+    return DatasetBundle(name or source.name, splits["train"], splits["test"], splits["val"], info)

@@ -1,0 +1,27 @@
+"""The study's sanity check of a dataset: shapes, per-class counts per split, pixel range."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnnlab.data.dataset import DatasetBundle
+
+
+def summarize(bundle: DatasetBundle) -> dict[str, Any]:
+    splits = {}
+    for name, arr in bundle.splits().items():
+        splits[name] = {
+            "images": len(arr),
+            "shape": list(arr.x.shape),
+            "pixel_min": int(arr.x.min()) if len(arr) else None,
+            "pixel_max": int(arr.x.max()) if len(arr) else None,
+            "class_counts": arr.class_counts(),
+        }
+    return {
+        "name": bundle.name,
+        "classes": bundle.class_names,
+        "splits": splits,
+        "skipped": bundle.info.get("skipped", 0),
+        "skipped_files": bundle.info.get("skipped_files", []),
+        "cache": bundle.info.get("cache"),
+    }

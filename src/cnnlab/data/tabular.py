@@ -1,0 +1,134 @@
+"""A CSV file or pandas DataFrame of image paths and labels, as AutoGluon's predictors accept.
+
+Columns: an image-path column (``image``, ``path``, ``filepath``, ``file``, ``filename`` or
+the name given) and a label column (``label``, ``class``, ``target`` or the name given); an
+optional ``split`` column with train / val / test. Relative paths are relative to the CSV's
+folder (or ``base_dir`` for a DataFrame). Class names are the sorted distinct labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cnnlab.data.dataset import DatasetBundle, ImageArrays, check_classes
+from cnnlab.data.decode import decode_image
+from cnnlab.data.folder import SPLIT_NAMES
+from cnnlab.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+IMAGE_COLUMNS = ("image", "path", "filepath", "file_path", "file", "filename", "image_path")
+LABEL_COLUMNS = ("label", "class", "target", "y", "category")
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataError(f"{where}: no column {wanted!r} for the {what}; columns are {columns}")
+        return wanted
+    lower = {c.lower(): c for c in columns}
+    for cand in candidates:
+        if cand in lower:
+            return lower[cand]
+    raise DataError(
+        f"{where}: missing the {what} column; expected one of {list(candidates)} "
+        f"(or name it with {what.split()[0]}_column=...), columns are {columns}"
+    )
+
+
+def _sort_labels(labels: list[object]) -> list[str]:
+    try:
+        return [str(v) for v in sorted(set(labels), key=float)]  # numeric labels: 2 before 10
+    except (TypeError, ValueError):
+        return sorted({str(v) for v in labels})
+
+
+def load_frame(
+    df: "pd.DataFrame",
+    base_dir: Path,
+    *,
+    where: str = "DataFrame",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    image_size: int | None = None,
+    skip_bad: bool = False,
+    class_names: list[str] | None = None,
+) -> DatasetBundle:
+    columns = [str(c) for c in df.columns]
+    img_col = _pick(columns, image_column, IMAGE_COLUMNS, "image path", where)
+    lab_col = _pick(columns, label_column, LABEL_COLUMNS, "label", where)
+    if len(df) == 0:
+        raise DataError(f"{where}: has no rows")
+    if df[lab_col].isna().any():
+        row = int(np.flatnonzero(df[lab_col].isna().to_numpy())[0])
+        raise DataError(f"{where}: row {row + 1} has an empty {lab_col!r}")
+    labels = df[lab_col].tolist()
+    splits = (
+        [SPLIT_NAMES.get(str(s).strip().lower(), "?") for s in df["split"]]
+        if "split" in df.columns
+        else ["train"] * len(df)
+    )
+    if "?" in splits:
+        bad = df["split"].iloc[splits.index("?")]
+        raise DataError(f"{where}: split {bad!r} is not one of train, val, test")
+    names = class_names or _sort_labels([lab for lab, s in zip(labels, splits) if s == "train"])
+    counts = {n: 0 for n in names}
+    for lab, s in zip(labels, splits):
+        if s == "train" and str(lab) in counts:
+            counts[str(lab)] += 1
+    check_classes(names, counts, where)
+    lookup = {n: i for i, n in enumerate(names)}
+    decoded: dict[str, list[tuple[np.ndarray, int, str]]] = {"train": [], "val": [], "test": []}
+    bad: list[str] = []
+    for row, (raw_path, lab, split) in enumerate(zip(df[img_col].tolist(), labels, splits), start=1):
+        if str(lab) not in lookup:
+            raise DataError(f"{where}: row {row} has label {lab!r}, unknown to the classes {names}")
+        if not isinstance(raw_path, str) or not raw_path.strip():
+            raise DataError(f"{where}: row {row} has an empty {img_col!r}")
+        path = Path(raw_path)
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            if not path.is_file():
+                raise DataError(f"{where}: row {row}: image file not found: {path}")
+            arr = decode_image(path, image_size)
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            bad.append(str(exc))
+            continue
+        decoded[split].append((arr, lookup[str(lab)], str(path)))
+    out: dict[str, ImageArrays | None] = {}
+    for split, items in decoded.items():
+        if not items:
+            out[split] = None
+            continue
+        shapes = {a.shape for a, _, _ in items}
+        if len(shapes) > 1:
+            raise DataError(
+                f"{where}: images have different sizes; set data.image_size (CLI: --image-size N)"
+            )
+        out[split] = ImageArrays(
+            np.stack([a for a, _, _ in items]),
+            np.array([y for _, y, _ in items], dtype=np.int64),
+            names,
+            [p for _, _, p in items],
+        )
+    if out["train"] is None:
+        raise DataError(f"{where}: no readable training images")
+    info = {"source": where, "skipped": len(bad), "skipped_files": bad[:50]}
+    return DatasetBundle(Path(where).stem, out["train"], out["test"], out["val"], info)
+
+
+def load_csv(path: Path, **kwargs: object) -> DatasetBundle:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read CSV ({exc})") from None
+    return load_frame(df, path.parent, where=str(path), **kwargs)  # type: ignore[arg-type]

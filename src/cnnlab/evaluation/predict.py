@@ -1,0 +1,83 @@
+"""Batched inference on in-memory uint8 images, with optional test-time augmentation.
+
+The one place cnnlab turns pixels into logits outside the training step; evaluation,
+validation during training, prediction and reports all call :func:`predict_logits`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnlab.errors import ConfigError
+from cnnlab.utils.hardware import autocast
+
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def as_nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> (N, 3, H, W) tensor view with channels-last memory (no copy)."""
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if t.ndim == 4 and t.shape[-1] == 3 and t.shape[1] != 3:
+        t = t.permute(0, 3, 1, 2)
+    return t
+
+
+def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift images by (dy, dx) pixels with reflect padding (airbench's TTA translation)."""
+    p = max(abs(dy), abs(dx))
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., p + dy : p + dy + h, p + dx : p + dx + w]
+
+
+def _tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
+    if mode == "none":
+        return [(x, 1.0)]
+    if mode == "flip":
+        return [(x, 0.5), (x.flip(3), 0.5)]
+    if mode == "flip_translate":
+        # The untranslated pair weighs as much as the four translated views together.
+        views = [(x, 0.25), (x.flip(3), 0.25)]
+        for dy, dx in ((-1, -1), (1, 1)):
+            t = _translate(x, dy, dx)
+            views += [(t, 0.125), (t.flip(3), 0.125)]
+        return views
+    raise ConfigError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    tta: str = "none",
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images ``x`` of shape (N, H, W, 3) or (N, 3, H, W)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    xs = as_nchw(x)
+    out = []
+    try:
+        for i in range(0, xs.shape[0], batch_size):
+            xb = xs[i : i + batch_size].to(device, non_blocking=True).float()
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            acc = None
+            for view, weight in _tta_views(xb, tta):
+                with autocast(device, dtype):
+                    logits = model(view).float()
+                acc = logits * weight if acc is None else acc + logits * weight
+            out.append(acc.cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.zeros(0, getattr(model, "spec").num_classes if hasattr(model, "spec") else 0)
+    return torch.cat(out)

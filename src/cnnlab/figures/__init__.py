@@ -1,0 +1,153 @@
+"""matplotlib figures of data, training histories and metrics, saved as PNG (and SVG).
+
+Each function draws one figure into a file and returns its path; none of them shows a window
+(the Agg backend is selected here), so they work on servers and in CI.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cnnlab.utils.io import atomic_path  # noqa: E402
+
+
+def save(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+def example_images(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], path: str | Path,
+                   per_class: int = 5, dpi: int = 300) -> Path:
+    """The study's grid: the first ``per_class`` images of each class, class names over columns."""
+    k = len(class_names)
+    fig, axes = plt.subplots(per_class, k, figsize=(1.2 * k, 1.25 * per_class), squeeze=False)
+    for c, name in enumerate(class_names):
+        idx = np.flatnonzero(y == c)[:per_class]
+        for r in range(per_class):
+            ax = axes[r][c]
+            ax.axis("off")
+            if r < len(idx):
+                ax.imshow(x[idx[r]], interpolation="nearest")
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+    fig.tight_layout()
+    return save(fig, path, dpi=dpi)
+
+
+def label_scatter(y: np.ndarray, class_names: Sequence[str], path: str | Path, first: int = 5000) -> Path:
+    """The study's shuffle check: label index against position for the first ``first`` labels."""
+    n = min(first, len(y))
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.scatter(np.arange(n), y[:n], s=1, alpha=0.5)
+    ax.set_yticks(range(len(class_names)), list(class_names), fontsize=7)
+    ax.set_xlabel("position in the training set")
+    ax.set_title(f"labels of the first {n:,} training images (a shuffled set looks like noise)")
+    return save(fig, path)
+
+
+def best_epoch(history: list[dict[str, float]], monitor: str = "val_loss") -> int | None:
+    vals = [(h.get(monitor), i) for i, h in enumerate(history) if h.get(monitor) is not None
+            and not math.isnan(h.get(monitor, float("nan")))]
+    if not vals:
+        return None
+    pick = max if "acc" in monitor else min
+    return pick(vals)[1]
+
+
+def overfitting_epoch(history: list[dict[str, float]], window: int = 3) -> int | None:
+    """First epoch after which validation loss rises for ``window`` epochs while training loss falls."""
+    v = [h.get("val_loss", float("nan")) for h in history]
+    t = [h.get("loss", float("nan")) for h in history]
+    for i in range(len(history) - window):
+        if all(v[j + 1] > v[j] and t[j + 1] < t[j] for j in range(i, i + window)):
+            return i
+    return None
+
+
+def learning_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Loss and accuracy, training vs validation, best epoch marked, overfitting flagged."""
+    epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        ax.plot(epochs, [h.get(key) for h in history], "o-", ms=3, label=f"training {label}")
+        if any("val_" + key in h for h in history):
+            ax.plot(epochs, [h.get("val_" + key) for h in history], "o-", ms=3, label=f"validation {label}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    b = best_epoch(history)
+    if b is not None:
+        for ax in axes:
+            ax.axvline(epochs[b], color="green", ls="--", lw=1, label=f"best epoch ({epochs[b]})")
+    o = overfitting_epoch(history)
+    if o is not None:
+        axes[0].axvspan(epochs[o], epochs[-1], color="red", alpha=0.07,
+                        label="overfitting: val loss rises, train loss falls")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: bool = True) -> Path:
+    cm = np.asarray(cm, dtype=float)
+    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    k = len(class_names)
+    size = max(5.0, 0.55 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(k), list(class_names), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), list(class_names), fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if shown[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class" if normalize else "count")
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def reliability_diagram(bins: list[dict[str, float]], ece: float, path: str | Path) -> Path:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    accs = [0 if math.isnan(b["accuracy"]) else b["accuracy"] for b in bins]
+    width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
+    ax.bar(centers, accs, width=width * 0.95, edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability diagram (ECE {ece:.3f})")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def image_gallery(images: np.ndarray, titles: Sequence[str], wrong: Sequence[bool], path: str | Path,
+                  cols: int = 5) -> Path:
+    """A grid of images, each titled (red when ``wrong``): the worst-misclassified gallery."""
+    n = len(images)
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], interpolation="nearest")
+            ax.set_title(titles[i], fontsize=7, color="red" if wrong[i] else "black")
+    fig.tight_layout()
+    return save(fig, path)

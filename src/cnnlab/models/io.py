@@ -1,0 +1,93 @@
+"""Saving and loading a trained model: weights as safetensors (no pickle) + a JSON model card.
+
+The card records the architecture, preprocessing, class names and parameter counts, so the
+folder alone is enough to rebuild the model and predict (AutoGluon's habit).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cnnlab.errors import ModelError
+from cnnlab.models.classifier import ImageClassifier, ModelSpec
+from cnnlab.utils.io import atomic_path, atomic_write_json
+
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "model.json"
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage: give it private contiguous copies.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file(state_dict_for_saving(model), str(tmp))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(
+            f"{path}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def model_card(model: ImageClassifier, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from cnnlab import __version__
+    from cnnlab.models.summary import count_parameters
+
+    card = {
+        "format": "cnnlab-model/1",
+        "cnnlab_version": __version__,
+        "spec": model.spec.to_dict(),
+        "parameters": count_parameters(model),
+    }
+    card.update(extra or {})
+    return card
+
+
+def save_model(model: ImageClassifier, folder: str | Path, extra: dict[str, Any] | None = None,
+               weights_name: str = WEIGHTS_NAME) -> Path:
+    folder = Path(folder)
+    save_weights(model, folder / weights_name)
+    atomic_write_json(folder / CARD_NAME, model_card(model, extra))
+    return folder
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CARD_NAME
+    if not path.is_file():
+        raise ModelError(f"{folder}: no {CARD_NAME} here; is this a cnnlab run directory?")
+    try:
+        card = json.loads(path.read_text())
+        card["spec"]["arch"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: not a valid model card ({exc})") from None
+    return card
+
+
+def load_model(folder: str | Path, weights: str = "final") -> ImageClassifier:
+    """Load a saved model. ``weights``: "final" (model.safetensors) or "best" (best.safetensors)."""
+    from cnnlab.models.registry import model_from_spec
+
+    folder = Path(folder)
+    card = read_card(folder)
+    model = model_from_spec(ModelSpec.from_dict(card["spec"]))
+    name = {"final": WEIGHTS_NAME, "last": WEIGHTS_NAME, "best": "best.safetensors"}.get(weights, weights)
+    load_weights(model, folder / name)
+    model.eval()
+    return model

@@ -1,0 +1,255 @@
+"""The training loop: in-memory uint8 batches -> augmentation -> model -> optimiser.
+
+Reads top to bottom: ``fit`` builds the pieces, ``_train_epoch`` runs one epoch, and after each
+epoch the logs go to the history, the callbacks and the resumable state. Everything is seeded
+per epoch (shuffling, augmentation, dropout), so a resumed run is the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cnnlab.config import ExperimentConfig
+from cnnlab.data.augment import augment_batch
+from cnnlab.data.dataset import ImageArrays
+from cnnlab.errors import TrainingError
+from cnnlab.evaluation.metrics import accuracy
+from cnnlab.evaluation.predict import as_nchw, predict_logits
+from cnnlab.models.classifier import ImageClassifier
+from cnnlab.models.io import save_model, save_weights
+from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping
+from cnnlab.training.optim import build_optimizer
+from cnnlab.training.rundir import RunDir
+from cnnlab.training.schedules import lr_factor
+from cnnlab.training.state import load_state, save_state
+from cnnlab.utils.hardware import autocast, default_device, resolve_precision, setup_threads
+
+#: Called after each epoch with (epoch, logs); raising stops training (Optuna's pruning).
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class FitResult:
+    model: ImageClassifier
+    history: list[dict[str, float]]
+    run_dir: RunDir
+    epochs_run: int
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    stop_reason: str = ""
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _log_line(epoch: int, epochs: int, logs: dict[str, float]) -> str:
+    parts = [f"Epoch {epoch + 1}/{epochs}", f"{logs['seconds']:.0f}s"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in logs and not math.isnan(logs[key]):
+            parts.append(f"{key}: {logs[key]:.4f}")
+    parts.append(f"lr: {logs['lr']:.2e}")
+    parts.append(f"{logs['images_per_second']:.0f} img/s")
+    return " - ".join(parts)
+
+
+def _train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ExperimentConfig,
+    epoch: int,
+    step0: int,
+    total_steps: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    progress: bool,
+) -> tuple[float, float, int]:
+    """One pass over the data; returns (mean loss, accuracy, steps done)."""
+    tc = cfg.train
+    bs = tc.batch_size
+    n = x.shape[0]
+    steps = math.ceil(n / bs)
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 7_919 + epoch)  # dropout and other in-model randomness
+    perm = torch.randperm(n, generator=gen)
+    aug = tc.augment
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    bar = tqdm(total=n, desc=f"Epoch {epoch + 1}/{tc.epochs}", unit="img", leave=False,
+               disable=not progress or None, file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    base_lrs = [g["initial_lr"] for g in opt.param_groups]
+    for i in range(steps):
+        step = step0 + i
+        idx = perm[i * bs : (i + 1) * bs]
+        xb = x[idx.to(x.device)] if x.device != idx.device else x[idx]
+        yb = y[idx.to(y.device)] if y.device != idx.device else y[idx]
+        if aug.crop_padding or aug.flip or aug.cutout:
+            xb = augment_batch(xb, gen, crop_padding=aug.crop_padding, flip=aug.flip, cutout_size=aug.cutout)
+        xb = xb.to(device, non_blocking=True)
+        yb = yb.to(device, non_blocking=True)
+        if tc.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        factor = lr_factor(tc.schedule, step, total_steps, steps, tc.optimizer.lr)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * factor
+        with autocast(device, dtype):
+            logits = model(xb)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing)
+        penalty = model.l2_penalty() if hasattr(model, "l2_penalty") else None
+        if penalty is not None:
+            loss = loss + penalty  # Keras reports the loss with its regularisation terms
+        if device.type == "cpu" or i % 50 == 0:
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingError(
+                    f"the loss became {float(loss)} at epoch {epoch + 1}, step {i + 1}; "
+                    f"training stopped (try a lower learning rate than {tc.optimizer.lr:g})"
+                )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach() * len(yb)
+        correct += (logits.detach().argmax(1) == yb).sum()
+        if bar.disable is False and (i % 10 == 0 or i == steps - 1):
+            done = min(n, (i + 1) * bs)
+            rate = done / max(1e-9, time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{float(loss_sum) / done:.4f}", acc=f"{int(correct) / done:.4f}",
+                            ips=f"{rate:.0f}", refresh=False)
+            bar.update(done - bar.n)
+    bar.close()
+    return float(loss_sum) / n, int(correct) / n, steps
+
+
+def fit(
+    cfg: ExperimentConfig,
+    model: ImageClassifier,
+    train: ImageArrays,
+    val: ImageArrays | None,
+    run_dir: RunDir,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    epoch_callback: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """Train ``model`` as ``cfg.train`` says, writing history, checkpoints and state to ``run_dir``."""
+    tc = cfg.train
+    setup_threads()
+    device = default_device()
+    dtype = resolve_precision(tc.precision, device)
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, tc.optimizer)
+    step_model = torch.compile(model) if tc.compile else model
+
+    x = as_nchw(train.x)
+    y = torch.from_numpy(train.y)
+    if device.type != "cpu":
+        x, y = x.to(device), y.to(device)  # the whole uint8 set lives on the GPU
+    steps_per_epoch = math.ceil(len(y) / tc.batch_size)
+    total_steps = steps_per_epoch * tc.epochs
+
+    es = EarlyStopping(**vars(tc.early_stopping)) if tc.early_stopping else None
+    ckpt = BestCheckpoint(tc.checkpoint.monitor, tc.checkpoint.mode) if tc.checkpoint else None
+    history: list[dict[str, float]] = []
+    start_epoch, step, stopped, stop_reason = 0, 0, False, ""
+    best_restore: dict[str, torch.Tensor] | None = None
+    if resume:
+        meta, extra = load_state(run_dir.state, model, opt)
+        start_epoch, step = meta["epoch"] + 1, meta["step"]
+        history, stopped, stop_reason = meta["history"], meta["stopped"], meta.get("stop_reason", "")
+        if es and meta.get("early_stopping"):
+            es.load_state_dict(meta["early_stopping"])
+        if ckpt and meta.get("checkpoint"):
+            ckpt.load_state_dict(meta["checkpoint"])
+        best_restore = {k[5:]: v for k, v in extra.items() if k.startswith("best.")} or None
+        log(f"resuming {run_dir.path} after epoch {start_epoch} of {tc.epochs}")
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, tc.epochs):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        loss, acc, steps = _train_epoch(step_model, opt, x, y, cfg, epoch, step, total_steps,
+                                        device, dtype, progress)
+        step += steps
+        train_seconds = time.perf_counter() - t0
+        logs = {"epoch": epoch + 1, "loss": loss, "accuracy": acc}
+        if val is not None and len(val):
+            vlogits = predict_logits(model, val.x, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
+                                     channels_last=tc.channels_last)
+            vy = torch.from_numpy(val.y)
+            vloss = F.cross_entropy(vlogits, vy)
+            penalty = model.l2_penalty()
+            logs["val_loss"] = float(vloss + penalty.detach().cpu()) if penalty is not None else float(vloss)
+            logs["val_accuracy"] = accuracy(vlogits, vy)
+        logs["lr"] = opt.param_groups[-1]["lr"]
+        logs["seconds"] = time.perf_counter() - t0
+        logs["images_per_second"] = len(y) / train_seconds
+        history.append(logs)
+        log(_log_line(epoch, tc.epochs, logs))
+
+        if ckpt and ckpt.on_epoch_end(epoch, logs):
+            save_weights(model, run_dir / "best.safetensors")
+        if es:
+            improved, stop = es.on_epoch_end(epoch, logs)
+            if improved and es.restore_best_weights:
+                best_restore = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if stop:
+                stopped, stop_reason = True, (
+                    f"early stopping: {es.monitor} did not improve for {es.patience} epochs "
+                    f"(best {es.best:.4f} at epoch {es.best_epoch + 1})")
+        if tc.target_accuracy is not None and logs.get("val_accuracy", -1) >= tc.target_accuracy:
+            stopped, stop_reason = True, f"reached target val_accuracy {tc.target_accuracy}"
+        run_dir.write_history(history)
+        save_state(run_dir.state, model, opt, {
+            "epoch": epoch, "step": step, "history": history, "stopped": stopped, "stop_reason": stop_reason,
+            "early_stopping": es.state_dict() if es else None,
+            "checkpoint": ckpt.state_dict() if ckpt else None,
+        }, extra_tensors={f"best.{k}": v for k, v in (best_restore or {}).items()})
+        if epoch_callback is not None:
+            epoch_callback(epoch, logs)
+        if stopped:
+            log(stop_reason)
+            break
+
+    if es and es.restore_best_weights and best_restore is not None:
+        model.load_state_dict(best_restore)
+        log(f"restored the weights of epoch {es.best_epoch + 1} (best {es.monitor})")
+    model.eval()
+    seconds = sum(h["seconds"] for h in history)
+    rates = sorted(h["images_per_second"] for h in history)
+    return FitResult(
+        model=model,
+        history=history,
+        run_dir=run_dir,
+        epochs_run=len(history),
+        best_epoch=(ckpt.best_epoch + 1) if ckpt else ((es.best_epoch + 1) if es and es.best_epoch >= 0 else None),
+        stopped_early=stopped,
+        stop_reason=stop_reason,
+        train_seconds=seconds,
+        images_per_second=rates[len(rates) // 2] if rates else 0.0,  # median epoch
+    )
+
+
+def finish(result: FitResult, extra_card: dict[str, Any] | None = None) -> None:
+    """Save the final model and card, and drop the resume state (the run is complete)."""
+    import shutil
+
+    save_model(result.model, result.run_dir.path, extra_card)
+    shutil.rmtree(result.run_dir.state, ignore_errors=True)

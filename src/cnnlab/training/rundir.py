@@ -1,0 +1,91 @@
+"""The run directory: everything a training run leaves behind, at fixed names.
+
+    config.yaml          the resolved config (every default filled in)
+    history.csv          one row per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds
+    model.safetensors    final weights (the best epoch's when restore_best_weights is on)
+    best.safetensors     keep-best checkpoint (when train.checkpoint is set)
+    model.json           the model card: architecture, preprocessing, class names, parameters
+    metrics.json         test-set evaluation, training time and speed
+    state/               what `cnnlab train --resume` needs (last finished epoch)
+    figures/             curves.png, confusion_matrix.png ...
+
+Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cnnlab.config import ExperimentConfig, config_from_dict
+from cnnlab.errors import ConfigError
+from cnnlab.utils.io import atomic_write_json, atomic_write_text
+
+import yaml
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def new(cls, name: str, root: str | Path = "runs") -> "RunDir":
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(root) / f"{name}-{stamp}"
+        path, k = base, 1
+        while path.exists():
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+        return cls(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state"
+
+    def write_config(self, cfg: ExperimentConfig) -> None:
+        atomic_write_text(self.path / "config.yaml", cfg.to_yaml())
+
+    def read_config(self) -> ExperimentConfig:
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{self.path}: no config.yaml; is this a cnnlab run directory?")
+        return config_from_dict(yaml.safe_load(path.read_text()) or {})
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        buf = io.StringIO()
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path / "history.csv", buf.getvalue())
+
+    def read_history(self) -> list[dict[str, float]]:
+        path = self.path / "history.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as fh:
+            return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                    for row in csv.DictReader(fh)]
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "metrics.json", metrics)
+
+    def read_metrics(self) -> dict[str, Any]:
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def is_finished(self) -> bool:
+        return (self.path / "metrics.json").is_file() and (self.path / "model.safetensors").is_file()

@@ -1,0 +1,82 @@
+"""Resumable training state without pickle: tensors in safetensors, the rest in JSON.
+
+Saved after every finished epoch; `cnnlab train --resume` reloads it and continues with the
+next epoch, so a run killed at any moment loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cnnlab.errors import TrainingError
+from cnnlab.utils.io import atomic_path, atomic_write_json
+
+META = "train_state.json"
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               meta: dict[str, Any], extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the state: a new per-epoch tensors file, then the JSON that points at it.
+
+    The JSON's rename is the commit point: a kill before it leaves the previous epoch's JSON,
+    still pointing at the previous epoch's tensors, which are only deleted after the commit.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors.update(opt_tensors)
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
+    epoch = int(meta["epoch"])
+    tensors["stamp.epoch"] = torch.tensor([epoch])
+    name = f"train_state-e{epoch:04d}.safetensors"
+    with atomic_path(folder / name) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(folder / META, {**meta, "tensors": name, "optimizer": opt_meta})
+    for old in folder.glob("train_state-e*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise TrainingError(f"{folder}: no saved training state to resume from")
+    meta = json.loads(meta_path.read_text())
+    tensor_path = folder / meta.pop("tensors")
+    tensors = load_file(str(tensor_path))
+    if int(tensors["stamp.epoch"][0]) != int(meta["epoch"]):
+        raise TrainingError(f"{folder}: training state files disagree (interrupted save); cannot resume")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return meta, extra
