@@ -145,10 +145,11 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
         f"{len(prep.test) if prep.test else 0:,} test images of {prep.train.image_size[0]}x"
         f"{prep.train.image_size[1]}, {prep.train.num_classes} classes ({load_seconds:.1f}s)")
     model = create_model(cfg.model, prep.train.class_names)
-    result = fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
-                 epoch_callback=epoch_callback, log=log)
+    result = _fit_stages(cfg, model, prep, rd, resume=resume, progress=progress,
+                         epoch_callback=epoch_callback, log=log)
     metrics: dict[str, Any] = {
         "name": cfg.name,
+        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.extra.items()},
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
@@ -164,8 +165,17 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
         device = result.model.head.classifier.weight.device
         dtype = resolve_precision(cfg.train.precision, device)
         t1 = time.perf_counter()
-        logits = predict_logits(result.model, eval_split.x, batch_size=cfg.train.eval_batch_size,
-                                device=device, dtype=dtype, tta=cfg.train.tta)
+        if "feature_cache" in result.extra and cfg.train.finetune is None and cfg.train.tta == "none":
+            # The base is frozen: the test images' features come from (and go to) the cache too.
+            from cnnlab.training.features import cached_features
+
+            feats, _ = cached_features(result.model, eval_split.x, dtype=dtype, device=device,
+                                       progress=progress, desc="test features", log=log)
+            logits = predict_logits(result.model.head, feats, batch_size=cfg.train.eval_batch_size,
+                                    device=device, dtype=dtype)
+        else:
+            logits = predict_logits(result.model, eval_split.x, batch_size=cfg.train.eval_batch_size,
+                                    device=device, dtype=dtype, tta=cfg.train.tta)
         infer_s = time.perf_counter() - t1
         report = classification_report(logits, eval_split.y, eval_split.class_names)
         split_name = "test" if prep.test is not None else "val"
@@ -187,6 +197,75 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
                               "train_samples": len(prep.train)}})
     log(f"run directory: {rd.path}")
     return RunResult(rd.path, cfg, metrics, result)
+
+
+def _use_feature_cache(cfg: ExperimentConfig, model: ImageClassifier) -> bool:
+    aug = cfg.train.augment
+    frozen = cfg.model.freeze_base
+    if cfg.train.cache_features == "off" or not frozen:
+        return False
+    if cfg.train.cache_features == "on":
+        return True
+    return not (aug.crop_padding or aug.flip or aug.cutout) and not cfg.train.compile
+
+
+def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, rd: RunDir, *, resume: bool,
+                progress: bool, epoch_callback: EpochCallback | None, log: Callable[[str], None]) -> FitResult:
+    """Stage 1 (frozen base, partly or fully trainable), then the optional fine-tuning stage."""
+    import copy
+
+    from cnnlab.training.features import FeatureArrays, HeadOnly, cached_features
+
+    if cfg.model.freeze_base:
+        model.set_base_trainable(False)
+    elif cfg.model.unfreeze_last is not None:
+        model.set_base_trainable(True, cfg.model.unfreeze_last)
+    ft = cfg.train.finetune
+    stage2_started = resume and ft is not None and (rd.state / "finetune" / "train_state.json").is_file()
+    if stage2_started:
+        result = None
+    elif _use_feature_cache(cfg, model):
+        device = default_device()
+        model.to(device)
+        dtype = resolve_precision(cfg.train.precision, device)
+        t0 = time.perf_counter()
+        ftrain, hit = cached_features(model, prep.train.x, dtype=dtype, device=device, progress=progress,
+                                      desc="train features", log=log)
+        fval = None
+        if prep.val is not None:
+            fval, _ = cached_features(model, prep.val.x, dtype=dtype, device=device, progress=progress,
+                                      desc="val features", log=log)
+        log(f"frozen base: {'reused cached' if hit else 'extracted'} features "
+            f"{ftrain.shape} in {time.perf_counter() - t0:.1f}s; training the head on them")
+        result = fit(cfg, HeadOnly(model), FeatureArrays(ftrain, prep.train.y, prep.train.class_names),
+                     FeatureArrays(fval, prep.val.y, prep.val.class_names) if fval is not None else None,
+                     rd, resume=resume, progress=progress, epoch_callback=epoch_callback, log=log)
+        result.extra["feature_seconds"] = time.perf_counter() - t0 - result.train_seconds
+        result.extra["feature_cache"] = "hit" if hit else "miss"
+        result.model = model
+    else:
+        result = fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
+                     epoch_callback=epoch_callback, log=log)
+    if ft is None:
+        return result  # type: ignore[return-value]
+    prior = result.history if result is not None else [h for h in rd.read_history() if "stage" not in h]
+    cfg2 = copy.deepcopy(cfg)
+    cfg2.train.epochs = ft.epochs
+    cfg2.train.optimizer.lr = ft.lr
+    cfg2.train.optimizer.base_lr = ft.base_lr
+    cfg2.train.schedule = ft.schedule
+    model.set_base_trainable(True, ft.unfreeze_last)
+    log(f"fine-tuning: base unfrozen ({'all blocks' if ft.unfreeze_last is None else f'last {ft.unfreeze_last} blocks'}), "
+        f"lr {ft.lr:g} for {ft.epochs} epochs")
+    result2 = fit(cfg2, model, prep.train, prep.val, rd, resume=stage2_started, progress=progress,
+                  epoch_callback=epoch_callback, log=log, stage="finetune", prior_history=prior)
+    first_seconds = result.train_seconds if result is not None else sum(h.get("seconds", 0) for h in prior)
+    result2.train_seconds += first_seconds
+    result2.history = prior + result2.history
+    result2.epochs_run = len(result2.history)
+    if result is not None:
+        result2.extra.update(result.extra)
+    return result2
 
 
 def load_model_weights_copy(model: ImageClassifier, path: Path) -> ImageClassifier:
@@ -360,3 +439,65 @@ def model_info(name: str, *, input_size: int = 32, num_classes: int = 10, units:
         "input_size": input_size,
         "forward_gflops": round(count_flops(model, input_size) / 1e9, 4),
     }
+
+
+def embed(
+    source_model: str | Path,
+    data: Any,
+    out: str | Path,
+    *,
+    pretrained: str | None = "offline",
+    input_size: int | None = None,
+    pooling: str = "avg",
+    split: str = "all",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write feature vectors of a source's images for use elsewhere (.npy or .parquet).
+
+    ``source_model`` is a run directory (its trained backbone and pooling) or a backbone name
+    (built with ``pretrained`` weights and ``input_size``). The .npy file holds the (N, D)
+    matrix, with labels and image paths in a ``.labels.csv`` beside it; a .parquet file holds
+    one row per image: path, label, f0..f{D-1}.
+    """
+    import pandas as pd
+
+    from cnnlab.config import HeadConfig, ModelConfig
+    from cnnlab.training.features import extract_features
+    from cnnlab.utils.io import atomic_path
+
+    if Path(source_model).is_dir():
+        model = load_model(source_model)
+        size = read_card(source_model).get("data_image_size")
+    else:
+        cfg = ModelConfig(arch=str(source_model), pretrained=pretrained, input_size=input_size,
+                          head=HeadConfig(pooling=pooling))  # type: ignore[arg-type]
+        model = create_model(cfg, ["a", "b"])
+        size = None
+    bundle = load_source(data, image_size=size)
+    arrays = bundle.all_images() if split == "all" else bundle.splits().get(split)
+    if arrays is None:
+        raise DataError(f"{data}: has no {split!r} split (splits: {', '.join(bundle.splits())})")
+    device = default_device()
+    model.to(device)
+    dtype = resolve_precision("auto", device)
+    feats = extract_features(model, arrays.x, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+    out = Path(out)
+    labels = [arrays.class_names[i] for i in arrays.y]
+    paths = arrays.paths or [f"#{i}" for i in range(len(labels))]
+    if out.suffix == ".parquet":
+        df = pd.DataFrame(feats, columns=[f"f{i}" for i in range(feats.shape[1])])
+        df.insert(0, "label", labels)
+        df.insert(0, "path", paths)
+        with atomic_path(out) as tmp:
+            df.to_parquet(tmp, index=False)
+    else:
+        if out.suffix != ".npy":
+            raise DataError(f"{out}: embeddings are written as .npy or .parquet")
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, feats)
+        side = out.with_suffix(".labels.csv")
+        with atomic_path(side) as tmp:
+            pd.DataFrame({"path": paths, "label": labels}).to_csv(tmp, index=False)
+    return {"path": str(out), "shape": list(feats.shape), "images": len(labels)}

@@ -55,6 +55,10 @@ class ModelConfig:
     # "imagenet": mean/std normalisation; "auto": what the backbone's pretrained weights expect.
     preprocessing: Literal["keras_tf", "imagenet", "unit", "auto"] = "auto"
     head: HeadConfig = field(default_factory=HeadConfig)
+    # Transfer learning: freeze the backbone (weights fixed, BatchNorm in inference mode as
+    # Keras's trainable=False), or train only its last N blocks.
+    freeze_base: bool = False
+    unfreeze_last: int | None = None
     drop_rate: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
 
@@ -109,6 +113,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """A second stage after the first: unfreeze the base and continue at a lower learning rate."""
+
+    epochs: int = 5
+    lr: float = 1e-4  # the head's learning rate in this stage
+    base_lr: float | None = None  # the backbone's (None: same as lr)
+    unfreeze_last: int | None = None  # None: the whole backbone
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
@@ -119,8 +134,13 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig | None = None
     target_accuracy: float | None = None  # stop once val_accuracy reaches this
+    finetune: FinetuneConfig | None = None  # two-stage fine-tuning (see FinetuneConfig)
+    # With a frozen base and no augmentation, compute the base's features once (cached on
+    # disk under $CNNLAB_HOME/features) and train the head on them: "auto" | "on" | "off".
+    cache_features: Literal["auto", "on", "off"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    cpu_kernels: bool = True  # faster 1x1 / depthwise convolutions on the CPU (models/cpu_kernels.py)
     compile: bool = False
     eval_batch_size: int = 512
     # test-time augmentation for the final evaluation: none | flip | flip_translate

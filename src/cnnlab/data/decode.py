@@ -32,8 +32,8 @@ from cnnlab.errors import DataError
 #: Images above this many pixels are refused as decompression bombs (Pillow's own default).
 MAX_PIXELS = 89_478_485
 
-#: Bumped whenever a rule above changes, so on-disk caches of decoded pixels are rebuilt.
-DECODE_VERSION = 1
+#: Bumped whenever a rule above (or the folder order, folder.py) changes, so on-disk caches of decoded pixels are rebuilt.
+DECODE_VERSION = 3
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -59,7 +59,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode.startswith("I"):  # I, I;16, I;16B, I;16L, I;16N
         arr = np.asarray(img).astype(np.float64)
-        arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
+        # 16-bit data is always value / 257, whatever the image's own maximum (a dark 16-bit image
+        # stays dark); 32-bit "I" data is only scaled when it exceeds the 8-bit range.
+        arr = arr / 257.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else arr
         gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     if mode == "F":
@@ -86,12 +88,15 @@ def decode_image(
     size: int | None = None,
     *,
     name: str | None = None,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Decode one image (a path or the file's bytes) to an ``(H, W, 3)`` uint8 RGB array.
 
     ``name`` is used in error messages when ``source`` is bytes (e.g. an archive member).
+    ``max_pixels`` defaults to the module's ``MAX_PIXELS``, read at call time.
     """
+    if max_pixels is None:
+        max_pixels = MAX_PIXELS
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     if isinstance(source, bytes):
         if not source:

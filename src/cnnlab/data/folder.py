@@ -252,5 +252,11 @@ def load_tree(
     splits = {s: stack_split(arrays, entries, s, class_names, where) for s in ("train", "val", "test")}
     if splits["train"] is None:
         raise DataError(f"{where}: every training image was unreadable")
+    left = splits["train"].class_counts()
+    empty = [c for c in class_names if left[c] == 0]
+    if empty:  # every image of a class was skipped: the class could never be learnt
+        raise DataError(
+            f"{where}: class folder {empty[0]!r} has no readable images ({len(bad)} bad files skipped)"
+        )
     info = {"source": where, "skipped": len(bad), "skipped_files": bad[:50], "ignored_files": len(ignored)}
     return DatasetBundle(name or source.name, splits["train"], splits["test"], splits["val"], info)

@@ -68,6 +68,10 @@ def predict_logits(
     try:
         for i in range(0, xs.shape[0], batch_size):
             xb = xs[i : i + batch_size].to(device, non_blocking=True).float()
+            if xb.ndim != 4:  # feature vectors: no image views
+                with autocast(device, dtype):
+                    out.append(model(xb).float().cpu())
+                continue
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             acc = None

@@ -90,4 +90,9 @@ def load_model(folder: str | Path, weights: str = "final") -> ImageClassifier:
     name = {"final": WEIGHTS_NAME, "last": WEIGHTS_NAME, "best": "best.safetensors"}.get(weights, weights)
     load_weights(model, folder / name)
     model.eval()
+    if not torch.cuda.is_available():
+        from cnnlab.models.cpu_kernels import optimize_for_cpu
+
+        optimize_for_cpu(model)
+        model.to(memory_format=torch.channels_last)
     return model

@@ -576,6 +576,13 @@ def load_pretrained(
         _load_offline(backbone, _offline_entry(name), keep_classifier)
     elif kind == "hub":
         _load_hub(backbone, name, keep_classifier)
+    elif kind.endswith((".h5", ".hdf5")) and hasattr(backbone, "keras_layers"):
+        # Keras's own weight files for the architectures cnnlab re-implements (NASNetMobile).
+        from cnnlab.models.nasnet import load_keras_h5
+
+        if not Path(src).is_file():
+            raise ModelError(f"weights file not found: {src}")
+        load_keras_h5(backbone, src, strict=True)
     else:
         path, state_dict = _read_local(src)
         _load_checked(

@@ -26,6 +26,7 @@ from cnnlab.errors import TrainingError
 from cnnlab.evaluation.metrics import accuracy
 from cnnlab.evaluation.predict import as_nchw, predict_logits
 from cnnlab.models.classifier import ImageClassifier
+from cnnlab.models.cpu_kernels import optimize_for_cpu
 from cnnlab.models.io import save_model, save_weights
 from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping
 from cnnlab.training.optim import build_optimizer
@@ -74,6 +75,7 @@ def _train_epoch(
     device: torch.device,
     dtype: torch.dtype | None,
     progress: bool,
+    images: bool = True,
 ) -> tuple[float, float, int]:
     """One pass over the data; returns (mean loss, accuracy, steps done)."""
     tc = cfg.train
@@ -96,11 +98,11 @@ def _train_epoch(
         idx = perm[i * bs : (i + 1) * bs]
         xb = x[idx.to(x.device)] if x.device != idx.device else x[idx]
         yb = y[idx.to(y.device)] if y.device != idx.device else y[idx]
-        if aug.crop_padding or aug.flip or aug.cutout:
+        if images and (aug.crop_padding or aug.flip or aug.cutout):
             xb = augment_batch(xb, gen, crop_padding=aug.crop_padding, flip=aug.flip, cutout_size=aug.cutout)
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True)
-        if tc.channels_last:
+        if tc.channels_last and images:
             xb = xb.contiguous(memory_format=torch.channels_last)
         factor = lr_factor(tc.schedule, step, total_steps, steps, tc.optimizer.lr)
         for g, lr in zip(opt.param_groups, base_lrs):
@@ -145,19 +147,31 @@ def fit(
     progress: bool = True,
     epoch_callback: EpochCallback | None = None,
     log: Callable[[str], None] = print,
+    stage: str = "",
+    prior_history: list[dict[str, float]] | None = None,
 ) -> FitResult:
-    """Train ``model`` as ``cfg.train`` says, writing history, checkpoints and state to ``run_dir``."""
+    """Train ``model`` as ``cfg.train`` says, writing history, checkpoints and state to ``run_dir``.
+
+    ``train``/``val`` hold uint8 images, or pre-computed feature vectors (``x`` of shape (N, D))
+    when only a head is trained on cached features. ``stage`` names a later training stage
+    (its resume state lives in ``state/<stage>``); ``prior_history`` holds earlier stages' rows.
+    """
     tc = cfg.train
+    images = train.x.ndim == 4
+    prior = list(prior_history or [])
+    state_dir = run_dir.state / stage if stage else run_dir.state
     setup_threads()
     device = default_device()
     dtype = resolve_precision(tc.precision, device)
     model.to(device)
-    if tc.channels_last:
+    if tc.channels_last and images:
         model.to(memory_format=torch.channels_last)
+        if tc.cpu_kernels and device.type == "cpu":
+            optimize_for_cpu(model)
     opt = build_optimizer(model, tc.optimizer)
     step_model = torch.compile(model) if tc.compile else model
 
-    x = as_nchw(train.x)
+    x = as_nchw(train.x) if images else torch.from_numpy(train.x)
     y = torch.from_numpy(train.y)
     if device.type != "cpu":
         x, y = x.to(device), y.to(device)  # the whole uint8 set lives on the GPU
@@ -170,9 +184,9 @@ def fit(
     start_epoch, step, stopped, stop_reason = 0, 0, False, ""
     best_restore: dict[str, torch.Tensor] | None = None
     if resume:
-        meta, extra = load_state(run_dir.state, model, opt)
+        meta, extra = load_state(state_dir, model, opt)
         start_epoch, step = meta["epoch"] + 1, meta["step"]
-        history, stopped, stop_reason = meta["history"], meta["stopped"], meta.get("stop_reason", "")
+        history, stopped, stop_reason = meta["history"][len(prior):], meta["stopped"], meta.get("stop_reason", "")
         if es and meta.get("early_stopping"):
             es.load_state_dict(meta["early_stopping"])
         if ckpt and meta.get("checkpoint"):
@@ -186,13 +200,15 @@ def fit(
             break
         t0 = time.perf_counter()
         loss, acc, steps = _train_epoch(step_model, opt, x, y, cfg, epoch, step, total_steps,
-                                        device, dtype, progress)
+                                        device, dtype, progress, images)
         step += steps
         train_seconds = time.perf_counter() - t0
-        logs = {"epoch": epoch + 1, "loss": loss, "accuracy": acc}
+        logs = {"epoch": len(prior) + epoch + 1, "loss": loss, "accuracy": acc}
+        if stage:
+            logs["stage"] = stage
         if val is not None and len(val):
             vlogits = predict_logits(model, val.x, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
-                                     channels_last=tc.channels_last)
+                                     channels_last=tc.channels_last and images)
             vy = torch.from_numpy(val.y)
             vloss = F.cross_entropy(vlogits, vy)
             penalty = model.l2_penalty()
@@ -216,9 +232,9 @@ def fit(
                     f"(best {es.best:.4f} at epoch {es.best_epoch + 1})")
         if tc.target_accuracy is not None and logs.get("val_accuracy", -1) >= tc.target_accuracy:
             stopped, stop_reason = True, f"reached target val_accuracy {tc.target_accuracy}"
-        run_dir.write_history(history)
-        save_state(run_dir.state, model, opt, {
-            "epoch": epoch, "step": step, "history": history, "stopped": stopped, "stop_reason": stop_reason,
+        run_dir.write_history(prior + history)
+        save_state(state_dir, model, opt, {
+            "epoch": epoch, "step": step, "history": prior + history, "stopped": stopped, "stop_reason": stop_reason,
             "early_stopping": es.state_dict() if es else None,
             "checkpoint": ckpt.state_dict() if ckpt else None,
         }, extra_tensors={f"best.{k}": v for k, v in (best_restore or {}).items()})
