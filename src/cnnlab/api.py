@@ -411,6 +411,8 @@ def inspect_data(source: Any, out_dir: str | Path | None = None, **load_kwargs: 
     summary = summarize(bundle)
     if out_dir is not None:
         out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"--out {out}: exists and is not a folder")
         tr = bundle.train
         summary["figures"] = {
             "example_images": str(figures.example_images(tr.x, tr.y, tr.class_names, out / "example_images.png")),

@@ -61,9 +61,9 @@ def _layout(rel_paths: list[PurePosixPath], dirs: set[PurePosixPath], where: str
     parts_list = [p.parts[strip:] for p in rel_paths]
     dir_parts = [d.parts[strip:] for d in dirs if len(d.parts) > strip]
     firsts = {p[0].lower() for p in parts_list if len(p) >= 2}
-    split_layout = bool(firsts) and firsts <= set(SPLIT_NAMES) and "train" in firsts | {
-        d[0].lower() for d in dir_parts
-    }
+    # Only split folders at the top is the split layout even without train/ (refused below),
+    # rather than a dataset whose classes are called "test" and "val".
+    split_layout = bool(firsts) and firsts <= set(SPLIT_NAMES)
     assigned: list[tuple[str, str, int]] = []
     folders: dict[str, set[str]] = {}
     for i, parts in enumerate(parts_list):

@@ -16,7 +16,7 @@ import numpy as np
 from cnnlab.data import cache
 from cnnlab.data.dataset import DatasetBundle, ImageArrays
 from cnnlab.data.folder import is_archive, load_tree
-from cnnlab.data.tabular import load_csv, load_frame
+from cnnlab.data.tabular import csv_image_stamp, load_csv, load_frame
 from cnnlab.errors import DataError
 
 CIFAR10_ENV = "CNNLAB_CIFAR10"
@@ -40,7 +40,9 @@ def _cifar10(image_size: int | None, skip_bad: bool) -> DatasetBundle:
                     f"{CIFAR10_ENV}={env}: neither the official cifar-10-python archive nor an "
                     "image-folder tree or archive"
                 )
-            key = cache.cache_key("tree", cache.file_stamp(path), image_size, skip_bad)
+            # A folder's own mtime misses edits inside it: stamp every file, as for any tree.
+            stamp = _tree_stamp(path) if path.is_dir() else None
+            key = cache.cache_key("tree", cache.file_stamp(path), stamp, image_size, skip_bad)
             return _cached(key, lambda: load_tree(path, image_size, skip_bad, "cifar10", _say))
     else:
         path = cifar10.fetch_python_format()
@@ -134,7 +136,10 @@ def load_source(
     if not path.exists():
         raise DataError(f"data source {text!r}: no such file or folder (or use 'cifar10')")
     if path.suffix.lower() == ".csv":
-        key = cache.cache_key("csv", cache.file_stamp(path), image_size, skip_bad, image_column, label_column)
+        key = cache.cache_key(
+            "csv", cache.file_stamp(path), csv_image_stamp(path, image_column), image_size, skip_bad,
+            image_column, label_column,
+        )
         return _cached(
             key,
             lambda: load_csv(

@@ -98,7 +98,7 @@ def load_frame(
             arr = decode_image(path, image_size)
         except DataError as exc:
             if not skip_bad:
-                raise
+                raise DataError(f"{exc} (use --skip-bad to skip bad files and count them)") from None
             bad.append(str(exc))
             continue
         decoded[split].append((arr, lookup[str(lab)], str(path)))
@@ -120,8 +120,40 @@ def load_frame(
         )
     if out["train"] is None:
         raise DataError(f"{where}: no readable training images")
+    left = out["train"].class_counts()
+    empty = [n for n in names if left[n] == 0]
+    if empty:
+        raise DataError(
+            f"{where}: class {empty[0]!r} has no readable training images ({len(bad)} bad files skipped)"
+        )
     info = {"source": where, "skipped": len(bad), "skipped_files": bad[:50]}
     return DatasetBundle(Path(where).stem, out["train"], out["test"], out["val"], info)
+
+
+def csv_image_stamp(path: Path, image_column: str | None = None) -> list[object]:
+    """Size and mtime of every image a CSV names, for the cache key: editing an image re-decodes.
+
+    An unreadable CSV gives an empty stamp; loading it then reports the problem.
+    """
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+        col = _pick([str(c) for c in df.columns], image_column, IMAGE_COLUMNS, "image path", str(path))
+    except (OSError, ValueError, DataError):
+        return []
+    stamp: list[object] = []
+    for raw in df[col].tolist():
+        if not isinstance(raw, str):
+            stamp.append(None)
+            continue
+        p = Path(raw) if Path(raw).is_absolute() else path.parent / raw
+        try:
+            st = p.stat()
+            stamp.append([raw, st.st_size, st.st_mtime_ns])
+        except OSError:
+            stamp.append([raw, None])
+    return stamp
 
 
 def load_csv(path: Path, **kwargs: object) -> DatasetBundle:

@@ -1,0 +1,104 @@
+"""Shared pytest fixtures for cnnlab's tests.
+
+Fixtures (names are stable; other test modules rely on them):
+
+``isolated_home`` (autouse)
+    Points ``CNNLAB_HOME`` (downloads, decoded-pixel cache, feature cache) at a fresh temporary
+    folder for every test and removes ``CNNLAB_NO_CACHE``. It also removes ``CNNLAB_CIFAR10``
+    so that nothing reads a real CIFAR-10 copy by accident; a test that needs it sets it with
+    ``monkeypatch.setenv`` (which wins, as it runs after this fixture). Tests marked
+    ``integration`` keep the caller's ``CNNLAB_CIFAR10``. Returns the home folder's path.
+
+``make_tree``
+    A factory ``make_tree(root, classes=..., per_class=..., size=..., seed=..., suffix=".png")``
+    that writes ``root/<class>/<i><suffix>`` images whose pixels are the class's colour plus a
+    little seeded noise (every image differs), and returns ``root``. ``size`` is (width, height).
+    Class colours cycle through ``CLASS_COLOURS``; pass ``colours=[...]`` to choose them.
+
+``tiny_tree``
+    A learnable folder dataset built with ``make_tree``: ``tmp_path / "tiny"`` holding
+    3 classes x 24 PNG images of 16 x 16, the classes named after their colours
+    (``blue``, ``green``, ``red``, which is also their sorted label order 0, 1, 2).
+    A model that looks at the mean colour separates them perfectly.
+
+``image_bytes``
+    ``image_bytes(pil_image, fmt="PNG", **save_kwargs) -> bytes``: encode a Pillow image.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: Colours given to classes in order by ``make_tree`` (then cycled).
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "blue": (30, 40, 210),
+    "green": (35, 200, 45),
+    "red": (215, 35, 30),
+    "yellow": (220, 210, 40),
+}
+
+#: The classes of ``tiny_tree``, in label order.
+TINY_CLASSES = ("blue", "green", "red")
+TINY_PER_CLASS = 24
+TINY_SIZE = 16
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    home = tmp_path_factory.mktemp("cnnlab_home")
+    monkeypatch.setenv("CNNLAB_HOME", str(home))
+    monkeypatch.delenv("CNNLAB_NO_CACHE", raising=False)
+    if request.node.get_closest_marker("integration") is None:
+        monkeypatch.delenv("CNNLAB_CIFAR10", raising=False)
+    return home
+
+
+def _write_tree(
+    root: Path,
+    classes: Sequence[str] = TINY_CLASSES,
+    per_class: int = TINY_PER_CLASS,
+    size: tuple[int, int] = (TINY_SIZE, TINY_SIZE),
+    seed: int = 0,
+    suffix: str = ".png",
+    colours: Sequence[tuple[int, int, int]] | None = None,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    palette = list(colours) if colours is not None else list(CLASS_COLOURS.values())
+    w, h = size
+    for k, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.array(palette[k % len(palette)], dtype=np.int16)
+        for i in range(per_class):
+            noise = rng.integers(-20, 21, size=(h, w, 3), dtype=np.int16)
+            pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def make_tree() -> Callable[..., Path]:
+    return _write_tree
+
+
+@pytest.fixture
+def tiny_tree(tmp_path: Path) -> Path:
+    return _write_tree(tmp_path / "tiny")
+
+
+@pytest.fixture
+def image_bytes() -> Callable[..., bytes]:
+    def encode(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kwargs)
+        return buf.getvalue()
+
+    return encode
