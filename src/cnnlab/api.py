@@ -35,6 +35,9 @@ from cnnlab.utils.hardware import default_device, machine_summary, resolve_preci
 
 ConfigLike = ExperimentConfig | str | Path | dict[str, Any] | None
 
+#: ``data.source`` recorded for a run trained on a pandas DataFrame (pass the frame again as ``data``).
+DATAFRAME_SOURCE = "<DataFrame>"
+
 
 @dataclass
 class Prepared:
@@ -73,6 +76,9 @@ def resolve_config(config: ConfigLike, overrides: dict[str, Any] | list[str] | N
 
 def load_data(source: Any, cfg: ExperimentConfig | None = None, **kwargs: Any) -> DatasetBundle:
     """Load a data source (see :func:`cnnlab.data.sources.load_source`) with a config's settings."""
+    if isinstance(source, str) and source == DATAFRAME_SOURCE:
+        raise DataError("this run was trained on a pandas DataFrame: pass that DataFrame (or another "
+                        "source) as data (CLI: --data)")
     if cfg is not None:
         kwargs.setdefault("image_size", cfg.data.image_size)
         kwargs.setdefault("skip_bad", cfg.data.skip_bad)
@@ -114,6 +120,10 @@ def train(
     cfg = resolve_config(config, overrides)
     if isinstance(data, (str, Path)):
         cfg.data.source = str(data)
+    elif data is not None and not isinstance(data, DatasetBundle):
+        # An in-memory table has no name to record; never let config.yaml claim the default
+        # source (cifar10), which `cnnlab evaluate RUN_DIR` would then fetch and score against.
+        cfg.data.source = DATAFRAME_SOURCE
     rd = RunDir(run_dir) if run_dir else RunDir.new(cfg.name)
     rd.path.mkdir(parents=True, exist_ok=True)
     rd.write_config(cfg)
@@ -145,8 +155,14 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
         f"{len(prep.test) if prep.test else 0:,} test images of {prep.train.image_size[0]}x"
         f"{prep.train.image_size[1]}, {prep.train.num_classes} classes ({load_seconds:.1f}s)")
     model = create_model(cfg.model, prep.train.class_names)
-    result = _fit_stages(cfg, model, prep, rd, resume=resume, progress=progress,
-                         epoch_callback=epoch_callback, log=log)
+    if cfg.train.recipe == "fast":
+        from cnnlab.training.recipes.fast import fit as fast_fit
+
+        result = fast_fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
+                          epoch_callback=epoch_callback, log=log, test=prep.test)
+    else:
+        result = _fit_stages(cfg, model, prep, rd, resume=resume, progress=progress,
+                             epoch_callback=epoch_callback, log=log)
     metrics: dict[str, Any] = {
         "name": cfg.name,
         **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.extra.items()},

@@ -39,7 +39,11 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same names, other shapes (e.g. another number of classes)
+        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+        raise ModelError(f"{path}: does not fit the model ({first[0].strip()})") from None
     if missing or unexpected:
         raise ModelError(
             f"{path}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"

@@ -118,7 +118,7 @@ def _train_epoch(
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingError(
-                    f"the loss became {float(loss)} at epoch {epoch + 1}, step {i + 1}; "
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}; "
                     f"training stopped (try a lower learning rate than {tc.optimizer.lr:g})"
                 )
         opt.zero_grad(set_to_none=True)
@@ -133,6 +133,11 @@ def _train_epoch(
                             ips=f"{rate:.0f}", refresh=False)
             bar.update(done - bar.n)
     bar.close()
+    if not torch.isfinite(loss_sum):  # off the CPU only every 50th step is checked above
+        raise TrainingError(
+            f"the loss became {float(loss_sum)} during epoch {epoch + 1}; "
+            f"training stopped (try a lower learning rate than {tc.optimizer.lr:g})"
+        )
     return float(loss_sum) / n, int(correct) / n, steps
 
 

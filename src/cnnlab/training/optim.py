@@ -63,5 +63,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     if cfg.name == "sgd":
+        if cfg.nesterov and cfg.momentum <= 0:
+            raise ConfigError("train.optimizer.nesterov: Nesterov momentum needs train.optimizer.momentum > 0")
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     raise ConfigError(f"train.optimizer.name: unknown optimiser {cfg.name!r} (adam, adamw, sgd)")

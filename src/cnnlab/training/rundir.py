@@ -88,4 +88,5 @@ class RunDir:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def is_finished(self) -> bool:
-        return (self.path / "metrics.json").is_file() and (self.path / "model.safetensors").is_file()
+        # model.json is written last (after model.safetensors): a run killed while saving is not finished.
+        return all((self.path / n).is_file() for n in ("metrics.json", "model.safetensors", "model.json"))

@@ -1,0 +1,34 @@
+"""cnnlab report: one self-contained HTML report of a trained run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write an HTML report of a trained run",
+                       description="Config, data summary and example images, model summary (layers, "
+                                   "parameters, FLOPs), learning curves with overfitting warning, confusion "
+                                   "matrix and per-class P/R/F1, the worst-misclassified gallery and a CSV of "
+                                   "likely label errors, calibration, and speed: one HTML file (figures "
+                                   "embedded, opens offline) with the PNGs beside it.")
+    p.add_argument("run_dir", help="a run directory written by `cnnlab train`")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    p.add_argument("--worst", type=int, default=20, metavar="N",
+                   help="images in the worst-misclassified gallery (default 20, a 4x5 grid)")
+    p.add_argument("--label-error-confidence", type=float, default=0.9, metavar="P",
+                   help="list wrong predictions at least this confident as likely label errors (default 0.9)")
+    p.add_argument("--data", help="data source (default: the one the run trained on)")
+    p.add_argument("--weights", default="final", choices=["final", "best"], help="final or best checkpoint")
+    p.add_argument("--latency-runs", type=int, default=30, metavar="N",
+                   help="single-image predictions timed for the batch-1 latency (default 30)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.reports import write_run_report
+
+    path = write_run_report(args.run_dir, args.out, n_worst=args.worst, data=args.data, weights=args.weights,
+                            label_error_confidence=args.label_error_confidence, latency_runs=args.latency_runs)
+    print(path)
+    return 0

@@ -1,0 +1,182 @@
+"""`cnnlab report RUN_DIR`: everything the study showed about one model, in one HTML file.
+
+:func:`write_run_report` reloads the run's data and model, evaluates it again on the test split
+(the validation split when the source has no test split), draws every figure as a PNG in the
+output folder, and writes ``report.html`` (figures embedded, opens offline), ``report.json``
+(the numbers) and ``label_errors.csv`` (confidently wrong predictions) beside them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cnnlab.errors import ModelError
+from cnnlab.training.rundir import RunDir
+from cnnlab.utils.io import atomic_write_json, atomic_write_text
+
+REPORT_DIR = "report"
+
+
+def _data_summary(prep: Any) -> dict[str, Any]:
+    from cnnlab.data.dataset import DatasetBundle
+    from cnnlab.data.inspect import summarize
+
+    bundle = DatasetBundle(prep.bundle.name, prep.train, prep.test, prep.val, dict(prep.bundle.info))
+    return summarize(bundle)
+
+
+def _set_trainable_as_trained(model: Any, cfg: Any) -> None:
+    """Mark the base frozen / partly trainable as it was at the end of training (for the summary)."""
+    if not hasattr(model, "set_base_trainable"):
+        return
+    ft = getattr(cfg.train, "finetune", None)
+    if ft is not None:
+        model.set_base_trainable(True, ft.unfreeze_last)
+    elif getattr(cfg.model, "freeze_base", False):
+        model.set_base_trainable(False)
+    elif getattr(cfg.model, "unfreeze_last", None) is not None:
+        model.set_base_trainable(True, cfg.model.unfreeze_last)
+
+
+def _model_summary(model: Any, input_size: int) -> dict[str, Any]:
+    from cnnlab.models.summary import count_flops, count_parameters, layer_table
+
+    layers = layer_table(model, input_size)
+    for row in layers:
+        row["output_shape"] = list(row["output_shape"]) if row["output_shape"] else None
+    return {
+        "arch": model.spec.arch,
+        "input_size": input_size,
+        "parameters": count_parameters(model),
+        "backbone_parameters": count_parameters(model.backbone),
+        "flops": count_flops(model, input_size),
+        "layers": layers,
+    }
+
+
+def _training_summary(history: list[dict[str, float]], metrics: dict[str, Any]) -> dict[str, Any]:
+    from cnnlab import figures
+
+    b = figures.best_epoch(history)
+    o = figures.overfitting_epoch(history)
+    epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
+    return {
+        "epochs_run": len(history),
+        "best_epoch": metrics.get("best_epoch") or (epochs[b] if b is not None else None),
+        "best_val_loss_epoch": epochs[b] if b is not None else None,
+        "overfitting_from_epoch": epochs[o] if o is not None else None,
+        "stopped_early": metrics.get("stopped_early"),
+        "stop_reason": metrics.get("stop_reason", ""),
+        "train_seconds": metrics.get("train_seconds"),
+        "history": history,
+    }
+
+
+def write_run_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    n_worst: int = 20,
+    data: Any = None,
+    weights: str = "final",
+    label_error_confidence: float = 0.9,
+    latency_runs: int = 30,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Write the run's HTML report (and its PNGs, report.json, label_errors.csv); return the HTML path.
+
+    ``out`` defaults to ``RUN_DIR/report``. ``data`` replaces the run's data source (needed when
+    the run trained on a DataFrame). ``weights``: "final" or "best" (the keep-best checkpoint).
+    """
+    from cnnlab import api, figures
+    from cnnlab.evaluation.metrics import classification_report
+    from cnnlab.evaluation.predict import predict_logits
+    from cnnlab.models.io import load_model, read_card
+    from cnnlab.reports import gallery
+    from cnnlab.reports.run_report_html import render
+    from cnnlab.reports.speed import batch1_latency, speed_summary
+    from cnnlab.utils.hardware import default_device, resolve_precision
+
+    rd = RunDir(run_dir)
+    cfg = rd.read_config()
+    if not (rd / "model.safetensors").is_file():
+        raise ModelError(f"{rd.path}: no model.safetensors yet; the run has not finished "
+                         f"(finish it with `cnnlab train --resume {rd.path}`)")
+    if n_worst < 0:
+        raise ModelError(f"n_worst must be 0 or more, got {n_worst}")
+    out_dir = Path(out) if out is not None else rd.path / REPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = read_card(rd.path)
+    metrics = rd.read_metrics()
+    history = rd.read_history()
+
+    log(f"report: loading data ({cfg.data.source})")
+    prep = api.prepare_data(cfg, data)
+    split_name = "test" if prep.test is not None else "val"
+    split = prep.test if prep.test is not None else prep.val
+    if split is None or len(split) == 0:
+        raise ModelError(f"{rd.path}: the data source has neither a test nor a validation split to report on")
+
+    rep: dict[str, Any] = {"run_dir": str(rd.path), "name": cfg.name, "description": cfg.description,
+                           "config_yaml": cfg.to_yaml(), "weights": weights, "metrics": metrics,
+                           "eval_split": split_name, "figures": {}}
+    rep["data"] = _data_summary(prep)
+    tr = prep.train
+    rep["figures"]["example_images"] = str(figures.example_images(
+        tr.x, tr.y, tr.class_names, out_dir / "example_images.png", dpi=150))
+
+    model = load_model(rd.path, weights)
+    input_size = model.spec.input_size or card.get("data_image_size") or tr.image_size[0]
+    log("report: model summary")
+    _set_trainable_as_trained(model, cfg)
+    rep["model"] = _model_summary(model, int(input_size))
+
+    rep["training"] = _training_summary(history, metrics)
+    if history:
+        rep["figures"]["curves"] = str(figures.learning_curves(history, out_dir / "curves.png", title=cfg.name))
+
+    log(f"report: evaluating on {len(split):,} {split_name} images")
+    y = api.align_labels(split, model.class_names, str(cfg.data.source))
+    device = default_device()
+    model.to(device)
+    dtype = resolve_precision(cfg.train.precision, device)
+    t0 = time.perf_counter()
+    logits = predict_logits(model, split.x, batch_size=cfg.train.eval_batch_size, device=device, dtype=dtype,
+                            tta=cfg.train.tta)
+    eval_seconds = time.perf_counter() - t0
+    ev = classification_report(logits, y, model.class_names)
+    rep["evaluation"] = ev
+    names = model.class_names
+    rep["figures"]["confusion_matrix"] = str(figures.confusion_heatmap(
+        np.array(ev["confusion_matrix"]), names, out_dir / "confusion_matrix.png"))
+    rep["figures"]["reliability"] = str(figures.reliability_diagram(
+        ev["calibration_bins"], ev["ece"], out_dir / "reliability.png"))
+
+    probs = logits.softmax(1).numpy()
+    if n_worst > 0:
+        path, index = gallery.worst_gallery(split.x, probs, y, names, out_dir / "worst_misclassified.png",
+                                            n=n_worst)
+        rep["figures"]["worst_misclassified"] = str(path)
+        rep["worst"] = [{"index": int(i), "image": split.paths[i] if split.paths else f"#{int(i)}",
+                         "true_label": names[int(y[i])], "predicted_label": names[int(probs[i].argmax())],
+                         "confidence": float(probs[i].max()), "p_true": float(probs[i, int(y[i])])}
+                        for i in index]
+    errors = gallery.label_error_rows(probs, y, names, split.paths, label_error_confidence)
+    gallery.write_csv(errors, out_dir / "label_errors.csv", gallery.LABEL_ERROR_COLUMNS)
+    rep["label_errors"] = {"min_confidence": label_error_confidence, "count": len(errors), "rows": errors,
+                           "csv": str(out_dir / "label_errors.csv")}
+
+    log("report: measuring inference speed")
+    latency = batch1_latency(model, split.x, runs=latency_runs, device=device, dtype=dtype)
+    rep["speed"] = speed_summary(metrics.get("train_images_per_second"), len(split), eval_seconds,
+                                 cfg.train.eval_batch_size, latency, device, metrics.get("machine"))
+
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, render(rep))
+    atomic_write_json(out_dir / "report.json", {k: v for k, v in rep.items() if k != "config_yaml"})
+    log(f"report: {html_path}")
+    return html_path
