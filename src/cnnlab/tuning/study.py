@@ -1,0 +1,208 @@
+"""``tune``: run a config's search as an Optuna study, then retrain the winner and report.
+
+    import cnnlab.tuning as tuning
+    result = tuning.tune("experiments/mobilenet/II.5.yaml", trials=20, workers=2)
+    print(result.best_value, result.best_params, result.out_dir / "summary.md")
+
+Running the same call again resumes the study (finished trials are kept, interrupted ones are
+retried); calls on other machines with the same storage URL and study name join it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from cnnlab.data.dataset import DatasetBundle
+from cnnlab.errors import ConfigError
+from cnnlab.tuning import storage as st
+from cnnlab.tuning.space import SearchSettings, parse_search
+from cnnlab.tuning.worker import WorkerSpec, quiet_optuna, run_worker, worker_process_main
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str  # without the password
+    out_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def best_value(self) -> float | None:
+        return self.summary["best"]["value"] if self.summary["best"] else None
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return dict(self.summary["best"]["params"]) if self.summary["best"] else {}
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """Seconds from ``90``, ``45m``, ``2h``, ``1h30m`` or ``1.5d`` (None stays None)."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        parts = _DURATION.findall(s)
+        if not s or "".join(n + u for n, u in parts) != s:
+            raise ConfigError(f"--timeout {text!r}: expected a duration like 600, 45m, 2h or 1h30m")
+        seconds = sum(float(n) * _UNIT[u] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError(f"--timeout {text!r}: must be positive")
+    return seconds
+
+
+def open_study(url: str, name: str, settings: SearchSettings, heartbeat: int | None = st.HEARTBEAT_SECONDS,
+               grace: int | None = st.GRACE_SECONDS) -> optuna.Study:
+    """Create the study, or load it and check it searches the same space."""
+    quiet_optuna()
+    storage = st.open_storage(url, heartbeat, grace)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=settings.direction,
+                                    load_if_exists=True)
+    except ValueError as exc:  # e.g. a stored study with another direction
+        raise ConfigError(f"study {name!r} in {st.mask_url(url)}: {exc}") from None
+    want = settings.space_dict()
+    have = study.user_attrs.get("cnnlab_space")
+    if have is None:
+        study.set_user_attr("cnnlab_space", want)
+    elif have != want:
+        raise ConfigError(
+            f"study {name!r} in {st.mask_url(url)} searches another space or objective than this config "
+            f"(stored: {sorted(have.get('params', {}))}, {have.get('objective')}); "
+            "give another --study-name or --out")
+    return study
+
+
+def _visible_device(k: int) -> str:
+    """The k-th device this process may use, as CUDA_VISIBLE_DEVICES names it."""
+    import os
+
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[k] if k < len(visible) else str(k)
+
+
+def _run_processes(spec: WorkerSpec, workers: int, data: Any, log: Callable[[str], None]) -> None:
+    import torch
+
+    from cnnlab.utils.hardware import physical_cores
+
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, physical_cores() // workers)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    procs = []
+    for i in range(workers):
+        extra = dict(spec.extra, cuda_device=_visible_device(i % gpus)) if gpus > 1 else spec.extra
+        wspec = dataclasses.replace(spec, index=i, threads=threads, extra=extra)
+        p = ctx.Process(target=worker_process_main, args=(wspec, data), name=f"cnnlab-tune-worker-{i}")
+        p.start()
+        procs.append(p)
+    log(f"{workers} worker processes ({threads} thread{'s' * (threads > 1)} each): "
+        f"{', '.join(str(p.pid) for p in procs)}")
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker records its trial as interrupted and queues it again
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
+    for i, code in bad:
+        log(f"worker {i} exited with status {code}")
+
+
+def tune(
+    config: Any,
+    *,
+    data: Any = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    trials: int | None = None,
+    timeout: str | float | None = None,
+    sampler: str | None = None,
+    initial_random: int | None = None,
+    pruner: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    final_fit: str | None = None,
+    out: str | Path | None = None,
+    seed: int | None = None,
+    epoch_log: bool = True,
+    heartbeat: int | None = st.HEARTBEAT_SECONDS,
+    grace: int | None = st.GRACE_SECONDS,
+    log: Callable[[str], None] = print,
+) -> TuneResult:
+    """Search the config's ``search:`` space; keyword arguments override the section's values.
+
+    ``data``: a source string or a loaded DatasetBundle (else ``config.data.source``).
+    ``storage``: an SQLAlchemy URL (default: SQLite in ``out``); ``out`` defaults to
+    ``runs/tune/<study name>``; ``workers``: worker processes on this machine.
+    """
+    from cnnlab.api import resolve_config
+    from cnnlab.tuning import figures
+    from cnnlab.tuning.final import final_fit as run_final_fit
+    from cnnlab.tuning.report import build_summary, write_summary
+    from cnnlab.utils.hardware import machine_summary
+    from cnnlab.utils.io import atomic_write_text
+
+    t0 = time.time()
+    cfg = resolve_config(config, overrides)
+    if isinstance(data, (str, Path)):
+        cfg.data.source, data = str(data), None
+    elif data is not None and not isinstance(data, DatasetBundle):  # a DataFrame: decode it once
+        from cnnlab.api import load_data
+
+        data = load_data(data, cfg)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    settings = parse_search(cfg, trials=trials, sampler=sampler, initial_random=initial_random, pruner=pruner,
+                            final_fit=final_fit)
+    seconds = parse_duration(timeout)
+    name = study_name or cfg.name
+    out_dir = Path(out) if out else Path("runs") / "tune" / name
+    url = storage or st.default_storage_url(out_dir)
+    study = open_study(url, name, settings, heartbeat, grace)
+    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    before = st.budget(study)
+    log(f"study {name}: {settings.trials} trials of up to {cfg.train.epochs} epochs "
+        f"({before.used} already started), sampler {settings.sampler}, pruner {settings.pruner}; "
+        f"storage {st.mask_url(url)}; output {out_dir}")
+    base = cfg.to_dict()
+    spec = WorkerSpec(base=base, settings=settings, storage_url=url, study_name=name, out_dir=str(out_dir),
+                      epochs=cfg.train.epochs, deadline=(t0 + seconds) if seconds else None,
+                      seed=cfg.seed if seed is None else seed, heartbeat=heartbeat, grace=grace,
+                      epoch_log=epoch_log)
+    if workers == 1:
+        run_worker(spec, data, log)
+    else:
+        _run_processes(spec, workers, data, log)
+
+    study = optuna.load_study(study_name=name, storage=st.open_storage(url, None, None))
+    left = st.budget(study)
+    if left.running or left.waiting:
+        final = {"mode": settings.final_fit, "status": "pending",
+                 "reason": f"{left.running} trials still running and {left.waiting} queued by other workers; "
+                           "run the same command again when they are done"}
+        log(f"final fit {final['status']}: {final['reason']}")
+    else:
+        final = run_final_fit(study, base, settings.final_fit, out_dir, data, log)
+    figs = figures.draw(study, out_dir / "figures", settings.objective)
+    summary = build_summary(study, settings, url, cfg.train.epochs, final, figs,
+                            {"wall_seconds": round(time.time() - t0, 1), "machine": machine_summary(),
+                             "out_dir": str(out_dir)})
+    write_summary(summary, out_dir)
+    return TuneResult(name, st.mask_url(url), out_dir, summary)
