@@ -102,3 +102,16 @@ def image_bytes() -> Callable[..., bytes]:
         return buf.getvalue()
 
     return encode
+
+
+@pytest.fixture()
+def one_thread(monkeypatch):
+    """One compute thread, restored afterwards: the trainer would otherwise take every core
+    (~10x slower on a busy 2-core machine), and exact results depend on the thread count."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

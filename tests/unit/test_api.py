@@ -34,15 +34,7 @@ TRAIN_CFG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One compute thread, restored afterwards: the trainer would otherwise take every core
-    (~10x slower on a busy 2-core machine), and exact results depend on the thread count."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(colour, rng, size=16) -> np.ndarray:

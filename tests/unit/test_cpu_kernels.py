@@ -17,15 +17,7 @@ from cnnlab.models.cpu_kernels import GuardedConv2d, FP32DepthwiseConv2d, Pointw
 ARCHS = [("mobilenetv1_100", 13, 13, 1), ("resnet10t", 3, 0, 11)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One compute thread, restored afterwards: the trainer would otherwise take every core
-    (~10x slower on a busy 2-core machine), and exact results depend on the thread count."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(arch: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module, dict[str, int]]:

@@ -36,15 +36,7 @@ ARCH = "test_resnet"  # timm's tiny test ResNet: trains in milliseconds per step
 COLOURS = {"blue": (30, 40, 210), "green": (35, 200, 45), "red": (215, 35, 30)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One compute thread, restored afterwards: the trainer would otherwise take every core
-    (~10x slower on a busy 2-core machine), and exact results depend on the thread count."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -22,15 +22,7 @@ EPOCHS = 5
 COMPARED = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One compute thread, restored afterwards: the trainer would otherwise take every core
-    (~10x slower on a busy 2-core machine), and exact results depend on the thread count."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIG = """\
 name: resume-test
