@@ -13,11 +13,8 @@ and the images themselves (a hash of the uint8 arrays).
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +24,7 @@ from tqdm.auto import tqdm
 from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.utils.hardware import autocast
+from cnnlab.utils.io import atomic_path
 from cnnlab.utils.paths import cnnlab_home
 
 
@@ -131,13 +129,9 @@ def cached_features(
         except (OSError, ValueError):
             pass  # unreadable entry: extract again
     feats = extract_features(model, x, device=device, dtype=dtype, progress=progress, desc=desc)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".feat.", suffix=".npy", dir=folder)
-    os.close(fd)
     try:
-        np.save(tmp, feats)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, feats)
+    except OSError as exc:  # a full disk must not break training
         log(f"could not store features in the cache ({exc})")
     return feats, False
