@@ -145,6 +145,10 @@ class TrainConfig:
     eval_batch_size: int = 512
     # test-time augmentation for the final evaluation: none | flip | flip_translate
     tta: Literal["none", "flip", "flip_translate"] = "none"
+    # "fast": the fast from-scratch recipe (training/recipes/fast.py) instead of the generic loop;
+    # recipe_options sets that recipe's own knobs by name (its OPTIONS lists them).
+    recipe: Literal["standard", "fast"] = "standard"
+    recipe_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
