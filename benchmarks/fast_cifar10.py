@@ -1,7 +1,7 @@
 """Benchmark of the fast recipe on CIFAR-10: accuracy, training time and hardware use.
 
-    CNNLAB_CIFAR10=/path/cifar10-jpeg.tar.gz python benchmarks/fast_cifar10.py            # preset, 3 seeds
-    python benchmarks/fast_cifar10.py --config experiments/fast/speed.yaml --seeds 3
+    CNNLAB_CIFAR10=/path/cifar10-jpeg.tar.gz python benchmarks/fast_cifar10.py   # speed.yaml, 3 seeds
+    python benchmarks/fast_cifar10.py --config experiments/fast/long.yaml --seeds 3
     python benchmarks/fast_cifar10.py --seeds 1 --epochs 1 --max-train-samples 5000     # smoke check
     python benchmarks/fast_cifar10.py --seeds 1 --time-to 0.909                         # time to 90.9%
 
@@ -32,10 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cnnlab import api  # noqa: E402
-from cnnlab.config import load_config  # noqa: E402
+from cnnlab.config import load_config, parse_override  # noqa: E402
 from cnnlab.evaluation.metrics import accuracy  # noqa: E402
 from cnnlab.models.registry import create_model  # noqa: E402
-from cnnlab.presets import preset_path  # noqa: E402
 from cnnlab.training.recipes.fast import Workers, fit, options, predict_parallel  # noqa: E402
 from cnnlab.training.rundir import RunDir  # noqa: E402
 from cnnlab.utils.hardware import machine_summary, physical_cores, resolve_precision, setup_threads  # noqa: E402
@@ -56,17 +55,92 @@ def matmul_peak(dtype: torch.dtype, repeats: int = 5) -> float:
     return 2 * MATMUL_SIZE**3 / best / 1e9
 
 
+def conv_reference(repeats: int = 5) -> float:
+    """Best GFLOP/s of bf16 3x3 convolutions (B=256, 256->256 channels, 8x8), one worker per core."""
+    import torch.nn.functional as F
+
+    cores = physical_cores()
+    x = torch.randn(256, 256, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    workers = Workers(cores)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def run() -> float:
+            t = time.perf_counter()
+            workers.map(lambda: F.conv2d(x, w, padding=1), [()] * cores)
+            return time.perf_counter() - t
+
+        run()
+        best = min(run() for _ in range(repeats))
+    finally:
+        workers.close()
+        torch.set_num_threads(threads)
+    return cores * 2 * 256 * 64 * 256 * 256 * 9 / best / 1e9
+
+
+def profile_step(cfg_path: Path, batch: int = 256, steps: int = 2) -> None:
+    """Where one core's time goes in a training step: torch.profiler over ``steps`` steps of one
+    single-threaded worker on ``batch`` random images, by operator, with GFLOP/s for convolutions."""
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    from cnnlab.models.fastnet import init_whitening
+    from cnnlab.training.recipes.fast import heap_for_large_tensors
+
+    cfg = load_config(cfg_path)
+    model = create_model(cfg.model, [str(i) for i in range(10)]).to(memory_format=torch.channels_last)
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    init_whitening(model, x)
+    model.backbone.whiten.bias.requires_grad_(False)  # as after the first epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        torch.autograd.grad(F.cross_entropy(logits.float(), y, label_smoothing=0.2), params)
+
+    try:
+        with heap_for_large_tensors():
+            step()
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                for _ in range(steps):
+                    step()
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    for ev in prof.key_averages(group_by_input_shape=True):
+        if ev.self_cpu_time_total <= 0 or not ev.key.startswith("aten::"):
+            continue
+        shapes = ev.input_shapes
+        flops = 0.0
+        if ev.key in ("aten::mkldnn_convolution", "aten::convolution_backward") and len(shapes) > 1 and shapes[1]:
+            xs = shapes[0] if ev.key == "aten::mkldnn_convolution" else shapes[1]
+            ws = shapes[1] if ev.key == "aten::mkldnn_convolution" else shapes[2]
+            if len(xs) == 4 and len(ws) == 4:
+                out_hw = (xs[2] + 2 * (ws[2] // 2) - ws[2] + 1) * (xs[3] + 2 * (ws[3] // 2) - ws[3] + 1)
+                flops = 2.0 * xs[0] * out_hw * ws[0] * ws[1] * ws[2] * ws[3] * ev.count
+        elif ev.key == "aten::mm" and len(shapes) == 2 and len(shapes[0]) == 2:
+            flops = 2.0 * shapes[0][0] * shapes[0][1] * shapes[1][1] * ev.count
+        rows.append((ev.self_cpu_time_total / 1e3 / steps, ev.key, shapes[:3], flops / steps))
+    total = sum(r[0] for r in rows)
+    print(f"profile: one worker, one thread, batch {batch}, {total:.0f} ms per step (self time, profiler on)")
+    print(f"{'ms/step':>8} {'share':>6} {'GFLOP/s':>8}  operator  input shapes")
+    for ms, key, shapes, flops in sorted(rows, reverse=True)[:18]:
+        rate = f"{flops / ms / 1e6:8.0f}" if flops else f"{'':8}"
+        print(f"{ms:8.1f} {100 * ms / total:5.1f}% {rate}  {key[6:]}  {shapes}")
+
+
 def one_seed(cfg_path: Path, seed: int, args: argparse.Namespace, bundle, out_dir: Path) -> dict:
     overrides = {"seed": seed}
     if args.epochs is not None:
         overrides["train.epochs"] = args.epochs
     if args.max_train_samples is not None:
         overrides["data.max_train_samples"] = args.max_train_samples
-    for item in args.set:
-        key, value = item.split("=", 1)
-        import yaml
-
-        overrides[key] = yaml.safe_load(value)
+    overrides.update(dict(parse_override(item) for item in args.set))
     if args.time_to is not None:
         overrides["train.recipe_options.monitor_tta"] = "flip_translate"
     cfg = load_config(cfg_path, overrides)
@@ -129,17 +203,29 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-fast", help="run directories go here")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
+    ap.add_argument("--profile", action="store_true",
+                    help="only profile a training step of the config's net on one core (no data needed)")
     args = ap.parse_args()
     if not os.environ.get("CNNLAB_CIFAR10"):
         print("note: CNNLAB_CIFAR10 is not set; cnnlab will look for the official CIFAR-10 download", file=sys.stderr)
 
     setup_threads()
-    cfg_path = args.config or preset_path("fast")
+    cfg_path = args.config or ROOT / "experiments" / "fast" / "speed.yaml"
+    if args.profile:
+        print(f"machine: {machine_summary()}")
+        profile_step(cfg_path)
+        return 0
     print(f"machine: {machine_summary()}")
     peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     print(f"matmul peak ({MATMUL_SIZE}x{MATMUL_SIZE}, {torch.get_num_threads()} threads): "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s")
+    conv_ref = conv_reference()
+    print(f"bf16 3x3 convolution reference (one single-threaded worker per core): {conv_ref:.0f} GFLOP/s")
     print(f"config: {cfg_path}")
+    budget = options(load_config(cfg_path).train.recipe_options)["max_train_minutes"]
+    if budget:
+        print(f"note: this config has a time budget (max_train_minutes={budget:g}): a slow machine trains fewer "
+              f"epochs; experiments/fast/speed.yaml and long.yaml have none")
     bundle = api.load_data("cifar10", load_config(cfg_path))
 
     rows = []
@@ -147,11 +233,13 @@ def main() -> int:
         row = one_seed(cfg_path, seed, args, bundle, args.out)
         peak = peaks["bf16" if row["precision"] == "bfloat16" else "fp32"]
         row["share_of_peak"] = row["gflops_per_second"] / peak
+        row["share_of_conv_reference"] = row["gflops_per_second"] / conv_ref
         rows.append(row)
         line = (f"seed {seed}: test accuracy {row['test_accuracy']:.4f}, with TTA {row['test_accuracy_tta']:.4f} | "
                 f"{row['epochs']} epochs in {row['train_minutes']:.2f} min | {row['images_per_second']:.0f} img/s | "
                 f"{row['gflops_per_second']:.0f} GFLOP/s = {100 * row['share_of_peak']:.0f}% of the "
-                f"{'bf16' if row['precision'] == 'bfloat16' else 'fp32'} matmul peak")
+                f"{'bf16' if row['precision'] == 'bfloat16' else 'fp32'} matmul peak, "
+                f"{100 * row['share_of_conv_reference']:.0f}% of the conv reference")
         if args.time_to is not None:
             t = row["time_to_target"]
             line += (f" | reached {args.time_to:.3f} with TTA after epoch {t['epoch']}, {t['seconds'] / 60:.2f} min"
@@ -166,11 +254,13 @@ def main() -> int:
 
     print(f"mean over {len(rows)} seed(s): test accuracy {stat('test_accuracy')}, with TTA {stat('test_accuracy_tta')}, "
           f"training {stat('train_minutes')} min, {stat('images_per_second')} img/s, "
-          f"{stat('gflops_per_second')} GFLOP/s, share of peak {stat('share_of_peak')}")
+          f"{stat('gflops_per_second')} GFLOP/s, share of matmul peak {stat('share_of_peak')}, "
+          f"of conv reference {stat('share_of_conv_reference')}")
     print(f"machine: {machine_summary()}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine_summary(), "matmul_peak_gflops": peaks,
+                                         "conv_reference_gflops": conv_ref,
                                          "config": str(cfg_path), "runs": rows}, indent=2))
     return 0
 
