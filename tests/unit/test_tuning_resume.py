@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -17,11 +19,28 @@ from test_tuning_support import cli_env, cnnlab_cmd, load_trials, run_cli, tiny_
 pytestmark = pytest.mark.slow
 
 
+def _schema_ready(url: str) -> bool:
+    """Whether the worker has finished creating the SQLite study tables (read-only look).
+
+    Opening the storage through Optuna before that would create the tables from the test process
+    too, racing the worker under test.
+    """
+    path = url[len("sqlite:///"):]
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def _wait_for_running_trial(url: str, name: str, proc: subprocess.Popen, min_number: int, timeout: float = 240):
     """Poll the storage until trial >= min_number is RUNNING with one epoch reported."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[0][-3000:]
+        if not _schema_ready(url):
+            time.sleep(0.05)
+            continue
         try:
             for t in load_trials(url, name):
                 if t.state == TrialState.RUNNING and t.number >= min_number and t.intermediate_values:

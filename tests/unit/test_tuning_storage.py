@@ -132,3 +132,47 @@ def test_a_dead_pid_in_another_container_of_the_same_host_is_left_to_the_heartbe
     t = _running(study, 0.4, host=socket.gethostname(), pid=_dead_pid(), pid_ns="pid:[1]")
     assert st.recover_dead_local_trials(study, lambda s: None) == []
     assert study.get_trials()[t.number].state == TrialState.RUNNING
+
+
+def test_opening_a_new_database_another_worker_is_creating_is_retried(tmp_path, monkeypatch):
+    """Optuna stamps a new schema without a lock: the loser of that race must try again, not exit."""
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = st.open_storage(f"sqlite:///{tmp_path / 'study.db'}", None, None)
+    assert len(calls) == 2 and isinstance(storage, real)
+
+
+def test_other_storage_errors_are_not_retried(tmp_path, monkeypatch):
+    from cnnlab.errors import ConfigError
+
+    calls = []
+
+    def broken(url, **kwargs):
+        calls.append(url)
+        raise RuntimeError("disk I/O error")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(ConfigError, match="disk I/O error"):
+        st.open_storage(f"sqlite:///{tmp_path / 'study.db'}", None, None)
+    assert len(calls) == 1
+
+
+def test_workers_opening_one_new_database_together_all_succeed(tmp_path):
+    """Four processes open the same brand-new SQLite study at once; none fails on the schema."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    code = ("import sys, optuna; from cnnlab.tuning.storage import open_storage; "
+            "optuna.logging.set_verbosity(optuna.logging.ERROR); "
+            "s = open_storage(sys.argv[1], None, None); "
+            "optuna.create_study(storage=s, study_name='s', load_if_exists=True)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors

@@ -58,19 +58,45 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_SECONDS,
     else:
         engine_kwargs["pool_pre_ping"] = True
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                grace_period=grace if heartbeat else None,
-                heartbeat_stale_trial_callback=_stale_callback if heartbeat else None,
-            )
+        return _create_storage(url, engine_kwargs, heartbeat, grace)
     except ImportError as exc:
         raise ConfigError(f"--storage {mask_url(url)}: the database driver is missing ({exc}); for "
                           "PostgreSQL: pip install psycopg2-binary") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors name the real cause
         raise ConfigError(f"--storage {mask_url(url)}: cannot open the study storage: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def _schema_race(exc: Exception) -> bool:
+    """True for the errors of two processes creating a fresh database's tables at the same moment."""
+    text = str(exc).lower()
+    return ("alembic_version" in text and "unique" in text) or "already exists" in text
+
+
+def _create_storage(url: str, engine_kwargs: dict[str, Any], heartbeat: int | None,
+                    grace: int | None, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage, retried when another worker is creating the same new database.
+
+    Optuna creates the tables and stamps the schema version on first use without a lock, so two
+    workers (or a worker and a dashboard) opening a brand-new database together can collide; the
+    loser's second attempt finds the schema in place.
+    """
+    import time
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                    grace_period=grace if heartbeat else None,
+                    heartbeat_stale_trial_callback=_stale_callback if heartbeat else None,
+                )
+        except Exception as exc:  # noqa: BLE001 - only the schema race is retried
+            if attempt == attempts - 1 or not _schema_race(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _stale_callback(study: optuna.Study, trial: FrozenTrial) -> None:
