@@ -6,6 +6,8 @@ validation during training, prediction and reports all call :func:`predict_logit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -49,6 +51,40 @@ def _tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
 
 
 @torch.inference_mode()
+def batched_inference(
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+    channels_last: bool = True,
+    progress: Callable[[int], object] | None = None,
+) -> list[torch.Tensor]:
+    """``fn(batch)`` over ``x`` in batches, with ``model`` in eval mode; float32 CPU outputs.
+
+    Images (N, H, W, 3) or (N, 3, H, W) arrive as float batches on ``device`` (channels-last
+    when asked); 2-D inputs (feature vectors) pass through as float batches. ``progress`` is
+    called with each batch's size. The model's train/eval mode is restored afterwards.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    xs = as_nchw(x)
+    out = []
+    try:
+        for i in range(0, xs.shape[0], batch_size):
+            xb = xs[i : i + batch_size].to(device, non_blocking=True).float()
+            if xb.ndim == 4 and channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out.append(fn(xb).float().cpu())
+            if progress is not None:
+                progress(len(xb))
+    finally:
+        model.train(was_training)
+    return out
+
+
 def predict_logits(
     model: nn.Module,
     x: np.ndarray | torch.Tensor,
@@ -61,27 +97,19 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images ``x`` of shape (N, H, W, 3) or (N, 3, H, W)."""
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    xs = as_nchw(x)
-    out = []
-    try:
-        for i in range(0, xs.shape[0], batch_size):
-            xb = xs[i : i + batch_size].to(device, non_blocking=True).float()
-            if xb.ndim != 4:  # feature vectors: no image views
-                with autocast(device, dtype):
-                    out.append(model(xb).float().cpu())
-                continue
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            acc = None
-            for view, weight in _tta_views(xb, tta):
-                with autocast(device, dtype):
-                    logits = model(view).float()
-                acc = logits * weight if acc is None else acc + logits * weight
-            out.append(acc.cpu())
-    finally:
-        model.train(was_training)
+
+    def logits(xb: torch.Tensor) -> torch.Tensor:
+        if xb.ndim != 4:  # feature vectors: no image views
+            with autocast(device, dtype):
+                return model(xb).float()
+        acc = None
+        for view, weight in _tta_views(xb, tta):
+            with autocast(device, dtype):
+                v = model(view).float()
+            acc = v * weight if acc is None else acc + v * weight
+        return acc
+
+    out = batched_inference(model, x, logits, batch_size=batch_size, device=device, channels_last=channels_last)
     if not out:
         return torch.zeros(0, getattr(model, "spec").num_classes if hasattr(model, "spec") else 0)
     return torch.cat(out)

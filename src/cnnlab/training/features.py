@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from cnnlab.evaluation.predict import as_nchw
+from cnnlab.evaluation.predict import batched_inference
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.utils.hardware import autocast
 from cnnlab.utils.io import atomic_path
@@ -79,7 +79,6 @@ def feature_key(model: ImageClassifier, x: np.ndarray, dtype: torch.dtype | None
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
-@torch.inference_mode()
 def extract_features(
     model: ImageClassifier,
     x: np.ndarray,
@@ -92,21 +91,16 @@ def extract_features(
 ) -> np.ndarray:
     """Pooled backbone features (N, D) float32 for uint8 images (N, H, W, 3); no caching."""
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    xs = as_nchw(x)
-    out = []
-    bar = tqdm(total=len(xs), desc=desc, unit="img", leave=False, disable=not progress or None, file=sys.stderr)
+
+    def embed(xb: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return model.embed(xb)
+
+    bar = tqdm(total=len(x), desc=desc, unit="img", leave=False, disable=not progress or None, file=sys.stderr)
     try:
-        for i in range(0, len(xs), batch_size):
-            xb = xs[i : i + batch_size].to(device).float().contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                f = model.embed(xb)
-            out.append(f.float().cpu())
-            bar.update(len(xb))
+        out = batched_inference(model, x, embed, batch_size=batch_size, device=device, progress=bar.update)
     finally:
         bar.close()
-        model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, model.num_features), np.float32)
 
 
