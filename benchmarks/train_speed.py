@@ -42,6 +42,9 @@ from cnnlab.utils.hardware import autocast, machine_summary, resolve_precision, 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments/mobilenet/I.yaml"
 BATCH = 128
 TRAIN_IMAGES, VAL_IMAGES = 40_000, 10_000
+# Untimed steps before each measurement, the same for every variant: the first steps of a fresh
+# model pay for oneDNN primitive creation, allocator growth and (Keras) graph tracing.
+WARMUP = 10
 
 
 def load_images(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +82,7 @@ def torch_variant(name: str, x: np.ndarray, y: np.ndarray, steps: int) -> dict[s
         loss.backward()
         opt.step()
 
-    for i in range(3):  # warm-up: oneDNN primitive creation, allocator
+    for i in range(WARMUP):  # warm-up: oneDNN primitive creation, allocator
         step(i)
     t0 = time.perf_counter()
     for i in range(steps):
@@ -105,7 +108,7 @@ KERAS_SCRIPT = textwrap.dedent(
     """
     import json, sys, time, numpy as np
     import keras
-    steps = int(sys.argv[1])
+    steps, warm = int(sys.argv[1]), int(sys.argv[2])
     base = keras.applications.MobileNet(input_shape=(32, 32, 3), include_top=False, weights=None)
     inp = keras.Input((32, 32, 3))
     h = keras.applications.mobilenet.preprocess_input(inp)
@@ -117,11 +120,11 @@ KERAS_SCRIPT = textwrap.dedent(
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, ((steps + 3) * 128, 32, 32, 3)).astype("float32")
+    x = rng.integers(0, 256, ((steps + warm) * 128, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, len(x))
-    model.fit(x[:3 * 128], y[:3 * 128], batch_size=128, epochs=1, verbose=0)
+    model.fit(x[:warm * 128], y[:warm * 128], batch_size=128, epochs=1, verbose=0)
     t0 = time.perf_counter()
-    model.fit(x[3 * 128:], y[3 * 128:], batch_size=128, epochs=1, verbose=0)
+    model.fit(x[warm * 128:], y[warm * 128:], batch_size=128, epochs=1, verbose=0)
     train_ips = steps * 128 / (time.perf_counter() - t0)
     model.predict(x[:512], batch_size=512, verbose=0)
     t0 = time.perf_counter()
@@ -133,7 +136,7 @@ KERAS_SCRIPT = textwrap.dedent(
 
 
 def keras_variant(python: str, steps: int) -> dict[str, float]:
-    out = subprocess.run([python, "-c", KERAS_SCRIPT, str(steps)], capture_output=True, text=True,
+    out = subprocess.run([python, "-c", KERAS_SCRIPT, str(steps), str(WARMUP)], capture_output=True, text=True,
                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PATH": "/usr/bin:/bin"})
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
