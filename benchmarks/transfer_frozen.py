@@ -127,7 +127,7 @@ def main() -> None:
     args = p.parse_args()
 
     setup_threads()
-    print(f"machine: {machine_summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {machine_summary()}")
     x = load_images(args.images)
     variants = build_variants(args.arch, args.input_size)
     size = variants["fp32"][0].spec.input_size
