@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,22 +82,25 @@ def _create_storage(url: str, engine_kwargs: dict[str, Any], heartbeat: int | No
     workers (or a worker and a dashboard) opening a brand-new database together can collide; the
     loser's second attempt finds the schema in place.
     """
-    import time
-
-    for attempt in range(attempts):
+    for attempt in range(attempts - 1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                    grace_period=grace if heartbeat else None,
-                    heartbeat_stale_trial_callback=_stale_callback if heartbeat else None,
-                )
+            return _rdb_storage(url, engine_kwargs, heartbeat, grace)
         except Exception as exc:  # noqa: BLE001 - only the schema race is retried
-            if attempt == attempts - 1 or not _schema_race(exc):
+            if not _schema_race(exc):
                 raise
             time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return _rdb_storage(url, engine_kwargs, heartbeat, grace)
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], heartbeat: int | None,
+                 grace: int | None) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+            grace_period=grace if heartbeat else None,
+            heartbeat_stale_trial_callback=_stale_callback if heartbeat else None,
+        )
 
 
 def _stale_callback(study: optuna.Study, trial: FrozenTrial) -> None:
