@@ -186,7 +186,8 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
             from cnnlab.training.features import cached_features
 
             feats, _ = cached_features(result.model, eval_split.x, dtype=dtype, device=device,
-                                       progress=progress, desc="test features", log=log)
+                                       compile=_compile_features(cfg), progress=progress,
+                                       desc="test features", log=log)
             logits = predict_logits(result.model.head, feats, batch_size=cfg.train.eval_batch_size,
                                     device=device, dtype=dtype)
         else:
@@ -225,6 +226,10 @@ def _use_feature_cache(cfg: ExperimentConfig, model: ImageClassifier) -> bool:
     return not (aug.crop_padding or aug.flip or aug.cutout) and not cfg.train.compile
 
 
+def _compile_features(cfg: ExperimentConfig) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[cfg.train.compile_features]
+
+
 def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, rd: RunDir, *, resume: bool,
                 progress: bool, epoch_callback: EpochCallback | None, log: Callable[[str], None]) -> FitResult:
     """Stage 1 (frozen base, partly or fully trainable), then the optional fine-tuning stage."""
@@ -245,11 +250,13 @@ def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, r
         model.to(device)
         dtype = resolve_precision(cfg.train.precision, device)
         t0 = time.perf_counter()
-        ftrain, hit = cached_features(model, prep.train.x, dtype=dtype, device=device, progress=progress,
+        ftrain, hit = cached_features(model, prep.train.x, dtype=dtype, device=device,
+                                      compile=_compile_features(cfg), progress=progress,
                                       desc="train features", log=log)
         fval = None
         if prep.val is not None:
-            fval, _ = cached_features(model, prep.val.x, dtype=dtype, device=device, progress=progress,
+            fval, _ = cached_features(model, prep.val.x, dtype=dtype, device=device,
+                                      compile=_compile_features(cfg), progress=progress,
                                       desc="val features", log=log)
         log(f"frozen base: {'reused cached' if hit else 'extracted'} features "
             f"{ftrain.shape} in {time.perf_counter() - t0:.1f}s; training the head on them")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,83 @@ def test_embed_writes_npy_and_parquet(colour_tree, home, tmp_path):
 
     df = pd.read_parquet(tmp_path / "f.parquet")
     assert list(df.columns[:2]) == ["path", "label"] and len(df) == 48
+
+
+def _tiny_resnet():
+    torch.manual_seed(0)
+    return create_model(ModelConfig(arch="resnet10t", head=HeadConfig(pooling="avg")), ["a", "b"])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler (g++ or c++); none on PATH")
+def test_compiled_feature_extraction_matches_eager_and_follows_weight_changes(home):
+    from cnnlab.training import features
+
+    model = _tiny_resnet()
+    x = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    run = dict(batch_size=4, progress=False, log=lambda s: None)  # 4 + 4 + 2: the last batch is padded
+    eager = features.extract_features(model, x, compile=False, **run)
+    compiled = features.extract_features(model, x, compile=True, **run)
+    assert compiled.shape == eager.shape == (10, model.num_features)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+    first = features._LAST[1]
+    features.extract_features(model, x[:5], compile=True, **run)
+    assert features._LAST[1] is first  # same model, same weights: the compiled extractor is reused
+    with torch.no_grad():  # weights frozen into the compiled graph must not go stale
+        model.backbone.conv1[0].weight.mul_(-1.0)
+    changed_eager = features.extract_features(model, x, compile=False, **run)
+    changed = features.extract_features(model, x, compile=True, **run)
+    assert features._LAST[1] is not first
+    assert not np.allclose(changed_eager, eager)
+    np.testing.assert_allclose(changed, changed_eager, rtol=1e-3, atol=1e-4)
+
+
+def test_feature_extraction_falls_back_to_eager_when_compiling_fails(home, monkeypatch):
+    from cnnlab.training import features
+
+    model = _tiny_resnet()
+    x = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    eager = features.extract_features(model, x, compile=False, progress=False)
+
+    def broken_compile(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    logs: list[str] = []
+    out = features.extract_features(model, x, compile=True, progress=False, log=logs.append)
+    np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-6)
+    assert any("could not compile" in s and "no C++ compiler" in s for s in logs)
+
+
+def test_feature_stages_pool_intermediate_maps_beside_the_final_features(home):
+    base = create_model(ModelConfig(arch="resnet10t", head=HeadConfig(pooling="avg")), ["a", "b"])
+    model = create_model(ModelConfig(arch="resnet10t", feature_stages=2, head=HeadConfig(pooling="avg")), ["a", "b"])
+    model.backbone.load_state_dict(base.backbone.state_dict())
+    model.eval(), base.eval()
+    assert model.stage_channels == [256, 512]  # resnet10t's last two stages
+    assert model.num_features == base.num_features + 256 + 512
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        emb = model.embed(x)
+        assert emb.shape == (3, model.num_features)
+        # The final features are the plain model's; the stage-3 block is the mean of its output map.
+        torch.testing.assert_close(emb[:, -base.num_features:], base.embed(x))
+        stage3 = model.backbone.layer3(model.backbone.layer2(model.backbone.layer1(
+            model.backbone.maxpool(model.backbone.act1(model.backbone.bn1(model.backbone.conv1(model.preprocess(x))))))))
+        torch.testing.assert_close(emb[:, :256], stage3.mean((2, 3)))
+        assert model(x).shape == (3, 2)
+    with pytest.raises(Exception, match="feature stages"):
+        create_model(ModelConfig(arch="resnet10t", feature_stages=9), ["a", "b"])
+
+
+def test_feature_stages_change_the_feature_cache_key(colour_tree, home, tmp_path):
+    cfg = _config(freeze_base=True, feature_stages=1)
+    run = api.train(cfg, data=str(colour_tree), run_dir=tmp_path / "fs", progress=False, log=lambda s: None)
+    assert run.metrics["feature_cache"] == "miss"
+    plain = api.train(_config(freeze_base=True), data=str(colour_tree), run_dir=tmp_path / "plain",
+                      progress=False, log=lambda s: None)
+    assert plain.metrics["feature_cache"] == "miss"  # different features: not served from the other run's cache
+    probs, _ = api.predict_proba(tmp_path / "fs", [str(colour_tree / "class0")])  # reloads with its stages
+    assert probs.shape == (16, 3)

@@ -36,6 +36,7 @@ class ModelSpec:
     head: dict[str, Any] = field(default_factory=dict)
     drop_rate: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    feature_stages: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -117,14 +118,28 @@ class Head(nn.Module):
         return None
 
 
+def _stage_channels(backbone: nn.Module, stages: int, arch: str) -> list[int]:
+    """Channels of the backbone's last ``stages`` feature stages (timm's feature_info)."""
+    if not stages:
+        return []
+    info = getattr(backbone, "feature_info", None)
+    if not hasattr(backbone, "forward_intermediates") or not isinstance(info, list) or not info:
+        raise ModelError(f"model.feature_stages: {arch} does not expose its feature stages "
+                         "(timm's forward_intermediates); use feature_stages: 0")
+    if not 0 < stages <= len(info):
+        raise ModelError(f"model.feature_stages={stages}, but {arch} has {len(info)} feature stages")
+    return [int(f["num_chs"]) for f in info[-stages:]]
+
+
 class ImageClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_features: int, spec: ModelSpec):
         super().__init__()
         self.spec = spec
         self.preprocess = Preprocess(spec.mean, spec.std, spec.input_size, spec.resize_mode)
         self.backbone = backbone
-        self.num_features = num_features
-        self.head = Head(num_features, spec.num_classes, **spec.head)
+        self.stage_channels = _stage_channels(backbone, spec.feature_stages, spec.arch)
+        self.num_features = num_features + sum(self.stage_channels)
+        self.head = Head(self.num_features, spec.num_classes, **spec.head)
         self.frozen_base = False
 
     @property
@@ -136,10 +151,19 @@ class ImageClassifier(nn.Module):
         return self.backbone.forward_features(self.preprocess(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled feature vectors (the head's pooling), e.g. for feature caching or export."""
-        return self.head.pool(self.forward_features(x))
+        """Pooled feature vectors (the head's pooling), e.g. for feature caching or export.
+
+        With ``feature_stages=N`` the outputs of the backbone's last N feature stages are pooled
+        too and come first: [stage -N, ..., stage -1, final features].
+        """
+        if not self.stage_channels:
+            return self.head.pool(self.forward_features(x))
+        final, stages = self.backbone.forward_intermediates(self.preprocess(x), indices=len(self.stage_channels))
+        return torch.cat([self.head.pool(t) for t in (*stages, final)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stage_channels:
+            return self.head(self.embed(x))
         return self.head(self.forward_features(x))
 
     def l2_penalty(self) -> torch.Tensor | None:

@@ -119,6 +119,7 @@ def create_model(cfg: ModelConfig, class_names: list[str]) -> ImageClassifier:
         head={k: v for k, v in vars(cfg.head).items()},
         drop_rate=cfg.drop_rate,
         kwargs=dict(cfg.kwargs),
+        feature_stages=cfg.feature_stages,
     )
     return ImageClassifier(backbone, int(backbone.num_features), spec)
 
