@@ -5,10 +5,14 @@ backbone at its input size, 32 -> 224 px resized inside the model), on real CIFA
 when available, for four variants taken interleaved over --repeats rounds, with ratios to fp32
 per round:
 
-- fp32:          stock PyTorch convolutions, fp32, channels-last;
+- fp32:          eager PyTorch, fp32, channels-last;
 - bf16:          the same under bf16 autocast (AMX/AVX512-BF16 where the CPU has them);
-- fp32+kernels:  with cnnlab's CPU convolution paths (models/cpu_kernels.py);
-- bf16+kernels:  both.
+- bf16+compile:  bf16 and torch.compile with frozen weights (what the feature cache runs for
+                 >= 4,096 images: BatchNorm folded into the convolutions, weights pre-packed).
+                 Its compilation is timed apart, in the warm-up.
+
+(cnnlab's training kernels, models/cpu_kernels.py, are not used here: measured in an earlier
+run they slow inference, 35.0 / 48.5 img/s against 36.4 / 73.7; see benchmarks/RESULTS.md.)
 
 Part 2 (--end-to-end CONFIG): trains CONFIG (default experiments/transfer/II.yaml: frozen
 base at 224 px, cached features, the study's head) with an empty feature cache, so the time
@@ -38,13 +42,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cnnlab.config import ModelConfig  # noqa: E402
-from cnnlab.models.cpu_kernels import optimize_for_cpu  # noqa: E402
 from cnnlab.models.registry import create_model  # noqa: E402
 from cnnlab.training.features import extract_features  # noqa: E402
 from cnnlab.utils.hardware import machine_summary, resolve_precision, setup_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("fp32", "bf16", "fp32+kernels", "bf16+kernels")
+VARIANTS = ("fp32", "bf16", "bf16+compile")
 
 
 def load_images(n: int) -> np.ndarray:
@@ -57,29 +60,28 @@ def load_images(n: int) -> np.ndarray:
         return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def build_variants(arch: str, input_size: int) -> dict[str, tuple[torch.nn.Module, torch.dtype | None]]:
+def build_variants(arch: str, input_size: int,
+                   feature_stages: int = 0) -> dict[str, tuple[torch.nn.Module, torch.dtype | None, bool]]:
     mc = ModelConfig(arch=arch, pretrained="offline", preprocessing="auto", freeze_base=True,
-                     input_size=input_size)
+                     input_size=input_size, feature_stages=feature_stages)
     base = create_model(mc, [str(i) for i in range(10)]).eval()
     base.to(memory_format=torch.channels_last)
     bf16 = resolve_precision("bf16", torch.device("cpu"))
-    out = {}
-    for name in VARIANTS:
-        m = copy.deepcopy(base)
-        if "kernels" in name:
-            optimize_for_cpu(m)
-        out[name] = (m, bf16 if name.startswith("bf16") else None)
-    return out
+    return {name: (copy.deepcopy(base), bf16 if name.startswith("bf16") else None, "compile" in name)
+            for name in VARIANTS}
 
 
 def throughput(variants, x: np.ndarray, batch_size: int, repeats: int) -> dict[str, list[float]]:
     ips: dict[str, list[float]] = {k: [] for k in variants}
-    for name, (m, dtype) in variants.items():  # warm-up: oneDNN primitives, allocator
-        extract_features(m, x[:batch_size], batch_size=batch_size, dtype=dtype, progress=False)
+    for name, (m, dtype, comp) in variants.items():  # warm-up: compilation, oneDNN primitives, allocator
+        t0 = time.perf_counter()
+        extract_features(m, x[:batch_size], batch_size=batch_size, dtype=dtype, compile=comp, progress=False)
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s{' (compilation included)' if comp else ''}",
+              flush=True)
     for r in range(repeats):
-        for name, (m, dtype) in variants.items():
+        for name, (m, dtype, comp) in variants.items():
             t0 = time.perf_counter()
-            extract_features(m, x, batch_size=batch_size, dtype=dtype, progress=False)
+            extract_features(m, x, batch_size=batch_size, dtype=dtype, compile=comp, progress=False)
             ips[name].append(len(x) / (time.perf_counter() - t0))
         line = " | ".join(f"{k} {ips[k][-1]:7.1f} img/s ({ips[k][-1] / ips['fp32'][-1]:.2f}x)" for k in ips)
         print(f"round {r + 1}: {line}", flush=True)
@@ -118,6 +120,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--arch", default="efficientnet_lite0")
     p.add_argument("--input-size", type=int, default=224, help="inputs resized to this size inside the model")
+    p.add_argument("--feature-stages", type=int, default=0, help="also pool the last N stages (model.feature_stages)")
     p.add_argument("--images", type=int, default=512, help="images per throughput measurement")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
@@ -129,7 +132,7 @@ def main() -> None:
     setup_threads()
     print(f"machine: {machine_summary()}")
     x = load_images(args.images)
-    variants = build_variants(args.arch, args.input_size)
+    variants = build_variants(args.arch, args.input_size, args.feature_stages)
     size = variants["fp32"][0].spec.input_size
     print(f"feature extraction: {args.arch} at {size}x{size} (from {x.shape[1]} px), {len(x)} images, "
           f"batch {args.batch_size}, {args.repeats} interleaved rounds")

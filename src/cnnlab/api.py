@@ -475,7 +475,7 @@ def embed(
     input_size: int | None = None,
     pooling: str = "avg",
     split: str = "all",
-    batch_size: int = 256,
+    batch_size: int = 64,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write feature vectors of a source's images for use elsewhere (.npy or .parquet).

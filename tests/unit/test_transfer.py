@@ -155,6 +155,10 @@ def test_compiled_feature_extraction_matches_eager_and_follows_weight_changes(ho
     assert features._LAST[1] is not first
     assert not np.allclose(changed_eager, eager)
     np.testing.assert_allclose(changed, changed_eager, rtol=1e-3, atol=1e-4)
+    # Compiled under bf16 autocast: the same features to bf16 precision.
+    low = features.extract_features(model, x, compile=True, dtype=torch.bfloat16, **run)
+    assert features._LAST[1].compiled_ok
+    assert np.linalg.norm(low - changed_eager) / np.linalg.norm(changed_eager) < 0.03
 
 
 def test_feature_extraction_falls_back_to_eager_when_compiling_fails(home, monkeypatch):

@@ -156,10 +156,14 @@ class ImageClassifier(nn.Module):
         With ``feature_stages=N`` the outputs of the backbone's last N feature stages are pooled
         too and come first: [stage -N, ..., stage -1, final features].
         """
+        return self.pool_backbone(self.preprocess(x))
+
+    def pool_backbone(self, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` for already preprocessed inputs ``z`` (float32 output)."""
         if not self.stage_channels:
-            return self.head.pool(self.forward_features(x))
-        final, stages = self.backbone.forward_intermediates(self.preprocess(x), indices=len(self.stage_channels))
-        return torch.cat([self.head.pool(t) for t in (*stages, final)], dim=1)
+            return self.head.pool(self.backbone.forward_features(z).float())
+        final, stages = self.backbone.forward_intermediates(z, indices=len(self.stage_channels))
+        return torch.cat([self.head.pool(t.float()) for t in (*stages, final)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stage_channels:
