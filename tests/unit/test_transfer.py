@@ -146,8 +146,10 @@ def test_compiled_feature_extraction_matches_eager_and_follows_weight_changes(ho
     assert compiled.shape == eager.shape == (10, model.num_features)
     np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-4)
     first = features._LAST[1]
+    with torch.no_grad():
+        model.head.classifier.weight.add_(1.0)  # the head is not part of the features
     features.extract_features(model, x[:5], compile=True, **run)
-    assert features._LAST[1] is first  # same model, same weights: the compiled extractor is reused
+    assert features._LAST[1] is first  # same model, same backbone weights: the compiled extractor is reused
     with torch.no_grad():  # weights frozen into the compiled graph must not go stale
         model.backbone.conv1[0].weight.mul_(-1.0)
     changed_eager = features.extract_features(model, x, compile=False, **run)
