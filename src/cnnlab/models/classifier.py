@@ -159,16 +159,14 @@ class ImageClassifier(nn.Module):
         return self.pool_backbone(self.preprocess(x))
 
     def pool_backbone(self, z: torch.Tensor) -> torch.Tensor:
-        """:meth:`embed` for already preprocessed inputs ``z`` (float32 output)."""
+        """:meth:`embed` for already preprocessed inputs ``z``."""
         if not self.stage_channels:
-            return self.head.pool(self.backbone.forward_features(z).float())
+            return self.head.pool(self.backbone.forward_features(z))
         final, stages = self.backbone.forward_intermediates(z, indices=len(self.stage_channels))
-        return torch.cat([self.head.pool(t.float()) for t in (*stages, final)], dim=1)
+        return torch.cat([self.head.pool(t) for t in (*stages, final)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stage_channels:
-            return self.head(self.embed(x))
-        return self.head(self.forward_features(x))
+        return self.head(self.embed(x))  # the head passes pooled (2-D) features through
 
     def l2_penalty(self) -> torch.Tensor | None:
         return self.head.l2_penalty()

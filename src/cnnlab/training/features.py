@@ -160,8 +160,7 @@ def _embedder(model: ImageClassifier, device: torch.device, dtype: torch.dtype |
     except RuntimeError:  # inference tensors have no version counter: never reuse
         versions = None
     key = (id(model), str(device), str(dtype), versions)
-    if (versions is not None and _LAST is not None and _LAST[0] == key and _LAST[1].model is model
-            and _LAST[1].compiled is not None):
+    if versions is not None and _LAST is not None and _LAST[0] == key:  # also when it fell back to eager
         _LAST[1].log = log
         return _LAST[1]
     _LAST = None
