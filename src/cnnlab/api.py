@@ -117,6 +117,7 @@ def train(
     ``data`` overrides ``config.data.source`` (a source string, a DataFrame or a loaded bundle).
     The run directory (default ``runs/<name>-<time>``) receives everything; see rundir.py.
     """
+    started_at = time.monotonic()  # a time limit counts from here (data loading included)
     cfg = resolve_config(config, overrides)
     if isinstance(data, (str, Path)):
         cfg.data.source = str(data)
@@ -128,7 +129,7 @@ def train(
     rd.path.mkdir(parents=True, exist_ok=True)
     rd.write_config(cfg)
     return _run(cfg, rd, data, resume=False, progress=progress, epoch_callback=epoch_callback, log=log,
-                evaluate_test=evaluate_test)
+                evaluate_test=evaluate_test, started_at=started_at)
 
 
 def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log: Callable[[str], None] = print,
@@ -144,7 +145,8 @@ def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log:
 
 
 def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress: bool,
-         epoch_callback: EpochCallback | None, log: Callable[[str], None], evaluate_test: bool = True) -> RunResult:
+         epoch_callback: EpochCallback | None, log: Callable[[str], None], evaluate_test: bool = True,
+         started_at: float | None = None) -> RunResult:
     from cnnlab import figures
 
     torch.manual_seed(cfg.seed)
@@ -159,7 +161,7 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
         from cnnlab.training.recipes.fast import fit as fast_fit
 
         result = fast_fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
-                          epoch_callback=epoch_callback, log=log, test=prep.test)
+                          epoch_callback=epoch_callback, log=log, test=prep.test, started_at=started_at)
     else:
         result = _fit_stages(cfg, model, prep, rd, resume=resume, progress=progress,
                              epoch_callback=epoch_callback, log=log)
@@ -180,6 +182,7 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
     if evaluate_test and eval_split is not None:
         device = result.model.head.classifier.weight.device
         dtype = resolve_precision(cfg.train.precision, device)
+        tta = result.extra.get("tta", cfg.train.tta)  # a sized fast recipe may have chosen fewer views
         t1 = time.perf_counter()
         if "feature_cache" in result.extra and cfg.train.finetune is None and cfg.train.tta == "none":
             # The base is frozen: the test images' features come from (and go to) the cache too.
@@ -192,7 +195,7 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
                                     device=device, dtype=dtype)
         else:
             logits = predict_logits(result.model, eval_split.x, batch_size=cfg.train.eval_batch_size,
-                                    device=device, dtype=dtype, tta=cfg.train.tta)
+                                    device=device, dtype=dtype, tta=tta)
         infer_s = time.perf_counter() - t1
         report = classification_report(logits, eval_split.y, eval_split.class_names)
         split_name = "test" if prep.test is not None else "val"

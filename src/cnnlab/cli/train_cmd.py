@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="resize images to N x N when loading")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--target-accuracy", type=float, help="stop once validation accuracy reaches this")
+    p.add_argument("--time-limit", metavar="DURATION",
+                   help="the whole run's time budget, e.g. 10m, 90s, 1.5h (fast recipe: sized to fit it)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     p.add_argument("--run-dir", help="where to write the run (default: runs/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last finished epoch")
@@ -45,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.skip_bad:
         overrides["data.skip_bad"] = True
+    if args.time_limit is not None:
+        from cnnlab.utils.durations import parse_duration
+
+        overrides["train.recipe_options.time_limit_minutes"] = parse_duration(args.time_limit, "--time-limit") / 60
     from cnnlab.config import parse_override
 
     overrides.update(dict(parse_override(o) for o in args.overrides))

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,14 +38,23 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+#: Set to 0 to treat this CPU as lacking bf16 instructions (run the fp32 path on any machine,
+#: e.g. to check on an AMX Xeon what a user on an AVX2-only CPU gets); 1 to trust the CPU flags.
+BF16_ENV = "CNNLAB_CPU_BF16"
+
+
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX tiles for bf16 matrix products (Sapphire Rapids and later)."""
-    return "amx_bf16" in cpu_flags()
+    return os.environ.get(BF16_ENV, "1") != "0" and "amx_bf16" in cpu_flags()
 
 
 def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16)."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16).
+
+    Without them PyTorch emulates bf16 with conversions: a bf16 matrix product measured 0.8
+    GFLOP/s against 34 GFLOP/s in fp32 on an AVX2-only AMD EPYC (Zen 3) core.
+    """
+    return os.environ.get(BF16_ENV, "1") != "0" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 @functools.cache
@@ -77,25 +87,71 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting, or None for plain fp32.
+@dataclass(frozen=True)
+class Precision:
+    """The one precision rule's answer: the autocast dtype (None: plain fp32), its name, and why."""
 
-    "auto" means bf16 on a GPU that supports it and on a CPU with AMX-BF16 (where it measured
-    1.3x faster than fp32 for MobileNet training, see benchmarks/RESULTS.md), fp32 elsewhere.
+    dtype: torch.dtype | None
+    requested: str
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "fp32" if self.dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def downgraded(self) -> bool:
+        """True when a reduced precision was asked for and the hardware cannot run it natively."""
+        return self.requested in ("bf16", "fp16") and self.dtype is None
+
+    def note(self) -> str:
+        """One line for the log: what runs, and why."""
+        if self.downgraded:
+            return f"precision: {self.requested} was asked for, running in fp32: {self.reason}"
+        return f"precision: {self.name} ({self.reason})"
+
+
+def choose_precision(precision: str, device: torch.device | str) -> Precision:
+    """The one precision rule every compute path uses (training, Muon, evaluation, features, export,
+    benchmarks): bf16 only where the hardware runs it natively, fp32 elsewhere.
+
+    - "fp32": fp32.
+    - "bf16" / "fp16" / "auto" on a CPU: bf16 where the CPU has AVX512-BF16 or AMX-BF16, fp32 on
+      any other CPU (emulated bf16 runs about 40x slower than fp32 there). fp16 is never used on a
+      CPU (no fast kernels): a CPU that runs bf16 gets bf16 instead.
+    - on a GPU: "fp16" is fp16 (the caller scales the loss); "bf16" and "auto" are bf16 where
+      the GPU supports it, fp32 elsewhere.
     """
+    device = torch.device(device)
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be one of auto, fp32, bf16, fp16; got {precision!r}")
     if precision == "fp32":
-        return None
-    if precision == "bf16":
-        if device.type == "cpu" and not cpu_has_bf16():
-            return None  # same API, fp32 where the CPU lacks bf16 instructions
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_amx():
-        return torch.bfloat16
-    return None
+        return Precision(None, precision, "asked for")
+    if device.type == "cpu":
+        if cpu_has_bf16():
+            kind = "AMX-BF16" if cpu_has_amx() else "AVX512-BF16"
+            return Precision(torch.bfloat16, precision, f"{cpu_name()} has {kind}")
+        why = (f"{BF16_ENV}=0" if os.environ.get(BF16_ENV) == "0"
+               else f"{cpu_name()} has no bf16 instructions (AVX512-BF16 or AMX)")
+        return Precision(None, precision, why)
+    if device.type == "cuda":
+        if precision == "fp16":
+            return Precision(torch.float16, precision, "asked for, on a GPU")
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, precision, f"{torch.cuda.get_device_name(device)} supports bf16")
+        return Precision(None, precision, f"{torch.cuda.get_device_name(device)} has no bf16")
+    return Precision(None, precision, f"no reduced precision on {device.type}")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of :func:`choose_precision` (None for plain fp32)."""
+    return choose_precision(precision, device).dtype
+
+
+def matmul_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype for work that only needs a matrix product's direction, not its digits (Muon's
+    orthogonalisation): bf16 where the hardware runs it natively, fp32 elsewhere."""
+    return choose_precision("auto", device).dtype or torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -25,22 +25,21 @@ gradients stall for seconds when another process takes a core (measured up to 80
 while two independent single-threaded workers just slow down in proportion. On a GPU there is
 one worker and the same code runs with fp16/bf16.
 
+Sizing: with ``size: auto`` and a time budget the width, epochs, batch and TTA views are
+chosen from this machine's measured speed (fast_plan.py); the pieces (workers, the parallel
+step, parameter groups) live in fast_parts.py.
+
 Reads top to bottom: the options and their defaults, then :func:`fit`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import sys
+import json
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.config import ExperimentConfig
@@ -48,14 +47,21 @@ from cnnlab.data.augment import random_crop
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.evaluation.metrics import accuracy
-from cnnlab.evaluation.predict import TTA_MODES, as_nchw, predict_logits
+from cnnlab.evaluation.predict import TTA_MODES, as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
+from cnnlab.models.registry import create_model
 from cnnlab.training.loop import EpochCallback, FitResult
+from cnnlab.training.recipes import fast_plan
+from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, alternating_flip, heap_for_large_tensors,
+                                                param_groups, predict_parallel, training_flops_per_image)
 from cnnlab.training.recipes.muon import Muon
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.schedules import lr_factor
-from cnnlab.utils.hardware import autocast, default_device, physical_cores, resolve_precision, setup_threads
+from cnnlab.utils.hardware import choose_precision, default_device, physical_cores, setup_threads
+from cnnlab.utils.io import atomic_write_text
+
+__all__ = ["OPTIONS", "options", "fit", "Workers", "predict_parallel", "heap_for_large_tensors"]
 
 #: The recipe's own knobs; a config changes them with ``train.recipe_options: {name: value}``.
 OPTIONS: dict[str, Any] = {
@@ -70,7 +76,10 @@ OPTIONS: dict[str, Any] = {
     "optimizer": "sgd",  # "muon": Muon (recipes/muon.py) for the conv filters, SGD for the rest
     "muon_lr": 0.1,  # Muon's peak learning rate (the schedule scales it like train.optimizer.lr)
     "muon_momentum": 0.6,
-    "max_train_minutes": 0.0,  # > 0: after the first epoch, train fewer epochs if they would not fit
+    "max_train_minutes": 0.0,  # > 0: the training budget; fewer epochs when they would not fit
+    "time_limit_minutes": 0.0,  # > 0: the whole run's budget (data, training, final evaluation)
+    "size": "fixed",  # "auto": width, epochs, batch and TTA sized to the budget (fast_plan.py)
+    "heartbeat_seconds": 60.0,  # a progress line at least this often within an epoch (0: none)
 }
 
 
@@ -84,7 +93,7 @@ def options(given: dict[str, Any]) -> dict[str, Any]:
     for k, v in given.items():
         default = OPTIONS[k]
         if isinstance(default, str):
-            allowed = {"monitor_tta": TTA_MODES, "optimizer": ("sgd", "muon")}[k]
+            allowed = {"monitor_tta": TTA_MODES, "optimizer": ("sgd", "muon"), "size": ("fixed", "auto")}[k]
             if v not in allowed:
                 raise ConfigError(f"train.recipe_options.{k}: {v!r} is not one of {', '.join(allowed)}")
             out[k] = v
@@ -95,114 +104,6 @@ def options(given: dict[str, Any]) -> dict[str, Any]:
             if out[k] < 0:
                 raise ConfigError(f"train.recipe_options.{k}: must not be negative, got {v!r}")
     return out
-
-
-# ----------------------------------------------------------------------------- pieces
-
-
-def alternating_flip(x: torch.Tensor, idx: torch.Tensor, first_flips: torch.Tensor, epoch: int) -> torch.Tensor:
-    """Flip images ``x`` (dataset indices ``idx``) as their first-epoch draw says in even epochs, and
-    the other way in odd ones."""
-    mask = first_flips[idx] if epoch % 2 == 0 else ~first_flips[idx]
-    return torch.where(mask.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale: float,
-                 skip: set[int]) -> list[dict[str, Any]]:
-    """Weights (decayed) and biases / BatchNorm shifts (faster, less decay); ``skip``: ids left out."""
-    weights, biases = [], []
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in skip:
-            (weights if p.ndim >= 2 else biases).append(p)
-    groups = [{"params": weights, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay}]
-    if biases:
-        blr = lr * bias_lr_scale
-        groups.append({"params": biases, "lr": blr, "initial_lr": blr,
-                       "weight_decay": weight_decay / bias_lr_scale if bias_lr_scale else 0.0})
-    return groups
-
-
-class Workers:
-    """Runs one function on the slices of a batch, one slice per thread (the caller takes slice 0).
-
-    Torch kernels run single-threaded inside each worker (the recipe sets one intra-op thread),
-    so the workers are the parallelism. Only the caller updates BatchNorm running statistics.
-    """
-
-    def __init__(self, n: int):
-        self.n = max(1, n)
-        self.pool = (ThreadPoolExecutor(self.n - 1, thread_name_prefix="cnnlab-fast",
-                                        initializer=set_thread_updates_bn_stats, initargs=(False,))
-                     if self.n > 1 else None)
-
-    def map(self, fn: Callable[..., Any], items: list[Any]) -> list[Any]:
-        if self.pool is None or len(items) == 1:
-            return [fn(*it) for it in items]
-        futures = [self.pool.submit(fn, *it) for it in items[1:]]
-        first = fn(*items[0])
-        return [first] + [f.result() for f in futures]
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-
-
-def predict_parallel(model: nn.Module, x: np.ndarray | torch.Tensor, workers: Workers, *, tta: str = "none",
-                     batch_size: int = 500, device: torch.device | None = None,
-                     dtype: torch.dtype | None = None) -> torch.Tensor:
-    """:func:`predict_logits` on ``workers.n`` slices of ``x`` at once (eval mode is set first)."""
-    model.eval()
-    xs = as_nchw(x)
-    n = xs.shape[0]
-    bounds = np.linspace(0, n, workers.n + 1).astype(int)
-    parts = [(xs[a:b],) for a, b in zip(bounds[:-1], bounds[1:]) if b > a] or [(xs,)]
-
-    def run(part: torch.Tensor) -> torch.Tensor:
-        return predict_logits(model, part, batch_size=batch_size, device=device, dtype=dtype, tta=tta)
-
-    return torch.cat(workers.map(run, parts))
-
-
-def training_flops_per_image(model: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
-                             image_shape: tuple[int, ...], params: list[torch.Tensor]) -> float:
-    """FLOPs one training image costs (forward + backward, as executed), by PyTorch's FLOP counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    dev = next(model.parameters()).device
-    x = torch.zeros((2, *image_shape), dtype=torch.uint8, device=dev)
-    set_thread_updates_bn_stats(False)  # the probe must not move the running statistics
-    try:
-        with FlopCounterMode(display=False) as counter:
-            torch.autograd.grad(loss_fn(model(x)), params)
-    finally:
-        set_thread_updates_bn_stats(True)
-    return counter.get_total_flops() / 2
-
-
-@contextlib.contextmanager
-def heap_for_large_tensors() -> Iterator[None]:
-    """Serve large allocations from the reused heap instead of fresh ``mmap`` pages (glibc only).
-
-    glibc maps every block over 32 MB afresh, and the kernel zeroes each new page on first touch:
-    measured here, writing a fresh 58 MB im2col buffer took 35 ms vs 11 ms into reused memory, and
-    every large activation and gradient pays that each step. ``mallopt`` stops it for the
-    duration; afterwards the settings are restored and the freed memory given back.
-    """
-    libc = None
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:
-            libc = None
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = bool(libc) and libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-    try:
-        yield
-    finally:
-        if ok:
-            libc.mallopt(m_mmap_max, 65536)
-            libc.mallopt(m_trim_threshold, 128 * 1024)
-            libc.malloc_trim(0)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -220,24 +121,28 @@ def fit(
     epoch_callback: EpochCallback | None = None,
     log: Callable[[str], None] = print,
     test: ImageArrays | None = None,
+    started_at: float | None = None,
 ) -> FitResult:
     """Train ``model`` with the fast recipe. Writes ``history.csv`` to ``run_dir`` after each epoch.
 
     The accuracy watched for ``train.target_accuracy`` is the validation split's; without one
     (the fast presets train on all 50,000 images) it is the test split's, as the published
-    time-to-accuracy benchmarks do, and the log says so.
+    time-to-accuracy benchmarks do, and the log says so. ``started_at`` (``time.monotonic()``)
+    is when the run began, for ``time_limit_minutes`` (default: now). With ``size: auto`` the
+    returned model is a new one of the planned width (``result.extra["plan"]`` says why).
     """
     tc = cfg.train
-    opt_cfg = tc.optimizer
     o = options(tc.recipe_options)
-    if opt_cfg.name != "sgd":
+    if tc.optimizer.name != "sgd":
         raise ConfigError(f"the fast recipe trains with Nesterov SGD: set train.optimizer.name to 'sgd' "
-                          f"(got {opt_cfg.name!r})")
+                          f"(got {tc.optimizer.name!r})")
     if resume:
         log("the fast recipe keeps no resume state; training again from the start")
+    started_at = time.monotonic() if started_at is None else started_at
     setup_threads()
     device = default_device()
-    dtype = resolve_precision(tc.precision, device)
+    precision = choose_precision(tc.precision, device)
+    log(precision.note())
     n_workers = 1 if device.type != "cpu" else (int(o["workers"]) or physical_cores())
     old_threads = torch.get_num_threads()
     workers = Workers(n_workers)
@@ -245,18 +150,62 @@ def fit(
         torch.set_num_threads(1)  # each worker runs single-threaded kernels
     try:
         with heap_for_large_tensors():
-            return _fit(cfg, model, train, val, test, run_dir, o, device, dtype, workers, progress,
-                        epoch_callback, log)
+            return _fit(cfg, model, train, val, test, run_dir, o, device, precision, workers, progress,
+                        epoch_callback, log, started_at)
     finally:
         workers.close()
         torch.set_num_threads(old_threads)
         set_thread_updates_bn_stats(True)
 
 
+def _budgets(o: dict[str, Any], started_at: float) -> tuple[float, float]:
+    """(training budget, whole budget) in seconds from now; 0 where no budget is set."""
+    total = 60 * o["time_limit_minutes"] - (time.monotonic() - started_at) if o["time_limit_minutes"] else 0.0
+    train = 60 * o["max_train_minutes"]
+    if total:
+        # What the whole budget leaves for training: the final evaluation and saving come after it.
+        train = min(train, 0.9 * total) if train else 0.9 * total
+    return train, total or train
+
+
+def _plan(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, n_eval: int, o: dict[str, Any],
+          device: torch.device, precision: Any, workers: Workers, started_at: float, run_dir: RunDir,
+          log: Callable[[str], None]) -> tuple[ExperimentConfig, ImageClassifier, fast_plan.FastPlan | None]:
+    train_s, total_s = _budgets(o, started_at)
+    if o["size"] != "auto" or not train_s:
+        return cfg, model, None
+    x, y = as_nchw(train.x).to(device), torch.from_numpy(train.y).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dtype = precision.dtype
+
+    def step_factory(m: torch.nn.Module) -> TrainStep:
+        return TrainStep(m, workers, device, dtype, cfg.train.label_smoothing)
+
+    def measure(widths: tuple[int, int, int], batch: int) -> float:
+        return fast_plan.measure_images_per_second(cfg, widths, x, y, train.class_names, step_factory, batch, gen)
+
+    def flops_of(widths: tuple[int, int, int]) -> float:
+        m = create_model(fast_plan.with_widths(cfg.model, widths), train.class_names)
+        params = [p for p in m.parameters() if p.requires_grad]
+        return training_flops_per_image(m, lambda z: F.cross_entropy(z.float(), torch.zeros(len(z), dtype=torch.long)),
+                                        tuple(x.shape[1:]), params)
+
+    plan = fast_plan.make_plan(cfg, len(y), n_eval, train_s, total_s, measure, flops_of, precision.name)
+    log(plan.describe())
+    atomic_write_text(run_dir.path / "plan.json", json.dumps(plan.to_dict(), indent=2))
+    planned = fast_plan.apply_plan(cfg, plan)
+    run_dir.write_config(planned)
+    return planned, create_model(planned.model, train.class_names), plan
+
+
 def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val: ImageArrays | None,
          test: ImageArrays | None, run_dir: RunDir, o: dict[str, Any], device: torch.device,
-         dtype: torch.dtype | None, workers: Workers, progress: bool, epoch_callback: EpochCallback | None,
-         log: Callable[[str], None]) -> FitResult:
+         precision: Any, workers: Workers, progress: bool, epoch_callback: EpochCallback | None,
+         log: Callable[[str], None], started_at: float) -> FitResult:
+    eval_split = test if test is not None else val
+    cfg, model, plan = _plan(cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device,
+                             precision, workers, started_at, run_dir, log)
+    dtype = precision.dtype
     tc = cfg.train
     label_smoothing = tc.label_smoothing
     translate = tc.augment.crop_padding
@@ -272,7 +221,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     n = len(y_all)
     batch_size = min(tc.batch_size, n)
     steps_per_epoch = max(1, n // batch_size)  # the last, partial batch is dropped
-    epochs = tc.epochs  # may shrink after the first epoch to fit recipe_options.max_train_minutes
+    epochs = tc.epochs  # re-planned after each epoch when a time budget is set
     total_steps = steps_per_epoch * epochs
     first_flips = torch.rand(n, generator=gen) < 0.5
 
@@ -303,8 +252,10 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     opts: list[torch.optim.Optimizer] = [
         torch.optim.SGD(groups, lr=lr, momentum=tc.optimizer.momentum, nesterov=tc.optimizer.nesterov)]
     if filters:
+        # Muon's orthogonalisation in bf16 only where the precision rule trains in bf16.
         opts.append(Muon(filters, lr=o["muon_lr"], momentum=o["muon_momentum"], nesterov=True,
-                         parallel_map=workers.map, chunks=workers.n))
+                         parallel_map=workers.map, chunks=workers.n,
+                         ns_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32))
         for g in opts[-1].param_groups:
             g["initial_lr"] = o["muon_lr"]
 
@@ -320,25 +271,19 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         log("target_accuracy: no validation split, so the test split's accuracy is watched "
             "(as in published time-to-accuracy results)")
 
-    # fp16 (GPUs) needs its loss scaled so small gradients survive; bf16 and fp32 do not.
-    loss_scale = 2.0**12 if dtype == torch.float16 else 1.0
-
-    def worker_step(xb: torch.Tensor, yb: torch.Tensor, params: list[torch.Tensor], weight: float):
-        with autocast(device, dtype):
-            logits = step_model(xb)
-        logits = logits.float()
-        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-        grads = torch.autograd.grad(loss * (weight * loss_scale), params)
-        return grads, loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
-
+    train_step = TrainStep(step_model, workers, device, dtype, label_smoothing)
+    train_budget_s, _ = _budgets(o, started_at)
+    train_deadline = time.monotonic() + train_budget_s if train_budget_s else None
     log(f"fast recipe: {n:,} images, batch {batch_size}, {steps_per_epoch} steps x {epochs} epochs, "
         f"{flops_per_image / 1e9:.3f} GFLOP per training image, {workers.n} worker(s), "
-        f"{'fp32' if dtype is None else str(dtype).replace('torch.', '')} on {device.type}")
+        f"{precision.name} on {device.type}"
+        + (f", training budget {train_budget_s / 60:.1f} min" if train_budget_s else ""))
     history: list[dict[str, float]] = []
     step, train_seconds, stopped, stop_reason = 0, 0.0, False, ""
-    for epoch in range(tc.epochs):
-        if epoch >= epochs:
-            break
+    beat = o["heartbeat_seconds"]
+    max_epochs = max(epochs, fast_plan.MAX_EPOCHS) if plan is not None else epochs
+    epoch = 0
+    while epoch < epochs:
         model.train()
         train_bias = epoch < o["whiten_bias_epochs"]
         whiten_bias.requires_grad_(train_bias)  # frozen, the first conv needs no input gradient
@@ -346,7 +291,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         perm = torch.randperm(n, generator=gen)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        t0 = time.perf_counter()
+        t0 = last_beat = time.perf_counter()
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
             xb = x_all[idx.to(x_all.device)]
@@ -361,31 +306,19 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             for opt in opts:
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * factor
-            bounds = np.linspace(0, len(idx), workers.n + 1).astype(int)
-            items = [(xb[a:b], yb[a:b], params, (b - a) / len(idx)) for a, b in zip(bounds[:-1], bounds[1:])]
-            results = workers.map(worker_step, items)
-            for k, p in enumerate(params):
-                g = results[0][0][k]
-                for r in results[1:]:
-                    g = g + r[0][k]
-                p.grad = g
+            batch_loss, batch_correct, ok = train_step(xb, yb, params)
             if not train_bias:
                 whiten_bias.grad = None
-            if loss_scale != 1.0:
-                grads = [p.grad for p in params]
-                if not all(torch.isfinite(g).all() for g in grads):
-                    loss_scale /= 2  # overflow: skip this step with a smaller scale next time
-                    continue
-                torch._foreach_div_(grads, loss_scale)
+            if not ok:
+                continue  # fp16 overflow: this step is skipped with a smaller loss scale
             for opt in opts:
                 opt.step()
             step += 1
-            batch_loss = sum(r[1] for r in results)
             if not torch.isfinite(batch_loss):
                 raise TrainingError(f"the loss became {float(batch_loss)} at epoch {epoch + 1}, step {i + 1}; "
                                     f"training stopped (try a lower learning rate than {lr:g})")
             loss_sum += batch_loss
-            correct += sum(r[2] for r in results)
+            correct += batch_correct
             if slow is not None and (step % la_every == 0 or step == total_steps):
                 # The slow weights' share ramps up as (progress)^3: no averaging while the learning
                 # rate is high, decay**k of the slow weights at the end (a lagging average early on
@@ -394,6 +327,13 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                 with torch.no_grad():
                     torch._foreach_lerp_(slow, [t.detach() for t in averaged], 1.0 - keep)
                     torch._foreach_copy_([t.detach() for t in averaged], slow)
+            now = time.perf_counter()
+            if beat and now - last_beat >= beat and i + 1 < steps_per_epoch:
+                last_beat = now
+                rate = (i + 1) * batch_size / (now - t0)
+                left = ((steps_per_epoch - i - 1) + (epochs - epoch - 1) * steps_per_epoch) * batch_size / rate
+                log(f"  epoch {epoch + 1}/{epochs}: step {i + 1}/{steps_per_epoch}, {rate:.0f} img/s, "
+                    f"about {left / 60:.1f} min of training left")
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         seen = steps_per_epoch * batch_size
@@ -412,18 +352,20 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         log(_log_line(epoch, epochs, logs, monitor_name))
         if epoch_callback is not None:
             epoch_callback(epoch, logs)
-        if epoch == 0 and o["max_train_minutes"] > 0 and seconds * epochs > 60 * o["max_train_minutes"]:
-            # The time budget: the first epoch's speed says how many epochs fit; the schedule
-            # (a function of step / total_steps) is re-planned for that many.
-            fit_epochs = max(1, int(60 * o["max_train_minutes"] // seconds))
-            log(f"time budget: {epochs} epochs would take about {seconds * epochs / 60:.1f} min at this speed, "
-                f"over max_train_minutes={o['max_train_minutes']:g}; training {fit_epochs} epochs instead")
-            epochs = fit_epochs
-            total_steps = steps_per_epoch * epochs
+        epoch += 1
+        if train_deadline is not None:
+            # The time budget: this epoch's speed says how many more epochs fit (after the first
+            # epoch of a planned run also more than planned, up to the planner's cap); the
+            # schedule, a function of step / total_steps, is re-planned for that many.
+            fits = epoch + int(max(0.0, train_deadline - time.monotonic()) // seconds)
+            new = max(epoch, min(fits, max_epochs if epoch == 1 and plan is not None else epochs))
+            if new != epochs:
+                log(f"time budget: {new} epochs fit at this speed (planned {epochs}); training {new}")
+                epochs, total_steps = new, steps_per_epoch * new
         if tc.target_accuracy is not None and logs.get(f"{monitor_name}_accuracy", -1.0) >= tc.target_accuracy:
             stopped = True
             stop_reason = (f"reached target {monitor_name}_accuracy {tc.target_accuracy} after "
-                           f"{train_seconds:.1f} s of training (epoch {epoch + 1})")
+                           f"{train_seconds:.1f} s of training (epoch {epoch})")
             log(stop_reason)
             break
 
@@ -431,15 +373,17 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     whiten_bias.requires_grad_(True)
     rates = sorted(h["images_per_second"] for h in history)
     images = sum(steps_per_epoch * batch_size for _ in history)
+    extra = {"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
+             "train_gflops_per_second": flops_per_image * images / max(train_seconds, 1e-9) / 1e9,
+             "precision": precision.name, "monitor": monitor_name or None, "options": o, "tta": tc.tta}
+    if plan is not None:
+        extra["plan"] = {"widths": plan.widths, "epochs": plan.epochs, "batch_size": plan.batch_size,
+                         "tta": plan.tta, "estimated_train_seconds": round(plan.estimated_train_seconds, 1),
+                         "probe_seconds": round(plan.probe_seconds, 1)}
     return FitResult(
         model=model, history=history, run_dir=run_dir, epochs_run=len(history), stopped_early=stopped,
         stop_reason=stop_reason, train_seconds=train_seconds,
-        images_per_second=rates[len(rates) // 2] if rates else 0.0,
-        extra={"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
-               "train_gflops_per_second": flops_per_image * images / max(train_seconds, 1e-9) / 1e9,
-               "precision": "fp32" if dtype is None else str(dtype).replace("torch.", ""),
-               "monitor": monitor_name or None, "options": o},
-    )
+        images_per_second=rates[len(rates) // 2] if rates else 0.0, extra=extra)
 
 
 def _log_line(epoch: int, epochs: int, logs: dict[str, float], monitor: str) -> str:

@@ -1,0 +1,184 @@
+"""Sizing the fast recipe for the machine it runs on and the time it is given.
+
+The same recipe is 3-40x faster or slower from one CPU to the next (bf16 with AMX, AVX512-BF16,
+or fp32 on an AVX2-only CPU; 2 cores or 32). A fixed width and epoch count therefore either
+wastes a budget or overruns it. With ``recipe_options.size: auto`` and a budget
+(``time_limit_minutes`` for the whole run, or ``max_train_minutes`` for training alone), the
+planner measures, in the first seconds, how fast this machine trains each width of
+:data:`WIDTH_LADDER` (one warm-up and two timed steps each, narrowest first, stopping once a
+width cannot reach :data:`TARGET_EPOCHS`), and picks:
+
+- the widest net that trains at least ``TARGET_EPOCHS`` epochs in the budget (the schedule and
+  the lookahead averaging were tuned at 8 epochs: presets/fast.yaml), with as many epochs as fit,
+  up to :data:`MAX_EPOCHS`; if even the narrowest cannot, the narrowest for as many epochs as fit;
+- the batch size: the config's, halved (with the SGD learning rate, the linear scaling rule)
+  while an epoch would have fewer than :data:`MIN_STEPS_PER_EPOCH` steps (small data sets);
+- the test-time augmentation: the most views (flip_translate 6, flip 2, none 1) whose final
+  evaluation is estimated to take at most :data:`EVAL_SHARE` of the budget.
+
+The training loop then re-checks the plan against the clock after every epoch (fewer epochs if
+the machine became slower, e.g. another job took a core). The plan is written to the run
+directory as plan.json: candidates, measured speeds, the choice and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from cnnlab.config import ExperimentConfig
+from cnnlab.data.augment import random_crop
+from cnnlab.models.fastnet import init_whitening
+from cnnlab.models.registry import create_model
+
+#: Widths (stem, block 2, block 3) tried, narrowest first; [64, 256, 256] is the published net's.
+WIDTH_LADDER: tuple[tuple[int, int, int], ...] = (
+    (24, 96, 96), (32, 128, 128), (48, 192, 192), (64, 256, 256), (96, 384, 384), (128, 512, 512))
+TARGET_EPOCHS = 8  #: the epochs the schedule was tuned for: the widest net that gets them wins
+MAX_EPOCHS = 16  #: more epochs than this buy little at a fixed width; a wider net is better then
+MIN_STEPS_PER_EPOCH = 16  #: below this many steps an epoch, the batch is halved
+MIN_BATCH = 64
+EVAL_SHARE = 0.05  #: the final evaluation (with its TTA views) may take this share of the budget
+PROBE_SHARE = 0.05  #: measuring the candidates may take at most this share of the budget
+PROBE_BATCH = 128
+TTA_VIEWS = {"flip_translate": 6, "flip": 2, "none": 1}
+
+
+@dataclass
+class Candidate:
+    widths: tuple[int, int, int]
+    images_per_second: float | None = None  # measured (None: estimated from the FLOP rate)
+    estimated_images_per_second: float = 0.0
+    epochs_fit: int = 0
+
+
+@dataclass
+class FastPlan:
+    widths: list[int]
+    epochs: int
+    batch_size: int
+    lr_scale: float
+    tta: str
+    train_budget_seconds: float
+    estimated_train_seconds: float
+    estimated_eval_seconds: float
+    images_per_second: float
+    precision: str
+    reason: str
+    probe_seconds: float
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"plan: width {self.widths}, {self.epochs} epochs of batch {self.batch_size}, TTA {self.tta}; "
+                f"about {self.estimated_train_seconds / 60:.1f} min of training at {self.images_per_second:.0f} "
+                f"img/s + {self.estimated_eval_seconds / 60:.1f} min of evaluation, in {self.precision} "
+                f"({self.reason})")
+
+
+def planned_batch(batch_size: int, n: int) -> int:
+    """The config's batch, halved while an epoch of ``n`` images would have too few steps."""
+    b = min(batch_size, max(1, n))
+    while b > MIN_BATCH and n // b < MIN_STEPS_PER_EPOCH:
+        b //= 2
+    return b
+
+
+def with_widths(model_cfg: Any, widths: tuple[int, int, int] | list[int]) -> Any:
+    """A copy of a model config with the fast net's ``widths``."""
+    c = copy.deepcopy(model_cfg)
+    c.kwargs = {**c.kwargs, "widths": list(widths)}
+    return c
+
+
+def measure_images_per_second(cfg: ExperimentConfig, widths: tuple[int, int, int], x: torch.Tensor,
+                              y: torch.Tensor, class_names: list[str], step_factory: Callable[..., Any],
+                              batch: int, gen: torch.Generator) -> float:
+    """Training images/s of the fast net at ``widths``: one warm-up step, then two timed ones,
+    through the recipe's own data-parallel step (``step_factory(model) -> step``)."""
+    model = create_model(with_widths(cfg.model, widths), class_names).to(x.device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    idx = torch.randperm(len(x), generator=gen)[: max(batch, 2)]
+    init_whitening(model, x[idx], eps=5e-4)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = step_factory(model)
+    xb, yb = random_crop(x[idx[:batch]], 2, gen), y[idx[:batch]]
+    if cfg.train.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    step(xb, yb, params)  # warm-up: allocations, oneDNN primitive creation
+    t = time.perf_counter()
+    for _ in range(2):
+        step(xb, yb, params)
+    return 2 * len(yb) / (time.perf_counter() - t)
+
+
+def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: float, total_budget_s: float,
+              measure: Callable[[tuple[int, int, int], int], float], flops_of: Callable[[tuple[int, int, int]], float],
+              precision: str) -> FastPlan:
+    """Choose widths, epochs, batch size and TTA views (see the module docstring).
+
+    ``measure(widths, batch)`` -> training images/s; ``flops_of(widths)`` -> training FLOPs per image.
+    """
+    t0 = time.perf_counter()
+    batch = planned_batch(cfg.train.batch_size, n_train)
+    per_epoch = max(1, n_train // batch) * batch
+    probe_cap = PROBE_SHARE * total_budget_s
+    cands: list[Candidate] = []
+    best_rate = 0.0  # measured FLOP/s, to estimate widths not measured
+    for widths in WIDTH_LADDER:
+        c = Candidate(widths)
+        if time.perf_counter() - t0 < probe_cap:
+            c.images_per_second = measure(widths, min(PROBE_BATCH, batch))
+            c.estimated_images_per_second = c.images_per_second
+            best_rate = max(best_rate, c.images_per_second * flops_of(widths))
+        else:
+            c.estimated_images_per_second = best_rate / flops_of(widths)
+        c.epochs_fit = int(train_budget_s * c.estimated_images_per_second // per_epoch)
+        cands.append(c)
+        if c.epochs_fit < TARGET_EPOCHS:
+            break  # wider nets fit even fewer epochs
+    good = [c for c in cands if c.epochs_fit >= TARGET_EPOCHS]
+    if good:
+        pick = good[-1]
+        epochs = min(pick.epochs_fit, MAX_EPOCHS)
+        reason = f"the widest net that trains >= {TARGET_EPOCHS} epochs in {train_budget_s / 60:.1f} min"
+    else:
+        pick = cands[0]
+        epochs = max(1, pick.epochs_fit)
+        reason = (f"even the narrowest net trains only {pick.epochs_fit} epoch(s) in {train_budget_s / 60:.1f} min"
+                  if pick.epochs_fit < TARGET_EPOCHS else "")
+    ips = pick.estimated_images_per_second
+    # Forward only is about a third of a training step's FLOPs; inference runs about 2.5x training's rate.
+    infer_ips = 2.5 * ips
+    tta = cfg.train.tta
+    for mode in ("flip_translate", "flip", "none"):
+        if TTA_VIEWS[mode] > TTA_VIEWS[cfg.train.tta]:
+            continue  # never more views than the config asks for
+        tta = mode
+        if n_eval * TTA_VIEWS[mode] / infer_ips <= EVAL_SHARE * total_budget_s:
+            break
+    return FastPlan(
+        widths=list(pick.widths), epochs=epochs, batch_size=batch, lr_scale=batch / min(cfg.train.batch_size, max(1, n_train)),
+        tta=tta, train_budget_seconds=train_budget_s, estimated_train_seconds=epochs * per_epoch / ips,
+        estimated_eval_seconds=n_eval * TTA_VIEWS[tta] / infer_ips, images_per_second=ips, precision=precision,
+        reason=reason, probe_seconds=time.perf_counter() - t0, candidates=[asdict(c) for c in cands])
+
+
+def apply_plan(cfg: ExperimentConfig, plan: FastPlan) -> ExperimentConfig:
+    """A copy of ``cfg`` with the plan's widths, epochs, batch, learning rate and TTA."""
+    out = copy.deepcopy(cfg)
+    out.model = with_widths(cfg.model, plan.widths)
+    out.train.epochs = plan.epochs
+    out.train.batch_size = plan.batch_size
+    out.train.optimizer.lr = cfg.train.optimizer.lr * plan.lr_scale
+    out.train.tta = plan.tta  # type: ignore[assignment]
+    return out
