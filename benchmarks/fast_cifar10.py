@@ -9,8 +9,11 @@ For each seed it trains the recipe on the 50,000 training images and reports the
 without and with flip/translate test-time augmentation, the training wall time (evaluation
 excluded, as published fast-CIFAR-10 times are), images/s and the achieved GFLOP/s: training
 FLOPs as executed (forward + backward, counted by PyTorch's FLOP counter) over the training
-time. The share of the machine is that figure over the bf16 (or fp32) matrix-product peak this
-script measures first with 4096 x 4096 products on all cores. ``--time-to ACC`` also evaluates
+time. The share of the machine is that figure over the matrix-product peak this script measures
+first, in the dtype the run trains in (the precision rule of utils/hardware.py: bf16 only where
+the CPU has AVX512-BF16 or AMX), with square products grown until one takes a second, for at
+most 10 s. It also times what lies outside training: loading the data (decoding, then the
+cache), the recipe's set-up (planning, whitening, FLOP count) and the final evaluation. ``--time-to ACC`` also evaluates
 the test accuracy with TTA after every epoch (time not counted) and reports when it first
 reached ACC. Mean and spread (sample standard deviation) over the seeds close the output;
 ``--json`` writes everything to a file.
@@ -37,31 +40,47 @@ from cnnlab.evaluation.metrics import accuracy  # noqa: E402
 from cnnlab.models.registry import create_model  # noqa: E402
 from cnnlab.training.recipes.fast import Workers, fit, options, predict_parallel  # noqa: E402
 from cnnlab.training.rundir import RunDir  # noqa: E402
-from cnnlab.utils.hardware import machine_summary, physical_cores, resolve_precision, setup_threads  # noqa: E402
+from cnnlab.utils.hardware import (autocast, choose_precision, machine_summary, physical_cores,  # noqa: E402
+                                   resolve_precision, setup_threads)
 
-MATMUL_SIZE = 4096
+PEAK_SECONDS = 10.0  # the whole peak measurement stays under this
 
 
-def matmul_peak(dtype: torch.dtype, repeats: int = 5) -> float:
-    """Best GFLOP/s of a 4096 x 4096 matrix product in ``dtype`` on all cores."""
-    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
-    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
+def matmul_peak(dtype: torch.dtype, max_seconds: float = PEAK_SECONDS) -> tuple[float, int]:
+    """Best GFLOP/s of a square matrix product in ``dtype`` on all cores, and its size.
+
+    Sizes double from 256 until a product takes about a second or the time is spent, so a CPU
+    without native support for ``dtype`` (emulated bf16: 40x slower) still ends in time.
+    """
+    t_end = time.perf_counter() + max_seconds
+    best, size, n = 0.0, 256, 256
+    while time.perf_counter() < t_end:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         t = time.perf_counter()
         a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * MATMUL_SIZE**3 / best / 1e9
+        took = time.perf_counter() - t
+        for _ in range(3):
+            if time.perf_counter() + took > t_end:
+                break
+            t = time.perf_counter()
+            a @ b
+            took = min(took, time.perf_counter() - t)
+        rate = 2 * n**3 / took / 1e9
+        if rate > best:
+            best, size = rate, n
+        if took > 1.0 or n >= 4096:
+            break
+        n *= 2
+    return best, size
 
 
-def conv_reference(repeats: int = 5) -> float:
-    """Best GFLOP/s of bf16 3x3 convolutions (B=256, 256->256 channels, 8x8), one worker per core."""
+def conv_reference(dtype: torch.dtype, repeats: int = 3) -> float:
+    """Best GFLOP/s of 3x3 convolutions in ``dtype`` (B=64, 256->256 channels, 8x8), one worker per core."""
     import torch.nn.functional as F
 
     cores = physical_cores()
-    x = torch.randn(256, 256, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(256, 256, 3, 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(64, 256, 8, 8).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
     workers = Workers(cores)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -76,7 +95,7 @@ def conv_reference(repeats: int = 5) -> float:
     finally:
         workers.close()
         torch.set_num_threads(threads)
-    return cores * 2 * 256 * 64 * 256 * 256 * 9 / best / 1e9
+    return cores * 2 * 64 * 64 * 256 * 256 * 9 / best / 1e9
 
 
 def profile_step(cfg_path: Path, batch: int = 256, steps: int = 2) -> None:
@@ -98,8 +117,10 @@ def profile_step(cfg_path: Path, batch: int = 256, steps: int = 2) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
+    dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
+
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(torch.device("cpu"), dtype):
             logits = model(x)
         torch.autograd.grad(F.cross_entropy(logits.float(), y, label_smoothing=0.2), params)
 
@@ -144,7 +165,9 @@ def one_seed(cfg_path: Path, seed: int, args: argparse.Namespace, bundle, out_di
     if args.time_to is not None:
         overrides["train.recipe_options.monitor_tta"] = "flip_translate"
     cfg = load_config(cfg_path, overrides)
+    t0 = time.monotonic()
     prep = api.prepare_data(cfg, bundle)
+    prepare_seconds = time.monotonic() - t0
     model = create_model(cfg.model, prep.train.class_names)
     rd = RunDir(out_dir / f"seed{seed}")
     rd.path.mkdir(parents=True, exist_ok=True)
@@ -157,7 +180,10 @@ def one_seed(cfg_path: Path, seed: int, args: argparse.Namespace, bundle, out_di
 
     # With --time-to, the test split is the per-epoch monitor (passed as `val`), as in airbench.
     monitor = prep.test if args.time_to is not None else None
-    res = fit(cfg, model, prep.train, monitor, rd, progress=False, log=print, epoch_callback=on_epoch)
+    t_fit = time.monotonic()
+    res = fit(cfg, model, prep.train, monitor, rd, progress=False, log=print, epoch_callback=on_epoch,
+              test=prep.test, started_at=t0)
+    fit_seconds = time.monotonic() - t_fit
     device = next(res.model.parameters()).device
     dtype = resolve_precision(cfg.train.precision, device)
     n_workers = 1 if device.type != "cpu" else (int(options(cfg.train.recipe_options)["workers"]) or physical_cores())
@@ -165,11 +191,13 @@ def one_seed(cfg_path: Path, seed: int, args: argparse.Namespace, bundle, out_di
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if n_workers > 1 else threads)
     y = torch.from_numpy(prep.test.y)
-    accs = {}
+    accs, eval_seconds = {}, {}
     try:
         for tta in ("none", "flip_translate"):
+            t = time.monotonic()
             logits = predict_parallel(res.model, prep.test.x, workers, tta=tta, device=device, dtype=dtype,
                                       batch_size=cfg.train.eval_batch_size)
+            eval_seconds[tta] = time.monotonic() - t
             accs[tta] = accuracy(logits, y)
     finally:
         workers.close()
@@ -186,6 +214,12 @@ def one_seed(cfg_path: Path, seed: int, args: argparse.Namespace, bundle, out_di
         "train_gflop_per_image": res.extra["train_gflop_per_image"],
         "workers": res.extra["workers"],
         "precision": res.extra["precision"],
+        "plan": res.extra.get("plan"),
+        # what lies outside training (seconds)
+        "prepare_seconds": prepare_seconds,
+        "setup_seconds": res.extra["setup_seconds"],
+        "fit_other_seconds": fit_seconds - res.train_seconds - res.extra["setup_seconds"],
+        "eval_seconds": eval_seconds,
     }
     if args.time_to is not None:
         row["time_to_target"] = reached or None
@@ -216,35 +250,43 @@ def main() -> int:
         profile_step(cfg_path)
         return 0
     print(f"machine: {machine_summary()}")
-    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    print(f"matmul peak ({MATMUL_SIZE}x{MATMUL_SIZE}, {torch.get_num_threads()} threads): "
-          f"bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s")
-    conv_ref = conv_reference()
-    print(f"bf16 3x3 convolution reference (one single-threaded worker per core): {conv_ref:.0f} GFLOP/s")
+    precision = choose_precision(load_config(cfg_path).train.precision, torch.device("cpu"))
+    print(precision.note())
+    peak, peak_size = matmul_peak(precision.dtype or torch.float32)
+    print(f"{precision.name} matmul peak ({peak_size}x{peak_size}, {torch.get_num_threads()} threads): "
+          f"{peak:.0f} GFLOP/s")
+    conv_ref = conv_reference(precision.dtype or torch.float32)
+    print(f"{precision.name} 3x3 convolution reference (one single-threaded worker per core): {conv_ref:.0f} GFLOP/s")
     print(f"config: {cfg_path}")
     budget = options(load_config(cfg_path).train.recipe_options)["max_train_minutes"]
     if budget:
         print(f"note: this config has a time budget (max_train_minutes={budget:g}): a slow machine trains fewer "
               f"epochs; experiments/fast/speed.yaml and long.yaml have none")
+    t = time.monotonic()
     bundle = api.load_data("cifar10", load_config(cfg_path))
+    print(f"data: CIFAR-10 loaded in {time.monotonic() - t:.1f} s (decoded once, then from cnnlab's cache)")
 
     rows = []
     for seed in range(args.seeds):
         row = one_seed(cfg_path, seed, args, bundle, args.out)
-        peak = peaks["bf16" if row["precision"] == "bfloat16" else "fp32"]
         row["share_of_peak"] = row["gflops_per_second"] / peak
         row["share_of_conv_reference"] = row["gflops_per_second"] / conv_ref
         rows.append(row)
         line = (f"seed {seed}: test accuracy {row['test_accuracy']:.4f}, with TTA {row['test_accuracy_tta']:.4f} | "
                 f"{row['epochs']} epochs in {row['train_minutes']:.2f} min | {row['images_per_second']:.0f} img/s | "
                 f"{row['gflops_per_second']:.0f} GFLOP/s = {100 * row['share_of_peak']:.0f}% of the "
-                f"{'bf16' if row['precision'] == 'bfloat16' else 'fp32'} matmul peak, "
+                f"{row['precision']} matmul peak, "
                 f"{100 * row['share_of_conv_reference']:.0f}% of the conv reference")
         if args.time_to is not None:
             t = row["time_to_target"]
             line += (f" | reached {args.time_to:.3f} with TTA after epoch {t['epoch']}, {t['seconds'] / 60:.2f} min"
                      if t else f" | did not reach {args.time_to:.3f}")
         print(line, flush=True)
+        print(f"seed {seed} outside training: preparing the splits {row['prepare_seconds']:.1f} s, recipe set-up "
+              f"(planning, whitening, FLOP count) {row['setup_seconds']:.1f} s, per-epoch monitoring and saving "
+              f"{row['fit_other_seconds']:.1f} s, final evaluation {row['eval_seconds']['none']:.1f} s without TTA, "
+              f"{row['eval_seconds']['flip_translate']:.1f} s with 6 views"
+              + (f" | plan: {row['plan']}" if row["plan"] else ""), flush=True)
 
     def stat(key: str) -> str:
         vals = [r[key] for r in rows]
@@ -259,7 +301,7 @@ def main() -> int:
     print(f"machine: {machine_summary()}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine_summary(), "matmul_peak_gflops": peaks,
+        args.json.write_text(json.dumps({"machine": machine_summary(), "matmul_peak_gflops": {precision.name: peak},
                                          "conv_reference_gflops": conv_ref,
                                          "config": str(cfg_path), "runs": rows}, indent=2))
     return 0

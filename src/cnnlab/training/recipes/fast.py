@@ -202,6 +202,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
          test: ImageArrays | None, run_dir: RunDir, o: dict[str, Any], device: torch.device,
          precision: Any, workers: Workers, progress: bool, epoch_callback: EpochCallback | None,
          log: Callable[[str], None], started_at: float) -> FitResult:
+    t_setup = time.perf_counter()
     eval_split = test if test is not None else val
     cfg, model, plan = _plan(cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device,
                              precision, workers, started_at, run_dir, log)
@@ -280,6 +281,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         + (f", training budget {train_budget_s / 60:.1f} min" if train_budget_s else ""))
     history: list[dict[str, float]] = []
     step, train_seconds, stopped, stop_reason = 0, 0.0, False, ""
+    setup_seconds = time.perf_counter() - t_setup  # planning, whitening, FLOP count, optimisers
     beat = o["heartbeat_seconds"]
     max_epochs = max(epochs, fast_plan.MAX_EPOCHS) if plan is not None else epochs
     epoch = 0
@@ -375,7 +377,8 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     images = sum(steps_per_epoch * batch_size for _ in history)
     extra = {"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
              "train_gflops_per_second": flops_per_image * images / max(train_seconds, 1e-9) / 1e9,
-             "precision": precision.name, "monitor": monitor_name or None, "options": o, "tta": tc.tta}
+             "precision": precision.name, "monitor": monitor_name or None, "options": o, "tta": tc.tta,
+             "setup_seconds": setup_seconds}
     if plan is not None:
         extra["plan"] = {"widths": plan.widths, "epochs": plan.epochs, "batch_size": plan.batch_size,
                          "tta": plan.tta, "estimated_train_seconds": round(plan.estimated_train_seconds, 1),
