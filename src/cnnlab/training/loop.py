@@ -33,7 +33,8 @@ from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.schedules import lr_factor
 from cnnlab.training.state import load_state, save_state
-from cnnlab.utils.hardware import autocast, default_device, resolve_precision, setup_threads
+from cnnlab.utils.cores import compute_threads, rebalance_threads
+from cnnlab.utils.hardware import autocast, choose_precision, default_device
 
 #: Called after each epoch with (epoch, logs); raising stops training (Optuna's pruning).
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -94,6 +95,8 @@ def _train_epoch(
     t0 = time.perf_counter()
     base_lrs = [g["initial_lr"] for g in opt.param_groups]
     for i in range(steps):
+        if i % 25 == 0:
+            rebalance_threads()  # another process may have started or ended on these cores
         step = step0 + i
         idx = perm[i * bs : (i + 1) * bs]
         xb = x[idx.to(x.device)] if x.device != idx.device else x[idx]
@@ -141,7 +144,14 @@ def _train_epoch(
     return float(loss_sum) / n, int(correct) / n, steps
 
 
-def fit(
+def fit(*args: Any, **kwargs: Any) -> FitResult:
+    """Train ``model`` as ``cfg.train`` says (see :func:`_fit`), with this process's share of the
+    CPU cores (utils/cores.py); the caller's thread count is restored afterwards."""
+    with compute_threads():
+        return _fit(*args, **kwargs)
+
+
+def _fit(
     cfg: ExperimentConfig,
     model: ImageClassifier,
     train: ImageArrays,
@@ -165,9 +175,11 @@ def fit(
     images = train.x.ndim == 4
     prior = list(prior_history or [])
     state_dir = run_dir.state / stage if stage else run_dir.state
-    setup_threads()
     device = default_device()
-    dtype = resolve_precision(tc.precision, device)
+    precision = choose_precision(tc.precision, device)
+    if precision.downgraded:
+        log(precision.note())
+    dtype = precision.dtype
     model.to(device)
     if tc.channels_last and images:
         model.to(memory_format=torch.channels_last)

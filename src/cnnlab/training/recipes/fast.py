@@ -58,7 +58,8 @@ from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, alternating_
 from cnnlab.training.recipes.muon import Muon
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.schedules import lr_factor
-from cnnlab.utils.hardware import choose_precision, default_device, physical_cores, setup_threads
+from cnnlab.utils.cores import compute_threads, share_now
+from cnnlab.utils.hardware import choose_precision, default_device
 from cnnlab.utils.io import atomic_write_text
 
 __all__ = ["OPTIONS", "options", "fit", "Workers", "predict_parallel", "heap_for_large_tensors"]
@@ -139,23 +140,21 @@ def fit(
     if resume:
         log("the fast recipe keeps no resume state; training again from the start")
     started_at = time.monotonic() if started_at is None else started_at
-    setup_threads()
     device = default_device()
     precision = choose_precision(tc.precision, device)
     log(precision.note())
-    n_workers = 1 if device.type != "cpu" else (int(o["workers"]) or physical_cores())
-    old_threads = torch.get_num_threads()
-    workers = Workers(n_workers)
-    if n_workers > 1:
-        torch.set_num_threads(1)  # each worker runs single-threaded kernels
-    try:
-        with heap_for_large_tensors():
-            return _fit(cfg, model, train, val, test, run_dir, o, device, precision, workers, progress,
-                        epoch_callback, log, started_at)
-    finally:
-        workers.close()
-        torch.set_num_threads(old_threads)
-        set_thread_updates_bn_stats(True)
+    with compute_threads() as share:
+        # One worker per core of this process's share (utils/cores.py), each single-threaded.
+        n_workers = 1 if device.type != "cpu" else (int(o["workers"]) or share.threads())
+        workers = Workers(n_workers)
+        torch.set_num_threads(1 if n_workers > 1 else torch.get_num_threads())
+        try:
+            with heap_for_large_tensors():
+                return _fit(cfg, model, train, val, test, run_dir, o, device, precision, workers, progress,
+                            epoch_callback, log, started_at)
+        finally:
+            workers.close()
+            set_thread_updates_bn_stats(True)
 
 
 def _budgets(o: dict[str, Any], started_at: float) -> tuple[float, float]:
@@ -295,6 +294,9 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         correct = torch.zeros((), device=device, dtype=torch.long)
         t0 = last_beat = time.perf_counter()
         for i in range(steps_per_epoch):
+            if i % 25 == 0 and not o["workers"] and device.type == "cpu":
+                # another process may have started or ended on these cores: use this one's share
+                workers.active = min(workers.n, share_now() or workers.n)
             idx = perm[i * batch_size : (i + 1) * batch_size]
             xb = x_all[idx.to(x_all.device)]
             yb = y_all[idx.to(y_all.device)]

@@ -52,6 +52,7 @@ class Workers:
 
     def __init__(self, n: int):
         self.n = max(1, n)
+        self.active = self.n  # how many of them a data-parallel step uses (the process's core share)
         self.pool = (ThreadPoolExecutor(self.n - 1, thread_name_prefix="cnnlab-fast",
                                         initializer=set_thread_updates_bn_stats, initargs=(False,))
                      if self.n > 1 else None)
@@ -149,7 +150,7 @@ class TrainStep:
                  ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Gradients into ``p.grad`` for ``params``; returns (summed loss, correct count, ok). ``ok``
         is False when fp16 gradients overflowed (the step must be skipped; the scale is halved)."""
-        n, k = len(yb), self.workers.n
+        n, k = len(yb), self.workers.active
         bounds = np.linspace(0, n, k + 1).astype(int)
         items = [(xb[a:b], yb[a:b], params, (b - a) / n) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         results = self.workers.map(self._worker, items)
