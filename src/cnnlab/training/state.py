@@ -7,6 +7,7 @@ next epoch, so a run killed at any moment loses at most the epoch in progress.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,32 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+
+
+def _as_list(optimizer: Optimizers) -> list[torch.optim.Optimizer]:
+    return [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+
+
+def _prefix(k: int) -> str:
+    return "optim." if k == 0 else f"optim{k}."  # the first keeps the original names
+
+
+def save_state(folder: Path, model: torch.nn.Module, optimizer: Optimizers,
                meta: dict[str, Any], extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write the state: a new per-epoch tensors file, then the JSON that points at it.
 
     The JSON's rename is the commit point: a kill before it leaves the previous epoch's JSON,
     still pointing at the previous epoch's tensors, which are only deleted after the commit.
+    ``optimizer`` may be a list (the fast recipe steps SGD and Muon).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tensors.update(opt_tensors)
+    opt_metas = []
+    for k, opt in enumerate(_as_list(optimizer)):
+        opt_tensors, opt_meta = _flatten_optimizer(opt.state_dict())
+        tensors.update({_prefix(k) + name[len("optim."):]: v for name, v in opt_tensors.items()})
+        opt_metas.append(opt_meta)
     for k, v in (extra_tensors or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
     epoch = int(meta["epoch"])
@@ -60,13 +76,14 @@ def save_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     name = f"train_state-e{epoch:04d}.safetensors"
     with atomic_path(folder / name) as tmp:
         save_file(tensors, str(tmp))
-    atomic_write_json(folder / META, {**meta, "tensors": name, "optimizer": opt_meta})
+    more = {"more_optimizers": opt_metas[1:]} if len(opt_metas) > 1 else {}
+    atomic_write_json(folder / META, {**meta, "tensors": name, "optimizer": opt_metas[0], **more})
     for old in folder.glob("train_state-e*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
 
 
-def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+def load_state(folder: Path, model: torch.nn.Module, optimizer: Optimizers
                ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     meta_path = folder / META
     if not meta_path.is_file():
@@ -77,6 +94,13 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     if int(tensors["stamp.epoch"][0]) != int(meta["epoch"]):
         raise TrainingError(f"{folder}: training state files disagree (interrupted save); cannot resume")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
+    opts = _as_list(optimizer)
+    metas = [meta.pop("optimizer"), *meta.pop("more_optimizers", [])]
+    if len(metas) != len(opts):
+        raise TrainingError(f"{folder}: the saved state has {len(metas)} optimizer(s), this run {len(opts)}; "
+                            "cannot resume")
+    for k, (opt, m) in enumerate(zip(opts, metas)):
+        own = {"optim." + name[len(_prefix(k)):]: v for name, v in tensors.items() if name.startswith(_prefix(k))}
+        opt.load_state_dict(_unflatten_optimizer(own, m))
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta, extra

@@ -51,6 +51,8 @@ from cnnlab.evaluation.predict import TTA_MODES, as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
 from cnnlab.models.registry import create_model
+from cnnlab.models.io import save_weights
+from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping
 from cnnlab.training.loop import EpochCallback, FitResult
 from cnnlab.training.recipes import fast_plan
 from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, alternating_flip, heap_for_large_tensors,
@@ -58,6 +60,8 @@ from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, alternating_
 from cnnlab.training.recipes.muon import Muon
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.schedules import lr_factor
+from cnnlab.training.state import META as STATE_META
+from cnnlab.training.state import load_state, save_state
 from cnnlab.utils.cores import compute_threads, share_now
 from cnnlab.utils.hardware import choose_precision, default_device
 from cnnlab.utils.io import atomic_write_text
@@ -137,8 +141,6 @@ def fit(
     if tc.optimizer.name != "sgd":
         raise ConfigError(f"the fast recipe trains with Nesterov SGD: set train.optimizer.name to 'sgd' "
                           f"(got {tc.optimizer.name!r})")
-    if resume:
-        log("the fast recipe keeps no resume state; training again from the start")
     started_at = time.monotonic() if started_at is None else started_at
     device = default_device()
     precision = choose_precision(tc.precision, device)
@@ -151,60 +153,20 @@ def fit(
         try:
             with heap_for_large_tensors():
                 return _fit(cfg, model, train, val, test, run_dir, o, device, precision, workers, progress,
-                            epoch_callback, log, started_at)
+                            epoch_callback, log, started_at, resume)
         finally:
             workers.close()
             set_thread_updates_bn_stats(True)
 
 
-def _budgets(o: dict[str, Any], started_at: float) -> tuple[float, float]:
-    """(training budget, whole budget) in seconds from now; 0 where no budget is set."""
-    total = 60 * o["time_limit_minutes"] - (time.monotonic() - started_at) if o["time_limit_minutes"] else 0.0
-    train = 60 * o["max_train_minutes"]
-    if total:
-        # What the whole budget leaves for training: the final evaluation and saving come after it.
-        train = min(train, 0.9 * total) if train else 0.9 * total
-    return train, total or train
-
-
-def _plan(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, n_eval: int, o: dict[str, Any],
-          device: torch.device, precision: Any, workers: Workers, started_at: float, run_dir: RunDir,
-          log: Callable[[str], None]) -> tuple[ExperimentConfig, ImageClassifier, fast_plan.FastPlan | None]:
-    train_s, total_s = _budgets(o, started_at)
-    if o["size"] != "auto" or not train_s:
-        return cfg, model, None
-    x, y = as_nchw(train.x).to(device), torch.from_numpy(train.y).to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dtype = precision.dtype
-
-    def step_factory(m: torch.nn.Module) -> TrainStep:
-        return TrainStep(m, workers, device, dtype, cfg.train.label_smoothing)
-
-    def measure(widths: tuple[int, int, int], batch: int) -> float:
-        return fast_plan.measure_images_per_second(cfg, widths, x, y, train.class_names, step_factory, batch, gen)
-
-    def flops_of(widths: tuple[int, int, int]) -> float:
-        m = create_model(fast_plan.with_widths(cfg.model, widths), train.class_names)
-        params = [p for p in m.parameters() if p.requires_grad]
-        return training_flops_per_image(m, lambda z: F.cross_entropy(z.float(), torch.zeros(len(z), dtype=torch.long)),
-                                        tuple(x.shape[1:]), params)
-
-    plan = fast_plan.make_plan(cfg, len(y), n_eval, train_s, total_s, measure, flops_of, precision.name)
-    log(plan.describe())
-    atomic_write_text(run_dir.path / "plan.json", json.dumps(plan.to_dict(), indent=2))
-    planned = fast_plan.apply_plan(cfg, plan)
-    run_dir.write_config(planned)
-    return planned, create_model(planned.model, train.class_names), plan
-
-
 def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val: ImageArrays | None,
          test: ImageArrays | None, run_dir: RunDir, o: dict[str, Any], device: torch.device,
          precision: Any, workers: Workers, progress: bool, epoch_callback: EpochCallback | None,
-         log: Callable[[str], None], started_at: float) -> FitResult:
+         log: Callable[[str], None], started_at: float, resume: bool) -> FitResult:
     t_setup = time.perf_counter()
     eval_split = test if test is not None else val
-    cfg, model, plan = _plan(cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device,
-                             precision, workers, started_at, run_dir, log)
+    cfg, model, plan = fast_plan.plan_run(cfg, model, train, len(eval_split) if eval_split is not None else 0, o,
+                                          device, precision, workers, started_at, run_dir, log, resume)
     dtype = precision.dtype
     tc = cfg.train
     label_smoothing = tc.label_smoothing
@@ -272,19 +234,36 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             "(as in published time-to-accuracy results)")
 
     train_step = TrainStep(step_model, workers, device, dtype, label_smoothing)
-    train_budget_s, _ = _budgets(o, started_at)
+    es = EarlyStopping(**vars(tc.early_stopping)) if tc.early_stopping else None
+    ckpt = BestCheckpoint(tc.checkpoint.monitor, tc.checkpoint.mode) if tc.checkpoint else None
+    history: list[dict[str, float]] = []
+    epoch, step, train_seconds, stopped, stop_reason = 0, 0, 0.0, False, ""
+    if resume and (run_dir.state / STATE_META).is_file():
+        # Everything an epoch boundary holds: weights, both optimisers, the slow weights, the
+        # generator, the flips, the (re-planned) length and the callbacks: the same run goes on.
+        meta, extra = load_state(run_dir.state, model, opts)
+        epoch, step, epochs, train_seconds = meta["epoch"] + 1, meta["step"], meta["epochs"], meta["train_seconds"]
+        total_steps, history = steps_per_epoch * epochs, meta["history"]
+        stopped, stop_reason, train_step.loss_scale = meta["stopped"], meta["stop_reason"], meta["loss_scale"]
+        gen.set_state(extra["generator"])
+        first_flips = extra["first_flips"].bool()
+        if slow is not None:
+            torch._foreach_copy_(slow, [extra[f"slow.{i}"] for i in range(len(slow))])
+        for cb, key in ((es, "early_stopping"), (ckpt, "checkpoint")):
+            if cb is not None and meta.get(key):
+                cb.load_state_dict(meta[key])
+        log(f"resuming {run_dir.path} after epoch {epoch} of {epochs}")
+    train_budget_s, _ = fast_plan.budgets(o, started_at)
+    train_budget_s = max(0.0, train_budget_s - train_seconds) if train_budget_s else 0.0
     train_deadline = time.monotonic() + train_budget_s if train_budget_s else None
     log(f"fast recipe: {n:,} images, batch {batch_size}, {steps_per_epoch} steps x {epochs} epochs, "
         f"{flops_per_image / 1e9:.3f} GFLOP per training image, {workers.n} worker(s), "
         f"{precision.name} on {device.type}"
         + (f", training budget {train_budget_s / 60:.1f} min" if train_budget_s else ""))
-    history: list[dict[str, float]] = []
-    step, train_seconds, stopped, stop_reason = 0, 0.0, False, ""
     setup_seconds = time.perf_counter() - t_setup  # planning, whitening, FLOP count, optimisers
     beat = o["heartbeat_seconds"]
     max_epochs = max(epochs, fast_plan.MAX_EPOCHS) if plan is not None else epochs
-    epoch = 0
-    while epoch < epochs:
+    while epoch < epochs and not stopped:
         model.train()
         train_bias = epoch < o["whiten_bias_epochs"]
         whiten_bias.requires_grad_(train_bias)  # frozen, the first conv needs no input gradient
@@ -366,12 +345,24 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             if new != epochs:
                 log(f"time budget: {new} epochs fit at this speed (planned {epochs}); training {new}")
                 epochs, total_steps = new, steps_per_epoch * new
+        if ckpt is not None and ckpt.on_epoch_end(epoch - 1, logs):
+            save_weights(model, run_dir / "best.safetensors")
+        if es is not None and es.on_epoch_end(epoch - 1, logs)[1]:
+            stopped, stop_reason = True, (f"early stopping: {es.monitor} did not improve for {es.patience} epochs "
+                                          f"(best {es.best:.4f} at epoch {es.best_epoch + 1})")
         if tc.target_accuracy is not None and logs.get(f"{monitor_name}_accuracy", -1.0) >= tc.target_accuracy:
             stopped = True
             stop_reason = (f"reached target {monitor_name}_accuracy {tc.target_accuracy} after "
                            f"{train_seconds:.1f} s of training (epoch {epoch})")
+        extra_t = {"generator": gen.get_state(), "first_flips": first_flips.to(torch.uint8)}
+        extra_t.update({f"slow.{i}": t for i, t in enumerate(slow or [])})
+        save_state(run_dir.state, model, opts, {
+            "epoch": epoch - 1, "step": step, "epochs": epochs, "train_seconds": train_seconds, "history": history,
+            "stopped": stopped, "stop_reason": stop_reason, "loss_scale": train_step.loss_scale,
+            "early_stopping": es.state_dict() if es else None, "checkpoint": ckpt.state_dict() if ckpt else None,
+        }, extra_tensors=extra_t)
+        if stopped:
             log(stop_reason)
-            break
 
     model.eval()
     whiten_bias.requires_grad_(True)
@@ -387,8 +378,9 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                          "probe_seconds": round(plan.probe_seconds, 1)}
     return FitResult(
         model=model, history=history, run_dir=run_dir, epochs_run=len(history), stopped_early=stopped,
-        stop_reason=stop_reason, train_seconds=train_seconds,
-        images_per_second=rates[len(rates) // 2] if rates else 0.0, extra=extra)
+        stop_reason=stop_reason, train_seconds=train_seconds, extra=extra,
+        best_epoch=(ckpt.best_epoch + 1) if ckpt else ((es.best_epoch + 1) if es and es.best_epoch >= 0 else None),
+        images_per_second=rates[len(rates) // 2] if rates else 0.0)
 
 
 def _log_line(epoch: int, epochs: int, logs: dict[str, float], monitor: str) -> str:

@@ -24,17 +24,22 @@ directory as plan.json: candidates, measured speeds, the choice and why.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import random_crop
+from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.fastnet import init_whitening
 from cnnlab.models.registry import create_model
+from cnnlab.training.recipes.fast_parts import TrainStep, training_flops_per_image
+from cnnlab.utils.io import atomic_write_text
 
 #: Widths (stem, block 2, block 3) tried, narrowest first; [64, 256, 256] is the published net's.
 WIDTH_LADDER: tuple[tuple[int, int, int], ...] = (
@@ -182,3 +187,49 @@ def apply_plan(cfg: ExperimentConfig, plan: FastPlan) -> ExperimentConfig:
     out.train.optimizer.lr = cfg.train.optimizer.lr * plan.lr_scale
     out.train.tta = plan.tta  # type: ignore[assignment]
     return out
+
+
+def budgets(o: dict[str, Any], started_at: float) -> tuple[float, float]:
+    """(training budget, whole budget) in seconds from now; 0 where no budget is set."""
+    total = 60 * o["time_limit_minutes"] - (time.monotonic() - started_at) if o["time_limit_minutes"] else 0.0
+    train = 60 * o["max_train_minutes"]
+    if total:
+        # What the whole budget leaves for training: the final evaluation and saving come after it.
+        train = min(train, 0.9 * total) if train else 0.9 * total
+    return train, total or train
+
+
+def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict[str, Any],
+          device: torch.device, precision: Any, workers: Any, started_at: float, run_dir: Any,
+          log: Callable[[str], None], resume: bool = False) -> tuple[ExperimentConfig, Any, FastPlan | None]:
+    """With ``size: auto`` and a budget: measure, plan, write plan.json and the planned config.yaml,
+    and return (planned config, a new model of the planned width, the plan). A resumed run reads
+    its plan.json again (its config.yaml already is the planned one)."""
+    saved = run_dir.path / "plan.json"
+    if resume and saved.is_file():
+        return cfg, model, FastPlan(**json.loads(saved.read_text()))
+    train_s, total_s = budgets(o, started_at)
+    if o["size"] != "auto" or not train_s:
+        return cfg, model, None
+    x, y = as_nchw(train.x).to(device), torch.from_numpy(train.y).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dtype = precision.dtype
+
+    def step_factory(m: torch.nn.Module) -> TrainStep:
+        return TrainStep(m, workers, device, dtype, cfg.train.label_smoothing)
+
+    def measure(widths: tuple[int, int, int], batch: int) -> float:
+        return measure_images_per_second(cfg, widths, x, y, train.class_names, step_factory, batch, gen)
+
+    def flops_of(widths: tuple[int, int, int]) -> float:
+        m = create_model(with_widths(cfg.model, widths), train.class_names)
+        params = [p for p in m.parameters() if p.requires_grad]
+        return training_flops_per_image(m, lambda z: F.cross_entropy(z.float(), torch.zeros(len(z), dtype=torch.long)),
+                                        tuple(x.shape[1:]), params)
+
+    plan = make_plan(cfg, len(y), n_eval, train_s, total_s, measure, flops_of, precision.name)
+    log(plan.describe())
+    atomic_write_text(run_dir.path / "plan.json", json.dumps(plan.to_dict(), indent=2))
+    planned = apply_plan(cfg, plan)
+    run_dir.write_config(planned)
+    return planned, create_model(planned.model, train.class_names), plan
