@@ -125,6 +125,10 @@ def train(
         # An in-memory table has no name to record; never let config.yaml claim the default
         # source (cifar10), which `cnnlab evaluate RUN_DIR` would then fetch and score against.
         cfg.data.source = DATAFRAME_SOURCE
+    if cfg.train.recipe == "fast":  # refused before anything is written
+        from cnnlab.training.recipes.fast import check_config
+
+        check_config(cfg)
     rd = RunDir(run_dir) if run_dir else RunDir.new(cfg.name)
     rd.path.mkdir(parents=True, exist_ok=True)
     rd.write_config(cfg)

@@ -79,3 +79,14 @@ def test_best_checkpoint_and_early_stopping(tiny_tree, tmp_path):
     assert (tmp_path / "r" / "best.safetensors").is_file()
     accs = [h["val_accuracy"] for h in run.fit.history]
     assert run.fit.best_epoch == accs.index(max(accs)) + 1
+
+
+@pytest.mark.parametrize("key,value", [("finetune", {"epochs": 1}), ("augment", {"cutout": 8}),
+                                       ("cache_features", "on")])
+def test_settings_the_recipe_would_ignore_are_refused_before_anything_is_written(tiny_tree, tmp_path, key, value):
+    from cnnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not used by the fast recipe") as err:
+        api.train(_cfg(**{key: value}), data=str(tiny_tree), run_dir=tmp_path / "r", progress=False)
+    assert f"train.{key}" in str(err.value)
+    assert not (tmp_path / "r").exists()

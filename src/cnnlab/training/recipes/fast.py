@@ -111,6 +111,31 @@ def options(given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Config keys the fast recipe does not use, with the value that means "not used": any other
+#: value is refused (rather than silently ignored), naming the key and the recipe.
+IGNORED_KEYS: dict[str, Any] = {
+    "train.finetune": None, "train.augment.cutout": 0, "train.cache_features": "auto",
+    "train.compile_features": "auto", "train.optimizer.base_lr": None, "train.optimizer.layer_decay": None,
+    "model.freeze_base": False, "model.unfreeze_last": None, "model.feature_stages": 0,
+    "model.input_size": None, "model.pretrained": None,
+}
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Refuse settings the fast recipe would ignore, and an optimiser other than its own."""
+    if cfg.train.optimizer.name != "sgd":
+        raise ConfigError(f"the fast recipe trains with Nesterov SGD: set train.optimizer.name to 'sgd' "
+                          f"(got {cfg.train.optimizer.name!r})")
+    for key, unused in IGNORED_KEYS.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value != unused:
+            raise ConfigError(f"{key}: {value!r} is not used by the fast recipe (train.recipe: fast); "
+                              f"remove it or use train.recipe: standard")
+    options(cfg.train.recipe_options)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -137,10 +162,8 @@ def fit(
     returned model is a new one of the planned width (``result.extra["plan"]`` says why).
     """
     tc = cfg.train
+    check_config(cfg)
     o = options(tc.recipe_options)
-    if tc.optimizer.name != "sgd":
-        raise ConfigError(f"the fast recipe trains with Nesterov SGD: set train.optimizer.name to 'sgd' "
-                          f"(got {tc.optimizer.name!r})")
     started_at = time.monotonic() if started_at is None else started_at
     device = default_device()
     precision = choose_precision(tc.precision, device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,10 @@ def heap_for_large_tensors() -> Iterator[None]:
     glibc maps every block over 32 MB afresh, and the kernel zeroes each new page on first touch:
     measured here, writing a fresh 58 MB im2col buffer took 35 ms vs 11 ms into reused memory, and
     every large activation and gradient pays that each step. ``mallopt`` stops it for the
-    duration; afterwards the settings are restored and the freed memory given back.
+    duration; afterwards the freed memory is given back and the two settings return to what the
+    process started with: glibc has no call that reads them, so that is the value of
+    ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` when the caller set them, else glibc's
+    default. A caller that tunes malloc itself sets ``CNNLAB_KEEP_MALLOC=1`` and nothing is touched.
     """
     libc = None
     if sys.platform.startswith("linux"):
@@ -117,13 +121,15 @@ def heap_for_large_tensors() -> Iterator[None]:
         except OSError:
             libc = None
     m_trim_threshold, m_mmap_max = -1, -4
+    if os.environ.get("CNNLAB_KEEP_MALLOC") == "1":
+        libc = None
     ok = bool(libc) and libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
     try:
         yield
     finally:
         if ok:
-            libc.mallopt(m_mmap_max, 65536)
-            libc.mallopt(m_trim_threshold, 128 * 1024)
+            libc.mallopt(m_mmap_max, int(os.environ.get("MALLOC_MMAP_MAX_", 65536)))
+            libc.mallopt(m_trim_threshold, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 * 1024)))
             libc.malloc_trim(0)
 
 
