@@ -360,11 +360,14 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             epoch_callback(epoch, logs)
         epoch += 1
         if train_deadline is not None:
-            # The time budget: this epoch's speed says how many more epochs fit (after the first
-            # epoch of a planned run also more than planned, up to the planner's cap); the
+            # The time budget: the last epochs' speed says how many more fit; after the first epoch
+            # of a planned run up to the planner's cap, later back up to the plan at most (a slow
+            # epoch, e.g. another job on the cores, is not taken for the machine's speed). The
             # schedule, a function of step / total_steps, is re-planned for that many.
-            fits = epoch + int(max(0.0, train_deadline - time.monotonic()) // seconds)
-            new = max(epoch, min(fits, max_epochs if epoch == 1 and plan is not None else epochs))
+            per_epoch = sum(h["seconds"] for h in history[-2:]) / len(history[-2:])
+            fits = epoch + int(max(0.0, train_deadline - time.monotonic()) // per_epoch)
+            cap = max_epochs if epoch == 1 and plan is not None else max(epochs, plan.epochs if plan else 0)
+            new = max(epoch, min(fits, cap))
             if new != epochs:
                 log(f"time budget: {new} epochs fit at this speed (planned {epochs}); training {new}")
                 epochs, total_steps = new, steps_per_epoch * new
