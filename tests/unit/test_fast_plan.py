@@ -40,7 +40,9 @@ def test_picks_the_widest_net_that_gets_the_target_epochs():
     measure, measured = _machine(100)  # [64,256,256] at 100 img/s
     # 600 s, 50,000 images: [32,128,128] at 400 img/s = 4.8 epochs, [24,96,96] at 711 img/s = 8.5
     plan = make_plan(_cfg(), 50_000, 10_000, 600, 660, measure, _flops, "fp32")
-    assert plan.widths == [24, 96, 96] and plan.epochs == 8
+    assert plan.widths == [24, 96, 96]
+    assert plan.total_steps == 833 and plan.epochs == 9  # 8.59 epochs of 97 steps: the last one partial
+    assert plan.estimated_train_seconds <= 600
     assert measured == [WIDTH_LADDER[0], WIDTH_LADDER[1]]  # stops measuring once a width falls short
     # a 5x faster machine (bf16): the published width gets its 8 epochs (9.06) in 15 minutes
     measure, _ = _machine(500)
@@ -53,6 +55,7 @@ def test_a_tiny_budget_gets_the_narrowest_net_for_what_fits():
     measure, _ = _machine(10)
     plan = make_plan(_cfg(), 50_000, 10_000, 60, 70, measure, _flops, "fp32")
     assert plan.widths == list(WIDTH_LADDER[0]) and plan.epochs == 1
+    assert plan.total_steps == 8  # 60 s at 71 img/s: 8 of an epoch's 97 steps
     assert "narrowest" in plan.reason
 
 
@@ -60,6 +63,7 @@ def test_a_huge_budget_caps_the_epochs_at_the_widest_net():
     measure, _ = _machine(1e6)
     plan = make_plan(_cfg(), 50_000, 10_000, 3600, 4000, measure, _flops, "bf16")
     assert plan.widths == list(WIDTH_LADDER[-1]) and plan.epochs == MAX_EPOCHS
+    assert plan.total_steps == MAX_EPOCHS * plan.steps_per_epoch
 
 
 def test_tta_views_shrink_to_fit_the_evaluation_share():

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         from cnnlab.utils.durations import parse_duration
 
         overrides["train.recipe_options.time_limit_minutes"] = parse_duration(args.time_limit, "--time-limit") / 60
+        overrides["train.recipe_options.max_train_minutes"] = 0  # the whole run's budget replaces the preset's
     from cnnlab.config import parse_override
 
     overrides.update(dict(parse_override(o) for o in args.overrides))

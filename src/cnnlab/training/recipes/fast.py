@@ -188,8 +188,9 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
          log: Callable[[str], None], started_at: float, resume: bool) -> FitResult:
     t_setup = time.perf_counter()
     eval_split = test if test is not None else val
-    cfg, model, plan = fast_plan.plan_run(cfg, model, train, len(eval_split) if eval_split is not None else 0, o,
-                                          device, precision, workers, started_at, run_dir, log, resume)
+    cfg, model, plan, train_deadline = fast_plan.plan_run(
+        cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device, precision, workers,
+        started_at, run_dir, log, resume)
     dtype = precision.dtype
     tc = cfg.train
     label_smoothing = tc.label_smoothing
@@ -206,8 +207,8 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     n = len(y_all)
     batch_size = min(tc.batch_size, n)
     steps_per_epoch = max(1, n // batch_size)  # the last, partial batch is dropped
-    epochs = tc.epochs  # re-planned after each epoch when a time budget is set
-    total_steps = steps_per_epoch * epochs
+    epochs = tc.epochs  # re-planned after each epoch when a time budget is set; the last may be partial
+    total_steps = plan.total_steps if plan is not None else steps_per_epoch * epochs
     first_flips = torch.rand(n, generator=gen) < 0.5
 
     # -- model: whitening from the data, memory format, trainable parameters
@@ -266,7 +267,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         # generator, the flips, the (re-planned) length and the callbacks: the same run goes on.
         meta, extra = load_state(run_dir.state, model, opts)
         epoch, step, epochs, train_seconds = meta["epoch"] + 1, meta["step"], meta["epochs"], meta["train_seconds"]
-        total_steps, history = steps_per_epoch * epochs, meta["history"]
+        total_steps, history = meta["total_steps"], meta["history"]
         stopped, stop_reason, train_step.loss_scale = meta["stopped"], meta["stop_reason"], meta["loss_scale"]
         gen.set_state(extra["generator"])
         first_flips = extra["first_flips"].bool()
@@ -276,17 +277,19 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             if cb is not None and meta.get(key):
                 cb.load_state_dict(meta[key])
         log(f"resuming {run_dir.path} after epoch {epoch} of {epochs}")
-    train_budget_s, _ = fast_plan.budgets(o, started_at)
-    train_budget_s = max(0.0, train_budget_s - train_seconds) if train_budget_s else 0.0
-    train_deadline = time.monotonic() + train_budget_s if train_budget_s else None
-    log(f"fast recipe: {n:,} images, batch {batch_size}, {steps_per_epoch} steps x {epochs} epochs, "
+    if resume or plan is None:  # a resumed run's budget counts what it trained before
+        train_deadline, _ = fast_plan.deadlines(o, started_at, trained_seconds=train_seconds)
+    train_budget_s = max(0.0, train_deadline - time.monotonic()) if train_deadline is not None else 0.0
+    log(f"fast recipe: {n:,} images, batch {batch_size}, {total_steps} steps ({total_steps / steps_per_epoch:.2f} "
+        f"epochs of {steps_per_epoch}), "
         f"{flops_per_image / 1e9:.3f} GFLOP per training image, {workers.n} worker(s), "
         f"{precision.name} on {device.type}"
         + (f", training budget {train_budget_s / 60:.1f} min" if train_budget_s else ""))
     setup_seconds = time.perf_counter() - t_setup  # planning, whitening, FLOP count, optimisers
     beat = o["heartbeat_seconds"]
-    max_epochs = max(epochs, fast_plan.MAX_EPOCHS) if plan is not None else epochs
-    while epoch < epochs and not stopped:
+    max_steps = max(total_steps, fast_plan.MAX_EPOCHS * steps_per_epoch) if plan is not None else total_steps
+    planned_steps = total_steps
+    while step < total_steps and not stopped:
         model.train()
         train_bias = epoch < o["whiten_bias_epochs"]
         whiten_bias.requires_grad_(train_bias)  # frozen, the first conv needs no input gradient
@@ -295,7 +298,10 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         t0 = last_beat = time.perf_counter()
+        done = 0  # steps of this epoch
         for i in range(steps_per_epoch):
+            if step >= total_steps:
+                break  # the budget ends inside this epoch
             if i % 25 == 0 and not o["workers"] and device.type == "cpu":
                 # another process may have started or ended on these cores: use this one's share
                 workers.active = min(workers.n, share_now() or workers.n)
@@ -320,6 +326,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             for opt in opts:
                 opt.step()
             step += 1
+            done += 1
             if not torch.isfinite(batch_loss):
                 raise TrainingError(f"the loss became {float(batch_loss)} at epoch {epoch + 1}, step {i + 1}; "
                                     f"training stopped (try a lower learning rate than {lr:g})")
@@ -337,15 +344,16 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             if beat and now - last_beat >= beat and i + 1 < steps_per_epoch:
                 last_beat = now
                 rate = (i + 1) * batch_size / (now - t0)
-                left = ((steps_per_epoch - i - 1) + (epochs - epoch - 1) * steps_per_epoch) * batch_size / rate
+                left = (total_steps - step) * batch_size / rate
                 log(f"  epoch {epoch + 1}/{epochs}: step {i + 1}/{steps_per_epoch}, {rate:.0f} img/s, "
                     f"about {left / 60:.1f} min of training left")
         seconds = time.perf_counter() - t0
         train_seconds += seconds
-        seen = steps_per_epoch * batch_size
+        seen = max(1, done) * batch_size
         logs: dict[str, float] = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "accuracy": int(correct) / seen,
                                   "lr": opts[0].param_groups[0]["lr"], "seconds": seconds,
                                   "train_seconds_total": train_seconds, "images_per_second": seen / seconds,
+                                  "steps": done,
                                   "gflops_per_second": flops_per_image * seen / seconds / 1e9}
         if monitor is not None:
             vlogits = predict_parallel(model, monitor.x, workers, tta=o["monitor_tta"], device=device, dtype=dtype,
@@ -364,13 +372,16 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             # of a planned run up to the planner's cap, later back up to the plan at most (a slow
             # epoch, e.g. another job on the cores, is not taken for the machine's speed). The
             # schedule, a function of step / total_steps, is re-planned for that many.
-            per_epoch = sum(h["seconds"] for h in history[-2:]) / len(history[-2:])
-            fits = epoch + int(max(0.0, train_deadline - time.monotonic()) // per_epoch)
-            cap = max_epochs if epoch == 1 and plan is not None else max(epochs, plan.epochs if plan else 0)
-            new = max(epoch, min(fits, cap))
-            if new != epochs:
-                log(f"time budget: {new} epochs fit at this speed (planned {epochs}); training {new}")
-                epochs, total_steps = new, steps_per_epoch * new
+            recent = history[-2:]
+            per_step = sum(h["seconds"] for h in recent) / sum(h["steps"] for h in recent)
+            fits = step + int(max(0.0, train_deadline - time.monotonic()) // per_step)
+            cap = max_steps if epoch == 1 and plan is not None else max(total_steps, planned_steps)
+            new = max(step, min(fits, cap))
+            if new < total_steps or new > total_steps * 1.02:  # re-plan for a real change only
+                log(f"time budget: {new / steps_per_epoch:.2f} epochs fit at this speed "
+                    f"(planned {total_steps / steps_per_epoch:.2f}); training {new} steps")
+                total_steps = new
+            epochs = -(-total_steps // steps_per_epoch)
         if ckpt is not None and ckpt.on_epoch_end(epoch - 1, logs):
             save_weights(model, run_dir / "best.safetensors")
         if es is not None and es.on_epoch_end(epoch - 1, logs)[1]:
@@ -383,7 +394,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         extra_t = {"generator": gen.get_state(), "first_flips": first_flips.to(torch.uint8)}
         extra_t.update({f"slow.{i}": t for i, t in enumerate(slow or [])})
         save_state(run_dir.state, model, opts, {
-            "epoch": epoch - 1, "step": step, "epochs": epochs, "train_seconds": train_seconds, "history": history,
+            "epoch": epoch - 1, "step": step, "epochs": epochs, "total_steps": total_steps, "train_seconds": train_seconds, "history": history,
             "stopped": stopped, "stop_reason": stop_reason, "loss_scale": train_step.loss_scale,
             "early_stopping": es.state_dict() if es else None, "checkpoint": ckpt.state_dict() if ckpt else None,
         }, extra_tensors=extra_t)
@@ -393,7 +404,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     model.eval()
     whiten_bias.requires_grad_(True)
     rates = sorted(h["images_per_second"] for h in history)
-    images = sum(steps_per_epoch * batch_size for _ in history)
+    images = step * batch_size
     extra = {"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
              "train_gflops_per_second": flops_per_image * images / max(train_seconds, 1e-9) / 1e9,
              "precision": precision.name, "monitor": monitor_name or None, "options": o, "tta": tc.tta,

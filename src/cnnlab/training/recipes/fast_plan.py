@@ -59,13 +59,15 @@ class Candidate:
     widths: tuple[int, int, int]
     images_per_second: float | None = None  # measured (None: estimated from the FLOP rate)
     estimated_images_per_second: float = 0.0
-    epochs_fit: int = 0
+    epochs_fit: float = 0.0
 
 
 @dataclass
 class FastPlan:
     widths: list[int]
-    epochs: int
+    epochs: int  # the last may be partial: total_steps says where training ends
+    total_steps: int
+    steps_per_epoch: int
     batch_size: int
     lr_scale: float
     tta: str
@@ -82,7 +84,8 @@ class FastPlan:
         return asdict(self)
 
     def describe(self) -> str:
-        return (f"plan: width {self.widths}, {self.epochs} epochs of batch {self.batch_size}, TTA {self.tta}; "
+        return (f"plan: width {self.widths}, {self.total_steps} steps of batch {self.batch_size} "
+                f"({self.total_steps / self.steps_per_epoch:.2f} epochs), TTA {self.tta}; "
                 f"about {self.estimated_train_seconds / 60:.1f} min of training at {self.images_per_second:.0f} "
                 f"img/s + {self.estimated_eval_seconds / 60:.1f} min of evaluation, in {self.precision} "
                 f"({self.reason})")
@@ -147,20 +150,21 @@ def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: 
             best_rate = max(best_rate, c.images_per_second * flops_of(widths))
         else:
             c.estimated_images_per_second = best_rate / flops_of(widths)
-        c.epochs_fit = int(train_budget_s * c.estimated_images_per_second // per_epoch)
+        c.epochs_fit = train_budget_s * c.estimated_images_per_second / per_epoch
         cands.append(c)
         if c.epochs_fit < TARGET_EPOCHS:
             break  # wider nets fit even fewer epochs
     good = [c for c in cands if c.epochs_fit >= TARGET_EPOCHS]
     if good:
         pick = good[-1]
-        epochs = min(pick.epochs_fit, MAX_EPOCHS)
+        epochs_float = min(pick.epochs_fit, MAX_EPOCHS)
         reason = f"the widest net that trains >= {TARGET_EPOCHS} epochs in {train_budget_s / 60:.1f} min"
     else:
         pick = cands[0]
-        epochs = max(1, pick.epochs_fit)
-        reason = (f"even the narrowest net trains only {pick.epochs_fit} epoch(s) in {train_budget_s / 60:.1f} min"
-                  if pick.epochs_fit < TARGET_EPOCHS else "")
+        epochs_float = pick.epochs_fit
+        reason = f"even the narrowest net trains only {pick.epochs_fit:.2f} epochs in {train_budget_s / 60:.1f} min"
+    steps_per_epoch = per_epoch // batch
+    total_steps = max(1, int(epochs_float * steps_per_epoch))
     ips = pick.estimated_images_per_second
     # Forward only is about a third of a training step's FLOPs; inference runs about 2.5x training's rate.
     infer_ips = 2.5 * ips
@@ -172,8 +176,9 @@ def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: 
         if n_eval * TTA_VIEWS[mode] / infer_ips <= EVAL_SHARE * total_budget_s:
             break
     return FastPlan(
-        widths=list(pick.widths), epochs=epochs, batch_size=batch, lr_scale=batch / min(cfg.train.batch_size, max(1, n_train)),
-        tta=tta, train_budget_seconds=train_budget_s, estimated_train_seconds=epochs * per_epoch / ips,
+        widths=list(pick.widths), epochs=-(-total_steps // steps_per_epoch), total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch, batch_size=batch, lr_scale=batch / min(cfg.train.batch_size, max(1, n_train)),
+        tta=tta, train_budget_seconds=train_budget_s, estimated_train_seconds=total_steps * batch / ips,
         estimated_eval_seconds=n_eval * TTA_VIEWS[tta] / infer_ips, images_per_second=ips, precision=precision,
         reason=reason, probe_seconds=time.perf_counter() - t0, candidates=[asdict(c) for c in cands])
 
@@ -189,37 +194,56 @@ def apply_plan(cfg: ExperimentConfig, plan: FastPlan) -> ExperimentConfig:
     return out
 
 
-def budgets(o: dict[str, Any], started_at: float) -> tuple[float, float]:
-    """(training budget, whole budget) in seconds from now; 0 where no budget is set."""
-    total = 60 * o["time_limit_minutes"] - (time.monotonic() - started_at) if o["time_limit_minutes"] else 0.0
-    train = 60 * o["max_train_minutes"]
-    if total:
-        # What the whole budget leaves for training: the final evaluation and saving come after it.
-        train = min(train, 0.9 * total) if train else 0.9 * total
-    return train, total or train
+#: Kept free at the end of a whole-run budget beside the estimated evaluation: saving, figures.
+END_MARGIN_SECONDS = 10.0
+
+
+def deadlines(o: dict[str, Any], started_at: float, eval_seconds: float | None = None,
+              trained_seconds: float = 0.0) -> tuple[float | None, float | None]:
+    """(end of training, end of the whole run) as ``time.monotonic()`` values, None where unset.
+
+    ``max_train_minutes`` counts training from now (less ``trained_seconds`` already done by a
+    resumed run); ``time_limit_minutes`` counts the whole run from ``started_at``, and training
+    ends early enough for the final evaluation (``eval_seconds``, default a tenth of what is
+    left) and :data:`END_MARGIN_SECONDS`.
+    """
+    now = time.monotonic()
+    total = started_at + 60 * o["time_limit_minutes"] if o["time_limit_minutes"] else None
+    ends = []
+    if o["max_train_minutes"]:
+        ends.append(now + max(0.0, 60 * o["max_train_minutes"] - trained_seconds))
+    if total is not None:
+        reserve = 0.1 * max(0.0, total - now) if eval_seconds is None else eval_seconds
+        ends.append(max(now, total - reserve - END_MARGIN_SECONDS))
+    return (min(ends) if ends else None), total
 
 
 def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict[str, Any],
-          device: torch.device, precision: Any, workers: Any, started_at: float, run_dir: Any,
-          log: Callable[[str], None], resume: bool = False) -> tuple[ExperimentConfig, Any, FastPlan | None]:
+             device: torch.device, precision: Any, workers: Any, started_at: float, run_dir: Any,
+             log: Callable[[str], None], resume: bool = False
+             ) -> tuple[ExperimentConfig, Any, FastPlan | None, float | None]:
     """With ``size: auto`` and a budget: measure, plan, write plan.json and the planned config.yaml,
-    and return (planned config, a new model of the planned width, the plan). A resumed run reads
-    its plan.json again (its config.yaml already is the planned one)."""
+    and return (planned config, a new model of the planned width, the plan, end of training).
+    A resumed run reads its plan.json again (its config.yaml already is the planned one)."""
     saved = run_dir.path / "plan.json"
     if resume and saved.is_file():
-        return cfg, model, FastPlan(**json.loads(saved.read_text()))
-    train_s, total_s = budgets(o, started_at)
-    if o["size"] != "auto" or not train_s:
-        return cfg, model, None
+        return cfg, model, FastPlan(**json.loads(saved.read_text())), None
+    train_end, total_end = deadlines(o, started_at)
+    if o["size"] != "auto" or train_end is None:
+        return cfg, model, None, train_end
     x, y = as_nchw(train.x).to(device), torch.from_numpy(train.y).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     dtype = precision.dtype
+    speeds: dict[tuple[tuple[int, int, int], int], float] = {}
 
     def step_factory(m: torch.nn.Module) -> TrainStep:
         return TrainStep(m, workers, device, dtype, cfg.train.label_smoothing)
 
     def measure(widths: tuple[int, int, int], batch: int) -> float:
-        return measure_images_per_second(cfg, widths, x, y, train.class_names, step_factory, batch, gen)
+        if (widths, batch) not in speeds:
+            speeds[widths, batch] = measure_images_per_second(cfg, widths, x, y, train.class_names, step_factory,
+                                                              batch, gen)
+        return speeds[widths, batch]
 
     def flops_of(widths: tuple[int, int, int]) -> float:
         m = create_model(with_widths(cfg.model, widths), train.class_names)
@@ -227,9 +251,18 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
         return training_flops_per_image(m, lambda z: F.cross_entropy(z.float(), torch.zeros(len(z), dtype=torch.long)),
                                         tuple(x.shape[1:]), params)
 
-    plan = make_plan(cfg, len(y), n_eval, train_s, total_s, measure, flops_of, precision.name)
+    def plan_for(end: float) -> FastPlan:
+        now = time.monotonic()
+        return make_plan(cfg, len(y), n_eval, max(1.0, end - now), max(1.0, (total_end or end) - now), measure,
+                         flops_of, precision.name)
+
+    plan = plan_for(train_end)
+    if total_end is not None:
+        # Again with this plan's own estimate of the final evaluation (the speeds are measured once).
+        train_end, _ = deadlines(o, started_at, eval_seconds=plan.estimated_eval_seconds)
+        plan = plan_for(train_end)
     log(plan.describe())
     atomic_write_text(run_dir.path / "plan.json", json.dumps(plan.to_dict(), indent=2))
     planned = apply_plan(cfg, plan)
     run_dir.write_config(planned)
-    return planned, create_model(planned.model, train.class_names), plan
+    return planned, create_model(planned.model, train.class_names), plan, train_end
