@@ -230,6 +230,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, help="recipe config (default: the `fast` preset)")
     ap.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    ap.add_argument("--first-seed", type=int, default=0, help="start the seeds here (to add seeds to a run)")
     ap.add_argument("--epochs", type=int, help="override train.epochs")
     ap.add_argument("--max-train-samples", type=int, help="train on a class-balanced subset (smoke runs)")
     ap.add_argument("--time-to", type=float, metavar="ACC",
@@ -267,7 +268,7 @@ def main() -> int:
     print(f"data: CIFAR-10 loaded in {time.monotonic() - t:.1f} s (decoded once, then from cnnlab's cache)")
 
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         row = one_seed(cfg_path, seed, args, bundle, args.out)
         row["share_of_peak"] = row["gflops_per_second"] / peak
         row["share_of_conv_reference"] = row["gflops_per_second"] / conv_ref

@@ -34,7 +34,6 @@ Reads top to bottom: the options and their defaults, then :func:`fit`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,16 +44,16 @@ import torch.nn.functional as F
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import random_crop
 from cnnlab.data.dataset import ImageArrays
-from cnnlab.errors import ConfigError, TrainingError
+from cnnlab.errors import TrainingError
 from cnnlab.evaluation.metrics import accuracy
-from cnnlab.evaluation.predict import TTA_MODES, as_nchw
+from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
-from cnnlab.models.registry import create_model
 from cnnlab.models.io import save_weights
 from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping
 from cnnlab.training.loop import EpochCallback, FitResult
 from cnnlab.training.recipes import fast_plan
+from cnnlab.training.recipes.fast_options import IGNORED_KEYS, OPTIONS, check_config, options
 from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, alternating_flip, heap_for_large_tensors,
                                                 param_groups, predict_parallel, training_flops_per_image)
 from cnnlab.training.recipes.muon import Muon
@@ -64,76 +63,11 @@ from cnnlab.training.state import META as STATE_META
 from cnnlab.training.state import load_state, save_state
 from cnnlab.utils.cores import compute_threads, share_now
 from cnnlab.utils.hardware import choose_precision, default_device
-from cnnlab.utils.io import atomic_write_text
 
-__all__ = ["OPTIONS", "options", "fit", "Workers", "predict_parallel", "heap_for_large_tensors"]
+__all__ = ["OPTIONS", "IGNORED_KEYS", "options", "check_config", "fit", "Workers", "predict_parallel",
+           "heap_for_large_tensors"]
 
-#: The recipe's own knobs; a config changes them with ``train.recipe_options: {name: value}``.
-OPTIONS: dict[str, Any] = {
-    "bias_lr_scale": 1.0,  # biases and BatchNorm shifts: this times the learning rate, 1/this the decay
-    "whiten_bias_epochs": 3,  # the whitening bias trains during the first epochs only
-    "whiten_samples": 5000,  # training images that define the whitening filters
-    "whiten_eps": 5e-4,  # added to the patch-covariance eigenvalues
-    "lookahead_every": 5,  # parameter averaging every k steps: the slow weights keep decay ** k ...
-    "lookahead_decay": 0.95,  # ... times (progress) ** 3 of themselves (0: no averaging)
-    "workers": 0,  # CPU worker threads, each on a slice of every batch (0: one per physical core)
-    "monitor_tta": "none",  # test-time augmentation of the per-epoch accuracy (target_accuracy)
-    "optimizer": "sgd",  # "muon": Muon (recipes/muon.py) for the conv filters, SGD for the rest
-    "muon_lr": 0.1,  # Muon's peak learning rate (the schedule scales it like train.optimizer.lr)
-    "muon_momentum": 0.6,
-    "max_train_minutes": 0.0,  # > 0: the training budget; fewer epochs when they would not fit
-    "time_limit_minutes": 0.0,  # > 0: the whole run's budget (data, training, final evaluation)
-    "size": "fixed",  # "auto": width, epochs, batch and TTA sized to the budget (fast_plan.py)
-    "heartbeat_seconds": 60.0,  # a progress line at least this often within an epoch (0: none)
-}
-
-
-def options(given: dict[str, Any]) -> dict[str, Any]:
-    """The recipe options with ``given`` applied; unknown names are a ConfigError."""
-    unknown = sorted(set(given) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"train.recipe_options: unknown option {unknown[0]!r} for the fast recipe; "
-                          f"allowed: {', '.join(sorted(OPTIONS))}")
-    out = dict(OPTIONS)
-    for k, v in given.items():
-        default = OPTIONS[k]
-        if isinstance(default, str):
-            allowed = {"monitor_tta": TTA_MODES, "optimizer": ("sgd", "muon"), "size": ("fixed", "auto")}[k]
-            if v not in allowed:
-                raise ConfigError(f"train.recipe_options.{k}: {v!r} is not one of {', '.join(allowed)}")
-            out[k] = v
-        elif isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"train.recipe_options.{k}: expected a number, got {v!r}")
-        else:
-            out[k] = type(default)(v)
-            if out[k] < 0:
-                raise ConfigError(f"train.recipe_options.{k}: must not be negative, got {v!r}")
-    return out
-
-
-#: Config keys the fast recipe does not use, with the value that means "not used": any other
-#: value is refused (rather than silently ignored), naming the key and the recipe.
-IGNORED_KEYS: dict[str, Any] = {
-    "train.finetune": None, "train.augment.cutout": 0, "train.cache_features": "auto",
-    "train.compile_features": "auto", "train.optimizer.base_lr": None, "train.optimizer.layer_decay": None,
-    "model.freeze_base": False, "model.unfreeze_last": None, "model.feature_stages": 0,
-    "model.input_size": None, "model.pretrained": None,
-}
-
-
-def check_config(cfg: ExperimentConfig) -> None:
-    """Refuse settings the fast recipe would ignore, and an optimiser other than its own."""
-    if cfg.train.optimizer.name != "sgd":
-        raise ConfigError(f"the fast recipe trains with Nesterov SGD: set train.optimizer.name to 'sgd' "
-                          f"(got {cfg.train.optimizer.name!r})")
-    for key, unused in IGNORED_KEYS.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value != unused:
-            raise ConfigError(f"{key}: {value!r} is not used by the fast recipe (train.recipe: fast); "
-                              f"remove it or use train.recipe: standard")
-    options(cfg.train.recipe_options)
+# The recipe's options (OPTIONS, their defaults) and the keys it refuses: fast_options.py.
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -288,7 +222,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     setup_seconds = time.perf_counter() - t_setup  # planning, whitening, FLOP count, optimisers
     beat = o["heartbeat_seconds"]
     max_steps = max(total_steps, fast_plan.MAX_EPOCHS * steps_per_epoch) if plan is not None else total_steps
-    planned_steps = total_steps
+    planned_steps, averaged_at = total_steps, step
     while step < total_steps and not stopped:
         model.train()
         train_bias = epoch < o["whiten_bias_epochs"]
@@ -336,10 +270,8 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                 # The slow weights' share ramps up as (progress)^3: no averaging while the learning
                 # rate is high, decay**k of the slow weights at the end (a lagging average early on
                 # only slows training down; late, it averages out the noise of the last steps).
-                keep = o["lookahead_decay"] ** la_every * (step / total_steps) ** 3
-                with torch.no_grad():
-                    torch._foreach_lerp_(slow, [t.detach() for t in averaged], 1.0 - keep)
-                    torch._foreach_copy_([t.detach() for t in averaged], slow)
+                _average(slow, averaged, o["lookahead_decay"] ** la_every * (step / total_steps) ** 3)
+                averaged_at = step
             now = time.perf_counter()
             if beat and now - last_beat >= beat and i + 1 < steps_per_epoch:
                 last_beat = now
@@ -401,6 +333,8 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         if stopped:
             log(stop_reason)
 
+    if slow is not None and averaged_at != step:  # the budget moved the end: average there too
+        _average(slow, averaged, o["lookahead_decay"] ** la_every)
     model.eval()
     whiten_bias.requires_grad_(True)
     rates = sorted(h["images_per_second"] for h in history)
@@ -418,6 +352,13 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         stop_reason=stop_reason, train_seconds=train_seconds, extra=extra,
         best_epoch=(ckpt.best_epoch + 1) if ckpt else ((es.best_epoch + 1) if es and es.best_epoch >= 0 else None),
         images_per_second=rates[len(rates) // 2] if rates else 0.0)
+
+
+def _average(slow: list[torch.Tensor], averaged: list[torch.Tensor], keep: float) -> None:
+    """Lookahead: the slow weights keep ``keep`` of themselves, and the fast weights restart from them."""
+    with torch.no_grad():
+        torch._foreach_lerp_(slow, [t.detach() for t in averaged], 1.0 - keep)
+        torch._foreach_copy_([t.detach() for t in averaged], slow)
 
 
 def _log_line(epoch: int, epochs: int, logs: dict[str, float], monitor: str) -> str:
