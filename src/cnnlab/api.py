@@ -271,7 +271,7 @@ def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, r
                      epoch_callback=epoch_callback, log=log)
     if ft is None:
         return result  # type: ignore[return-value]
-    prior = result.history if result is not None else [h for h in rd.read_history() if "stage" not in h]
+    prior = result.history if result is not None else [h for h in rd.read_history() if not h.get("stage")]
     cfg2 = copy.deepcopy(cfg)
     cfg2.train.epochs = ft.epochs
     cfg2.train.optimizer.lr = ft.lr
