@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--weights", default="final", choices=["final", "best"])
-    p.add_argument("--tta", choices=["none", "flip", "flip_translate"], default="none")
+    p.add_argument("--tta", choices=["none", "flip", "flip_translate"],
+                   help="test-time augmentation (default: the run's train.tta, as evaluate uses)")
     p.set_defaults(func=run)
 
 
