@@ -407,3 +407,27 @@ def test_hub_unknown_names():
         load_pretrained(backbone, "no_such_net", "hub")
     with pytest.raises(ModelError, match="resnet18.bogus_tag"):
         load_pretrained(backbone, "resnet18.bogus_tag", "hub")
+
+
+def test_hub_download_switches_no_process_wide_state(monkeypatch):
+    """Offline mode and the timeout go to the download call, not to socket or huggingface_hub globals."""
+    import socket
+
+    import timm.models._hub as timm_hub
+
+    hf_constants = pytest.importorskip("huggingface_hub.constants")
+    seen = []
+
+    def recording_download(*args, **kwargs):
+        seen.append((socket.getdefaulttimeout(), hf_constants.HF_HUB_OFFLINE, kwargs.get("local_files_only"),
+                     kwargs.get("etag_timeout")))
+        raise ConnectionError("simulated")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(timm_hub, "hf_hub_download", recording_download)
+    offline_before = hf_constants.HF_HUB_OFFLINE
+    backbone = timm.create_model("resnet18", num_classes=0)
+    with pytest.raises(ModelError, match="simulated"):
+        load_pretrained(backbone, "resnet18", "hub")
+    assert seen == [(None, offline_before, True, weights.HUB_SOCKET_TIMEOUT_S)]
+    assert socket.getdefaulttimeout() is None

