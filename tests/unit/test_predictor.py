@@ -164,3 +164,13 @@ def test_an_unknown_card_format_is_refused_naming_the_file(fitted, tmp_path):
 def test_a_predictor_without_a_model_says_so():
     with pytest.raises(ModelError, match="fit"):
         ImagePredictor().predict(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_fit_with_tuning_data_validates_on_it(fitted, tmp_path):
+    frame = fitted["frame"]
+    tuning = pd.DataFrame({"image": sorted(str(p) for p in fitted["test"].rglob("*.png"))})
+    tuning["label"] = [Path(p).parent.name for p in tuning["image"]]
+    pred = ImagePredictor(path=tmp_path / "run").fit(frame, tuning_data=tuning, config=CONFIG, log=lambda s: None)
+    assert pred.run.metrics["val"]["count"] == len(tuning) == 12
+    assert all("val_accuracy" in h for h in pred.run.fit.history)  # validated every epoch on the tuning data
+    assert pred.run.metrics["train_samples"] == len(frame)  # nothing was split off the training data

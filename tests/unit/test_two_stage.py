@@ -75,3 +75,24 @@ def test_two_stage_run_resumes_during_finetuning_and_reports(make_tree, tmp_path
     assert rep["training"]["epochs_run"] == 3
     assert [h["stage"] for h in rep["training"]["history"]] == ["", "finetune", "finetune"]
     assert rep["eval_split"] == "val" and rep["evaluation"]["count"] == 12  # 25% of 48 images
+
+
+def test_fast_recipe_run_reports_what_training_measured(make_tree, tmp_path):
+    """The report reloads the fast-recipe run and scores the same split as training did, identically."""
+    cfg = {"name": "fast-report", "seed": 0, "data": {"validation_split": 0.25},
+           "model": {"arch": "cifar_fastnet", "preprocessing": "keras_tf", "head": {"pooling": "max"},
+                     "kwargs": {"widths": [16, 32, 32]}},
+           "train": {"recipe": "fast", "epochs": 2, "batch_size": 16, "precision": "fp32", "tta": "flip",
+                     "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.85, "nesterov": True},
+                     "recipe_options": {"workers": 1}}}
+    data = str(make_tree(tmp_path / "data", per_class=16))
+    run = api.train(cfg, data=data, run_dir=tmp_path / "run", progress=False, log=lambda s: None)
+    from cnnlab.reports import write_run_report
+
+    html = write_run_report(tmp_path / "run", latency_runs=2, log=lambda s: None)
+    rep = json.loads((html.parent / "report.json").read_text())
+    assert rep["eval_split"] == "val" and rep["evaluation"]["count"] == run.metrics["val"]["count"] == 12
+    assert rep["evaluation"]["tta"] == "flip"
+    assert rep["evaluation"]["loss"] == pytest.approx(run.metrics["val"]["loss"], rel=1e-5)
+    assert rep["evaluation"]["accuracy"] == run.metrics["val"]["accuracy"]
+    assert [h["epoch"] for h in rep["training"]["history"]] == [1, 2]
