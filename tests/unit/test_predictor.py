@@ -71,6 +71,13 @@ def test_the_package_exports_the_predictor_and_the_api():
     assert cnnlab.train is api.train and cnnlab.evaluate is api.evaluate and cnnlab.predict is api.predict
     with pytest.raises(AttributeError):
         cnnlab.no_such_thing  # noqa: B018
+    import subprocess
+    import sys
+
+    code = "import sys, cnnlab; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(Path(cnnlab.__file__).parents[1])})
+    assert done.stdout.strip() == "False", done.stderr  # import cnnlab stays cheap: the API loads on first use
 
 
 def test_fit_keeps_the_model_and_writes_a_run_directory(fitted):
