@@ -181,3 +181,21 @@ def test_fit_with_tuning_data_validates_on_it(fitted, tmp_path):
     assert pred.run.metrics["val"]["count"] == len(tuning) == 12
     assert all("val_accuracy" in h for h in pred.run.fit.history)  # validated every epoch on the tuning data
     assert pred.run.metrics["train_samples"] == len(frame)  # nothing was split off the training data
+
+
+def test_predict_and_evaluate_share_the_precision(fitted, monkeypatch):
+    """With bf16 resolved (as on an AMX CPU or a GPU), both paths run in it; nobody casts on their own."""
+    import cnnlab.predictor as predictor_module
+
+    run_dir, test = fitted["tree_run"], fitted["test"]
+    paths = sorted(test.rglob("*.png"))
+    fp32, _ = api.predict_proba(run_dir, [str(p) for p in paths])
+    monkeypatch.setattr(predictor_module, "resolve_precision", lambda setting, device: torch.bfloat16)
+    pred = ImagePredictor.load(run_dir)
+    assert pred.precision == "bf16"
+    probs = pred.predict_proba([str(p) for p in paths]).to_numpy()
+    assert not np.allclose(probs, fp32, rtol=0, atol=1e-7)  # bf16 really ran
+    report = pred.evaluate(str(test.parent))
+    y = np.array([pred.class_names.index(p.parent.name) for p in paths])
+    assert report["precision"] == "bf16"
+    assert report["loss"] == pytest.approx(float(-np.log(probs[np.arange(len(y)), y]).mean()), rel=1e-5)
