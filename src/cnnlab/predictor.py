@@ -191,7 +191,8 @@ class ImagePredictor:
 
     @property
     def tta(self) -> str:
-        return self._tta or (self._config.train.tta if self._config else "none")
+        """The test-time augmentation: as given, else the card's (what the run chose), else ``train.tta``."""
+        return self._tta or self.card.get("tta") or (self._config.train.tta if self._config else "none")
 
     @property
     def batch_size(self) -> int:

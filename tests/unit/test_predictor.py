@@ -199,3 +199,13 @@ def test_predict_and_evaluate_share_the_precision(fitted, monkeypatch):
     y = np.array([pred.class_names.index(p.parent.name) for p in paths])
     assert report["precision"] == "bf16"
     assert report["loss"] == pytest.approx(float(-np.log(probs[np.arange(len(y)), y]).mean()), rel=1e-5)
+
+
+def test_the_cards_tta_is_the_runs_choice(fitted, tmp_path):
+    """A recipe that chose its own TTA records it in the card; the predictor uses that, not train.tta."""
+    out = fitted["pred"].save(tmp_path / "m")
+    assert json.loads((out / "model.json").read_text())["tta"] == "flip"
+    card = json.loads((out / "model.json").read_text())
+    card["tta"] = "none"
+    (out / "model.json").write_text(json.dumps(card))
+    assert ImagePredictor.load(out).tta == "none" and ImagePredictor.load(out, tta="flip").tta == "flip"

@@ -7,7 +7,6 @@ per epoch (shuffling, augmentation, dropout), so a resumed run is the same run.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 import time
@@ -34,7 +33,7 @@ from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.schedules import lr_factor
 from cnnlab.training.state import load_state, save_state
-from cnnlab.utils.hardware import autocast, default_device, resolve_precision, scoped_threads
+from cnnlab.utils.hardware import autocast, default_device, resolve_precision, setup_threads
 
 #: Called after each epoch with (epoch, logs); raising stops training (Optuna's pruning).
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -142,18 +141,6 @@ def _train_epoch(
     return float(loss_sum) / n, int(correct) / n, steps
 
 
-def _with_scoped_threads(fn: Callable[..., FitResult]) -> Callable[..., FitResult]:
-    """Run ``fn`` with one thread per physical core, and give the caller its thread count back."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> FitResult:
-        with scoped_threads():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_with_scoped_threads
 def fit(
     cfg: ExperimentConfig,
     model: ImageClassifier,
@@ -178,6 +165,7 @@ def fit(
     images = train.x.ndim == 4
     prior = list(prior_history or [])
     state_dir = run_dir.state / stage if stage else run_dir.state
+    setup_threads()
     device = default_device()
     dtype = resolve_precision(tc.precision, device)
     model.to(device)

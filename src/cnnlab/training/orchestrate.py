@@ -6,15 +6,16 @@ it (the standard recipe in one or two stages, or the fast recipe), evaluate it (
 ``evaluator`` supplied from above, :func:`cnnlab.predictor.evaluate_after_training`, so that
 evaluation is written once, in the predictor), write metrics.json and finally the model.
 
-Threads: a run uses one compute thread per physical core, and the caller's thread count is
-restored when it returns.
+Threads: a run sets the compute threads it wants (the trainers do), and the caller's thread
+count is restored when it returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
 from cnnlab.training.loop import EpochCallback, FitResult, finish, fit
 from cnnlab.training.rundir import RunDir
-from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision, scoped_threads
+from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision
 
 ConfigLike = ExperimentConfig | str | Path | dict[str, Any] | None
 
@@ -134,7 +135,7 @@ def train(
     rd = RunDir(run_dir) if run_dir else RunDir.new(cfg.name)
     rd.path.mkdir(parents=True, exist_ok=True)
     rd.write_config(cfg)
-    with scoped_threads():
+    with _caller_threads_restored():
         return _run(cfg, rd, data, resume=False, progress=progress, epoch_callback=epoch_callback, log=log,
                     evaluator=evaluator)
 
@@ -148,7 +149,7 @@ def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log:
         log(f"{rd.path} is already finished")
         return RunResult(rd.path, cfg, rd.read_metrics())
     has_state = (rd.state / "train_state.json").is_file()
-    with scoped_threads():
+    with _caller_threads_restored():
         return _run(cfg, rd, data, resume=has_state, progress=progress, epoch_callback=epoch_callback, log=log,
                     evaluator=evaluator)
 
@@ -194,9 +195,23 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
     return RunResult(rd.path, cfg, metrics, result)
 
 
+@contextlib.contextmanager
+def _caller_threads_restored() -> Iterator[None]:
+    """The trainers set torch's thread count for themselves; the caller gets its own back."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def card_extra(cfg: ExperimentConfig, prep: Prepared, result: FitResult) -> dict[str, Any]:
-    """What the model card records beside the model itself (the decode size above all)."""
-    return {"data_image_size": prep.train.image_size[0],
+    """What the model card records beside the model: the decode size and the TTA the run uses.
+
+    The TTA is the recipe's choice when it made one (``result.extra["tta"]``), else ``train.tta``.
+    """
+    tta = result.extra.get("tta")
+    return {"data_image_size": prep.train.image_size[0], "tta": tta if isinstance(tta, str) else cfg.train.tta,
             "train": {"epochs_run": result.epochs_run, "data": cfg.data.source, "train_samples": len(prep.train)}}
 
 

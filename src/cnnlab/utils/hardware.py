@@ -6,7 +6,6 @@ import contextlib
 import functools
 import os
 import platform
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -70,17 +69,6 @@ def setup_threads() -> None:
     """One compute thread per physical core (more only fight over the same FPU)."""
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(physical_cores())
-
-
-@contextlib.contextmanager
-def scoped_threads() -> Iterator[None]:
-    """:func:`setup_threads` for the duration of a library call; the caller's thread count after."""
-    before = torch.get_num_threads()
-    setup_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def default_device() -> torch.device:
