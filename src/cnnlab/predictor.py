@@ -115,8 +115,8 @@ class ImagePredictor:
         data = train_data
         if tuning_data is not None:
             data = _with_tuning_split(orchestrate.load_data(train_data, cfg), orchestrate.load_data(tuning_data, cfg))
-            if isinstance(train_data, (str, Path)):
-                cfg.data.source = str(train_data)
+            # The bundle has no name to record: config.yaml names the training source, never the default.
+            cfg.data.source = str(train_data) if isinstance(train_data, (str, Path)) else orchestrate.DATAFRAME_SOURCE
         run = orchestrate.train(cfg, data=data, run_dir=self.path, progress=progress, log=log,
                                 epoch_callback=epoch_callback, evaluator=evaluate_after_training)
         self.run, self.path, self._config = run, Path(run.run_dir), run.config

@@ -181,6 +181,7 @@ def test_fit_with_tuning_data_validates_on_it(fitted, tmp_path):
     assert pred.run.metrics["val"]["count"] == len(tuning) == 12
     assert all("val_accuracy" in h for h in pred.run.fit.history)  # validated every epoch on the tuning data
     assert pred.run.metrics["train_samples"] == len(frame)  # nothing was split off the training data
+    assert pred.config.data.source == "<DataFrame>"  # not the default source (cifar10)
 
 
 def test_predict_and_evaluate_share_the_precision(fitted, monkeypatch):
