@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                     "accuracy beside cnnlab's.")
     q.add_argument("study", help="a study file (YAML)")
     _out(q)
+    add_json_flag(q, "the report's path")
     q.set_defaults(func=run_report)
     q = ssub.add_parser("status", help="which experiments are finished, partial or pending")
     q.add_argument("study", help="a study file (YAML)")
@@ -63,9 +64,14 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from cnnlab.cli.common import print_json
     from cnnlab.reports import study_report
 
-    print(study_report(args.study, out=args.out))
+    path = study_report(args.study, out=args.out)
+    if args.json:
+        print_json({"report": str(path)})
+        return 0
+    print(path)
     return 0
 
 
