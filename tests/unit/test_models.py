@@ -4,6 +4,10 @@ saving and loading, and the `cnnlab models` commands."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +263,15 @@ def test_count_parameters_on_a_small_module():
     assert c == {"total": 3 * 4 * 9 + 4 + 8, "trainable": 4 + 8, "non_trainable": 108,
                  "bn_statistics": 8, "keras_total": 128}
     assert np.isscalar(c["total"])
+
+
+def test_cnnlabs_own_architectures_are_timm_models():
+    """Registered with timm's register_model: timm builds them like its own."""
+    code = ("import cnnlab.models, timm; m = timm.create_model('nasnet_mobile', num_classes=7); "
+            "f = timm.create_model('cifar_fastnet', num_classes=0); "
+            "print(type(m).__name__, m.get_classifier().out_features, type(f).__name__, "
+            "'nasnet_mobile' in timm.list_models('nasnet*'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NASNetMobile", "7", "FastNet", "True"]

@@ -135,9 +135,19 @@ def _tiny_resnet():
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler (g++ or c++); none on PATH")
-def test_compiled_feature_extraction_matches_eager_and_follows_weight_changes(home):
+def test_compiled_feature_extraction_matches_eager_and_follows_weight_changes(home, monkeypatch):
     from cnnlab.training import features
 
+    # The caller's own compiled function must survive (no torch.compiler.reset()).
+    compiles = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(1)
+        return gm.forward
+
+    users_fn = torch.compile(lambda t: t * 2 + 1, backend=counting_backend)
+    users_fn(torch.ones(3))
+    monkeypatch.setattr(torch.compiler, "reset", lambda: pytest.fail("torch.compiler.reset() was called"))
     model = _tiny_resnet()
     x = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
     run = dict(batch_size=4, progress=False, log=lambda s: None)  # 4 + 4 + 2: the last batch is padded
@@ -161,6 +171,8 @@ def test_compiled_feature_extraction_matches_eager_and_follows_weight_changes(ho
     low = features.extract_features(model, x, compile=True, dtype=torch.bfloat16, **run)
     assert features._LAST[1].compiled_ok
     assert np.linalg.norm(low - changed_eager) / np.linalg.norm(changed_eager) < 0.03
+    users_fn(torch.ones(3))
+    assert len(compiles) == 1  # still the caller's first compiled graph
 
 
 def test_feature_extraction_falls_back_to_eager_when_compiling_fails(home, monkeypatch):

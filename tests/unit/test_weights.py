@@ -17,7 +17,7 @@ import torch
 timm = pytest.importorskip("timm")
 
 from cnnlab.errors import ModelError  # noqa: E402
-from cnnlab.models import weights  # noqa: E402
+from cnnlab.models import hub, weights  # noqa: E402
 from cnnlab.models.weights import (  # noqa: E402
     OFFLINE_WEIGHTS,
     imagenet_class_names,
@@ -367,7 +367,7 @@ def test_hub_offline_env_gives_directions(monkeypatch, tmp_path):
     hf_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(weights, "_hub_reachable", lambda url: pytest.fail("probed while offline"))
+    monkeypatch.setattr(hub, "_hub_reachable", lambda url: pytest.fail("probed while offline"))
     offline_before = hf_constants.HF_HUB_OFFLINE
     backbone = timm.create_model("resnet18", num_classes=0)
     start = time.monotonic()
@@ -388,7 +388,7 @@ def test_hub_connection_error_gives_directions(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(weights, "_hub_reachable", lambda url: True)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda url: True)
     monkeypatch.setattr(timm_hub, "hf_hub_download", failing_download)
     monkeypatch.setattr(timm_hub, "download_cached_file", failing_download, raising=False)
     monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", failing_download)
@@ -407,3 +407,27 @@ def test_hub_unknown_names():
         load_pretrained(backbone, "no_such_net", "hub")
     with pytest.raises(ModelError, match="resnet18.bogus_tag"):
         load_pretrained(backbone, "resnet18.bogus_tag", "hub")
+
+
+def test_hub_download_switches_no_process_wide_state(monkeypatch):
+    """Offline mode and the timeout go to the download call, not to socket or huggingface_hub globals."""
+    import socket
+
+    import timm.models._hub as timm_hub
+
+    hf_constants = pytest.importorskip("huggingface_hub.constants")
+    seen = []
+
+    def recording_download(*args, **kwargs):
+        seen.append((socket.getdefaulttimeout(), hf_constants.HF_HUB_OFFLINE, kwargs.get("local_files_only"),
+                     kwargs.get("etag_timeout")))
+        raise ConnectionError("simulated")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(timm_hub, "hf_hub_download", recording_download)
+    offline_before = hf_constants.HF_HUB_OFFLINE
+    backbone = timm.create_model("resnet18", num_classes=0)
+    with pytest.raises(ModelError, match="simulated"):
+        load_pretrained(backbone, "resnet18", "hub")
+    assert seen == [(None, offline_before, True, hub.HUB_SOCKET_TIMEOUT_S)]
+    assert socket.getdefaulttimeout() is None

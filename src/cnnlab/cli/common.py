@@ -9,6 +9,14 @@ import sys
 from typing import Any, Sequence
 
 
+def add_json_flag(p: Any, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout (logs go to stderr)")
+
+
+def log_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     sys.stdout.write("\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli.common import add_json_flag
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="write feature vectors (npy or parquet) for a data source",
@@ -18,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, help="with a backbone name: resize images to this size")
     p.add_argument("--pooling", choices=["avg", "max"], default="avg")
     p.add_argument("--split", default="all", help="train, val, test or all (default)")
+    add_json_flag(p, "what was written")
     p.set_defaults(func=run)
 
 
@@ -27,5 +30,10 @@ def run(args: argparse.Namespace) -> int:
     pretrained = None if args.pretrained == "none" else args.pretrained
     info = api.embed(args.model, args.data, args.out, pretrained=pretrained, input_size=args.input_size,
                      pooling=args.pooling, split=args.split)
+    if args.json:
+        from cnnlab.cli.common import print_json
+
+        print_json(info)
+        return 0
     print(f"wrote {info['shape'][0]:,} x {info['shape'][1]} features to {info['path']}")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli.common import add_json_flag
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list models or describe one")
@@ -11,6 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     msub.required = True
     q = msub.add_parser("list", help="cnnlab's own models, offline-pretrained ones, then timm's")
     q.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    add_json_flag(q, "the names with what they are")
     q.set_defaults(func=run_list)
     q = msub.add_parser("info", help="parameters, trainable parameters and FLOPs of a model")
     q.add_argument("name")
@@ -18,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--num-classes", type=int, default=10)
     q.add_argument("--units", type=int, default=0, help="hidden Dense units in the head (the study: 512)")
     q.add_argument("--pooling", choices=["avg", "max"], default="avg")
+    add_json_flag(q, "the figures")
     q.set_defaults(func=run_info)
 
 
@@ -26,6 +30,12 @@ def run_list(args: argparse.Namespace) -> int:
     from cnnlab.models.weights import OFFLINE_WEIGHTS
 
     own = own_models()
+    if args.json:
+        from cnnlab.cli.common import print_json
+
+        print_json([{"name": n, "kind": "cnnlab" if n in own else "offline" if n in OFFLINE_WEIGHTS else "timm",
+                     "description": own.get(n, "")} for n in list_models(args.pattern)])
+        return 0
     for name in list_models(args.pattern):
         if name in own:
             print(f"{name}  (cnnlab: {own[name]})")
@@ -42,6 +52,11 @@ def run_info(args: argparse.Namespace) -> int:
 
     info = api.model_info(args.name, input_size=args.input_size, num_classes=args.num_classes,
                           units=args.units, pooling=args.pooling)
+    if args.json:
+        from cnnlab.cli.common import print_json
+
+        print_json({"name": args.name, **info})
+        return 0
     rows = [{"what": k, "value": v} for k, v in info.items()]
     print_table(rows, title=args.name)
     return 0

@@ -12,8 +12,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--weights", default="final", choices=["final", "best"])
-    p.add_argument("--tta", choices=["none", "flip", "flip_translate"], default="none")
+    p.add_argument("--tta", choices=["none", "flip", "flip_translate"],
+                   help="test-time augmentation (default: the run's train.tta, as evaluate uses)")
     p.set_defaults(func=run)
 
 
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.cli.common import print_csv, print_json, print_table
 
     results = api.predict(args.run_dir, args.paths, top_k=args.top_k, weights=args.weights, tta=args.tta)
-    if args.format == "json":
+    if args.format == "json" or args.json:
         print_json(results)
         return 0
     rows = []

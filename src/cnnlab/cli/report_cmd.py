@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli.common import add_json_flag
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write an HTML report of a trained run",
@@ -22,13 +24,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="final", choices=["final", "best"], help="final or best checkpoint")
     p.add_argument("--latency-runs", type=int, default=30, metavar="N",
                    help="single-image predictions timed for the batch-1 latency (default 30)")
+    add_json_flag(p, "the report's paths and evaluation")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from cnnlab.cli.common import log_to_stderr, print_json
     from cnnlab.reports import write_run_report
 
     path = write_run_report(args.run_dir, args.out, n_worst=args.worst, data=args.data, weights=args.weights,
-                            label_error_confidence=args.label_error_confidence, latency_runs=args.latency_runs)
+                            label_error_confidence=args.label_error_confidence, latency_runs=args.latency_runs,
+                            log=log_to_stderr if args.json else print)
+    if args.json:
+        rep = json.loads((path.parent / "report.json").read_text())
+        print_json({"html": str(path), "json": str(path.parent / "report.json"),
+                    "eval_split": rep.get("eval_split"),
+                    "evaluation": {k: rep["evaluation"][k] for k in ("count", "loss", "accuracy", "top5_accuracy",
+                                                                     "macro_f1", "ece")},
+                    "label_errors": rep.get("label_errors", {}).get("count"), "figures": rep.get("figures")})
+        return 0
     print(path)
     return 0

@@ -15,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("dir", nargs="?", default="runs", help="folder to search (default: runs)")
     q.add_argument("--newest-first", action="store_true", help="newest run first")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--json", action="store_true", help="the same as --format json")
     q.set_defaults(func=run_list)
 
 
@@ -24,7 +25,7 @@ def run_list(args: argparse.Namespace) -> int:
     from cnnlab.reports.runs import COLUMNS
 
     rows = list_runs(args.dir, newest_first=args.newest_first)
-    if args.format == "json":
+    if args.format == "json" or args.json:
         print_json(rows)
     elif args.format == "csv":
         print_csv(rows, COLUMNS + ["path"])

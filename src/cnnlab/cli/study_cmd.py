@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli.common import add_json_flag
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="run a study of experiments, or report on it")
@@ -22,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run only these experiments (ids like II.3 or keys like mobilenet-II.3)")
     q.add_argument("--report", action="store_true", help="write the study report afterwards")
     q.add_argument("--progress", action="store_true", help="show a progress bar per epoch")
+    add_json_flag(q, "one row per experiment")
     q.set_defaults(func=run_run)
     q = ssub.add_parser("report", help="comparison table, overlaid curves and one tree diagram per family",
                         description="Write OUT/<study>/report/: comparison.md/.csv, report.html, "
@@ -29,10 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                     "accuracy beside cnnlab's.")
     q.add_argument("study", help="a study file (YAML)")
     _out(q)
+    add_json_flag(q, "the report's path")
     q.set_defaults(func=run_report)
     q = ssub.add_parser("status", help="which experiments are finished, partial or pending")
     q.add_argument("study", help="a study file (YAML)")
     _out(q)
+    add_json_flag(q, "one row per experiment")
     q.set_defaults(func=run_status)
 
 
@@ -42,27 +47,41 @@ def _out(q: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from cnnlab.cli.common import print_table
+    from cnnlab.cli.common import log_to_stderr, print_json, print_table
     from cnnlab.reports import run_study, study_report
 
     rows = run_study(args.study, out=args.out, max_train_samples=args.max_train_samples, epochs=args.epochs,
-                     data=args.data, only=args.only, progress=args.progress)
+                     data=args.data, only=args.only, progress=args.progress,
+                     log=log_to_stderr if args.json else print)
+    report = str(study_report(args.study, out=args.out)) if args.report else None
+    if args.json:
+        print_json({"experiments": rows, "report": report})
+        return 0
     print_table(rows, ["key", "status", "run_dir"])
-    if args.report:
-        print(study_report(args.study, out=args.out))
+    if report:
+        print(report)
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from cnnlab.cli.common import print_json
     from cnnlab.reports import study_report
 
-    print(study_report(args.study, out=args.out))
+    path = study_report(args.study, out=args.out)
+    if args.json:
+        print_json({"report": str(path)})
+        return 0
+    print(path)
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from cnnlab.cli.common import print_table
+    from cnnlab.cli.common import print_json, print_table
     from cnnlab.reports import load_study, study_status
 
-    print_table(study_status(load_study(args.study), args.out), ["key", "state", "run_dir"])
+    rows = study_status(load_study(args.study), args.out)
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(rows, ["key", "state", "run_dir"])
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli.common import add_json_flag
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a config file",
@@ -26,15 +28,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.optimizer.lr=0.01 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    add_json_flag(p, "the run's metrics and run directory")
     p.set_defaults(func=run)
+
+
+#: Flags that choose what to train: a resumed run trains what its config.yaml says, so they are refused.
+_NOT_WITH_RESUME = ("config", "preset", "epochs", "batch_size", "max_train_samples", "image_size", "seed",
+                    "target_accuracy", "skip_bad", "run_dir", "overrides")
 
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab import api
+    from cnnlab.cli.common import log_to_stderr, print_json
     from cnnlab.errors import ConfigError
 
+    log = log_to_stderr if args.json else print
     if args.resume:
-        api.resume(args.resume, progress=not args.no_progress)
+        given = [f"--{name.replace('_', '-')}" if name != "overrides" else "--set"
+                 for name in _NOT_WITH_RESUME if getattr(args, name) not in (None, False, [])]
+        if given:
+            raise ConfigError(f"--resume continues {args.resume} as its config.yaml says; {', '.join(given)} "
+                              "would be ignored: drop it (or start a new run)")
+        run = api.resume(args.resume, data=args.data, progress=not args.no_progress, log=log)
+        if args.json:
+            print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
         return 0
     if args.config and args.preset:
         raise ConfigError("give either --config or --preset, not both")
@@ -60,5 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from cnnlab.presets import preset_path
 
         config = preset_path(args.preset)
-    api.train(config, overrides=overrides, run_dir=args.run_dir, progress=not args.no_progress)
+    run = api.train(config, overrides=overrides, run_dir=args.run_dir, progress=not args.no_progress, log=log)
+    if args.json:
+        print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
     return 0

@@ -89,6 +89,19 @@ class DatasetBundle:
         )
 
 
+def align_labels(split: ImageArrays, class_names: list[str], where: str) -> np.ndarray:
+    """Map a source's labels onto a model's classes by name; unknown classes are an error."""
+    lookup = {n: i for i, n in enumerate(class_names)}
+    present = sorted(set(np.unique(split.y).tolist()))
+    unknown = [split.class_names[i] for i in present if split.class_names[i] not in lookup]
+    if unknown:
+        raise DataError(
+            f"{where}: label {unknown[0]!r} is not a class the model knows ({', '.join(class_names)})"
+        )
+    mapping = np.array([lookup.get(n, -1) for n in split.class_names])
+    return mapping[split.y]
+
+
 def check_classes(class_names: list[str], counts: dict[str, int], where: str) -> None:
     """Refuse datasets that cannot train a classifier: fewer than two classes or an empty one."""
     empty = [c for c in class_names if counts.get(c, 0) == 0]

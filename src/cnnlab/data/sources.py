@@ -29,6 +29,9 @@ def _say(msg: str) -> None:
 def _cifar10(image_size: int | None, skip_bad: bool) -> DatasetBundle:
     from cnnlab.data import cifar10
 
+    if image_size == 32:
+        image_size = None  # CIFAR-10's own size: the same pixels, so the same cache entry
+
     env = os.environ.get(CIFAR10_ENV)
     if env:
         path = Path(env).expanduser()

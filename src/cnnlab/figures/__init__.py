@@ -1,7 +1,9 @@
 """matplotlib figures of data, training histories and metrics, saved as PNG (and SVG).
 
-Each function draws one figure into a file and returns its path; none of them shows a window
-(the Agg backend is selected here), so they work on servers and in CI.
+Each function draws one figure into a file and returns its path. They draw on
+``matplotlib.figure.Figure`` objects rendered by the Agg canvas, never through pyplot: no window,
+no backend switch, no global figure state, so they work on servers and in CI and leave a
+notebook's inline plotting as it was.
 """
 
 from __future__ import annotations
@@ -10,28 +12,52 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from cnnlab.utils.io import atomic_path
 
-from cnnlab.utils.io import atomic_path  # noqa: E402
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure outside pyplot, with an Agg canvas to render it."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True) -> tuple[Figure, Any]:
+    """pyplot.subplots without pyplot."""
+    fig = new_figure(figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def save(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
+    if _pyplot_managed(fig):
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # a figure made by pyplot elsewhere (optuna's plots): release it
     return path
+
+
+def _pyplot_managed(fig: Any) -> bool:
+    import sys
+
+    if "matplotlib.pyplot" not in sys.modules:
+        return False
+    from matplotlib._pylab_helpers import Gcf
+
+    return any(m.canvas.figure is fig for m in Gcf.get_all_fig_managers())
 
 
 def example_images(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], path: str | Path,
                    per_class: int = 5, dpi: int = 300) -> Path:
     """The study's grid: the first ``per_class`` images of each class, class names over columns."""
     k = len(class_names)
-    fig, axes = plt.subplots(per_class, k, figsize=(1.2 * k, 1.25 * per_class), squeeze=False)
+    fig, axes = subplots(per_class, k, figsize=(1.2 * k, 1.25 * per_class), squeeze=False)
     for c, name in enumerate(class_names):
         idx = np.flatnonzero(y == c)[:per_class]
         for r in range(per_class):
@@ -48,7 +74,7 @@ def example_images(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], pat
 def label_scatter(y: np.ndarray, class_names: Sequence[str], path: str | Path, first: int = 5000) -> Path:
     """The study's shuffle check: label index against position for the first ``first`` labels."""
     n = min(first, len(y))
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = subplots(figsize=(8, 3))
     ax.scatter(np.arange(n), y[:n], s=1, alpha=0.5)
     ax.set_yticks(range(len(class_names)), list(class_names), fontsize=7)
     ax.set_xlabel("position in the training set")
@@ -78,7 +104,7 @@ def overfitting_epoch(history: list[dict[str, float]], window: int = 3) -> int |
 def learning_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Loss and accuracy, training vs validation, best epoch marked, overfitting flagged."""
     epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         ax.plot(epochs, [h.get(key) for h in history], "o-", ms=3, label=f"training {label}")
         if any("val_" + key in h for h in history):
@@ -107,7 +133,7 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | Pa
     shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
     k = len(class_names)
     size = max(5.0, 0.55 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig, ax = subplots(figsize=(size, size * 0.85))
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(range(k), list(class_names), rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), list(class_names), fontsize=8)
@@ -125,7 +151,7 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | Pa
 
 
 def reliability_diagram(bins: list[dict[str, float]], ece: float, path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = subplots(figsize=(4.5, 4.5))
     centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
     accs = [0 if math.isnan(b["accuracy"]) else b["accuracy"] for b in bins]
     width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
@@ -143,7 +169,7 @@ def image_gallery(images: np.ndarray, titles: Sequence[str], wrong: Sequence[boo
     """A grid of images, each titled (red when ``wrong``): the worst-misclassified gallery."""
     n = len(images)
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:

@@ -19,6 +19,7 @@ from cnnlab.utils.io import atomic_path, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model.json"
+CARD_FORMAT = "cnnlab-model/1"  # the card's "format": read_card refuses any other
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -55,7 +56,7 @@ def model_card(model: ImageClassifier, extra: dict[str, Any] | None = None) -> d
     from cnnlab.models.summary import count_parameters
 
     card = {
-        "format": "cnnlab-model/1",
+        "format": CARD_FORMAT,
         "cnnlab_version": __version__,
         "spec": model.spec.to_dict(),
         "parameters": count_parameters(model),
@@ -81,6 +82,9 @@ def read_card(folder: str | Path) -> dict[str, Any]:
         card["spec"]["arch"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: not a valid model card ({exc})") from None
+    if card.get("format") != CARD_FORMAT:
+        raise ModelError(f"{path}: unknown model card format {card.get('format')!r} "
+                         f"(this cnnlab reads {CARD_FORMAT!r})")
     return card
 
 

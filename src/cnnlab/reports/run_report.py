@@ -8,7 +8,6 @@ output folder, and writes ``report.html`` (figures embedded, opens offline), ``r
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,14 +91,12 @@ def write_run_report(
     ``out`` defaults to ``RUN_DIR/report``. ``data`` replaces the run's data source (needed when
     the run trained on a DataFrame). ``weights``: "final" or "best" (the keep-best checkpoint).
     """
-    from cnnlab import api, figures
-    from cnnlab.evaluation.metrics import classification_report
-    from cnnlab.evaluation.predict import predict_logits
-    from cnnlab.models.io import load_model, read_card
+    from cnnlab import figures
+    from cnnlab.predictor import ImagePredictor
     from cnnlab.reports import gallery
     from cnnlab.reports.run_report_html import render
     from cnnlab.reports.speed import batch1_latency, speed_summary
-    from cnnlab.utils.hardware import default_device, resolve_precision
+    from cnnlab.training.orchestrate import prepare_data
 
     rd = RunDir(run_dir)
     cfg = rd.read_config()
@@ -110,12 +107,12 @@ def write_run_report(
         raise ModelError(f"n_worst must be 0 or more, got {n_worst}")
     out_dir = Path(out) if out is not None else rd.path / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    card = read_card(rd.path)
+    pred = ImagePredictor.load(rd.path, weights=weights)
     metrics = rd.read_metrics()
     history = rd.read_history()
 
     log(f"report: loading data ({cfg.data.source})")
-    prep = api.prepare_data(cfg, data)
+    prep = prepare_data(cfg, pred.load_data(data))  # decoded at the predictor's size, split as in training
     split_name = "test" if prep.test is not None else "val"
     split = prep.test if prep.test is not None else prep.val
     if split is None or len(split) == 0:
@@ -129,8 +126,8 @@ def write_run_report(
     rep["figures"]["example_images"] = str(figures.example_images(
         tr.x, tr.y, tr.class_names, out_dir / "example_images.png", dpi=150))
 
-    model = load_model(rd.path, weights)
-    input_size = model.spec.input_size or card.get("data_image_size") or tr.image_size[0]
+    model = pred.model
+    input_size = pred.input_size or tr.image_size[0]
     log("report: model summary")
     _set_trainable_as_trained(model, cfg)
     rep["model"] = _model_summary(model, int(input_size))
@@ -140,23 +137,16 @@ def write_run_report(
         rep["figures"]["curves"] = str(figures.learning_curves(history, out_dir / "curves.png", title=cfg.name))
 
     log(f"report: evaluating on {len(split):,} {split_name} images")
-    y = api.align_labels(split, model.class_names, str(cfg.data.source))
-    device = default_device()
-    model.to(device)
-    dtype = resolve_precision(cfg.train.precision, device)
-    t0 = time.perf_counter()
-    logits = predict_logits(model, split.x, batch_size=cfg.train.eval_batch_size, device=device, dtype=dtype,
-                            tta=cfg.train.tta)
-    eval_seconds = time.perf_counter() - t0
-    ev = classification_report(logits, y, model.class_names)
+    evaluation = pred.evaluate_details(split)
+    ev, y, eval_seconds = evaluation.report, evaluation.y, evaluation.seconds
     rep["evaluation"] = ev
-    names = model.class_names
+    names = pred.class_names
     rep["figures"]["confusion_matrix"] = str(figures.confusion_heatmap(
         np.array(ev["confusion_matrix"]), names, out_dir / "confusion_matrix.png"))
     rep["figures"]["reliability"] = str(figures.reliability_diagram(
         ev["calibration_bins"], ev["ece"], out_dir / "reliability.png"))
 
-    probs = logits.softmax(1).numpy()
+    probs = evaluation.probabilities
     if n_worst > 0:
         path, index = gallery.worst_gallery(split.x, probs, y, names, out_dir / "worst_misclassified.png",
                                             n=n_worst)
@@ -171,9 +161,9 @@ def write_run_report(
                            "csv": str(out_dir / "label_errors.csv")}
 
     log("report: measuring inference speed")
-    latency = batch1_latency(model, split.x, runs=latency_runs, device=device, dtype=dtype)
+    latency = batch1_latency(model, split.x, runs=latency_runs, device=pred.device, dtype=pred.dtype)
     rep["speed"] = speed_summary(metrics.get("train_images_per_second"), len(split), eval_seconds,
-                                 cfg.train.eval_batch_size, latency, device, metrics.get("machine"))
+                                 pred.batch_size, latency, pred.device, metrics.get("machine"))
 
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, render(rep))

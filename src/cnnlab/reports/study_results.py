@@ -101,12 +101,12 @@ def family_tree(family: Family, rows: list[dict[str, Any]], out_dir: Path) -> li
 
 def family_curves(family: Family, rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Validation (solid) and training (dashed) loss and accuracy of every experiment, overlaid."""
-    from cnnlab.figures import plt, save  # pyplot with the Agg backend selected
+    from cnnlab.figures import save, subplots
 
     runs = [r for r in rows if r["history"]]
     if not runs:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = subplots(1, 2, figsize=(12, 4.2))
     for k, r in enumerate(runs):
         color = f"C{k % 10}"
         ep = [int(hh.get("epoch", i + 1)) for i, hh in enumerate(r["history"])]

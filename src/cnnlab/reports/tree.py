@@ -14,10 +14,8 @@ from typing import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cnnlab.utils.io import atomic_path  # noqa: E402
+from cnnlab.figures import new_figure
+from cnnlab.utils.io import atomic_path
 
 COLUMN_INCHES = 2.6
 ROW_INCHES = 1.55
@@ -74,7 +72,7 @@ def draw_tree(root_text: str, nodes: Sequence[TreeNode], png: str | Path, svg: s
     pos = layout(nodes)
     cols = max(c for c, _ in pos.values()) + 1
     depth = max(d for _, d in pos.values()) + 1
-    fig = plt.figure(figsize=(max(4.0, cols * COLUMN_INCHES), max(2.0, depth * ROW_INCHES + 0.6)))
+    fig = new_figure(figsize=(max(4.0, cols * COLUMN_INCHES), max(2.0, depth * ROW_INCHES + 0.6)))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(-0.5 * COLUMN_INCHES, (cols - 0.5) * COLUMN_INCHES)
     ax.set_ylim(-(depth - 0.5) * ROW_INCHES, 0.5 * ROW_INCHES)
@@ -111,5 +109,4 @@ def draw_tree(root_text: str, nodes: Sequence[TreeNode], png: str | Path, svg: s
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
             written.append(path)
-    plt.close(fig)
     return written

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,7 +102,7 @@ class _Embedder:
     def __init__(self, model: ImageClassifier, device: torch.device, dtype: torch.dtype | None,
                  compile: bool, log: Callable[[str], object]):
         self.model, self.device, self.dtype, self.log = model, device, dtype, log
-        self.compiled = torch.compile(self._compiled_body, dynamic=False) if compile else None
+        self.compiled = torch.compile(_fresh_method(self, _Embedder._compiled_body), dynamic=False) if compile else None
         self.batch: int | None = None
         self.compiled_ok = False
 
@@ -141,11 +142,23 @@ class _Embedder:
             return self._eager(xb[:n])
 
 
+def _fresh_method(obj: object, fn: Callable) -> Callable:
+    """``fn`` bound to ``obj`` with a code object of its own.
+
+    torch.compile keeps its compiled graphs (and their guards) on the code object. Frozen
+    weights are constants of the graph and the guards do not look at weight values, so each
+    extractor compiles its own copy of the code: a new extractor never meets an old graph, and
+    nothing process-wide (``torch.compiler.reset()``, which would also drop the caller's own
+    compiled functions) has to be cleared. The copy's graphs go when the extractor goes.
+    """
+    fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(fresh, obj)
+
+
 # The compiled extractor, reused while the model, its weights, device and dtype stay the same
-# (train, val and test features then compile once). Frozen weights are constants of the compiled
-# graph, and torch.compile's cache does not look at weight values, so a new extractor (another
-# model, or this one after any in-place update: tensor version counters change on optimiser
-# steps and load_state_dict) clears that cache first; one slot, so no stale graph is ever reused.
+# (train, val and test features then compile once). A new extractor (another model, or this one
+# after any in-place update: tensor version counters change on optimiser steps and
+# load_state_dict) compiles afresh (see _fresh_method); one slot, so no stale graph is reused.
 _LAST: tuple[tuple, _Embedder] | None = None
 
 
@@ -164,7 +177,6 @@ def _embedder(model: ImageClassifier, device: torch.device, dtype: torch.dtype |
         _LAST[1].log = log
         return _LAST[1]
     _LAST = None
-    torch.compiler.reset()
     emb = _Embedder(model, device, dtype, True, log)
     _LAST = (key, emb)
     return emb

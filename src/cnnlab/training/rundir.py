@@ -72,13 +72,16 @@ class RunDir:
         writer.writerows(rows)
         atomic_write_text(self.path / "history.csv", buf.getvalue())
 
-    def read_history(self) -> list[dict[str, float]]:
+    def read_history(self) -> list[dict[str, Any]]:
+        """The rows of history.csv: numeric columns as numbers (an empty cell is NaN), the others
+        (``stage`` of a two-stage run: "" for the first stage, "finetune" after) as strings."""
         path = self.path / "history.csv"
         if not path.is_file():
             return []
         with open(path, newline="") as fh:
-            return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
-                    for row in csv.DictReader(fh)]
+            rows = list(csv.DictReader(fh))
+        numeric = {k for k in (rows[0] if rows else {}) if all(_is_number(r.get(k)) for r in rows)}
+        return [{k: (_to_float(v) if k in numeric else (v or "")) for k, v in row.items()} for row in rows]
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_json(self.path / "metrics.json", metrics)
@@ -90,3 +93,23 @@ class RunDir:
     def is_finished(self) -> bool:
         # model.json is written last (after model.safetensors): a run killed while saving is not finished.
         return all((self.path / n).is_file() for n in ("metrics.json", "model.safetensors", "model.json"))
+
+
+def _is_number(value: str | None) -> bool:
+    if value in ("", None):
+        return True
+    try:
+        float(value)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
+
+
+def _to_float(value: str | None) -> float | int:
+    """A cell of a numeric column; integers (the epoch) stay integers, so a rewrite keeps "4"."""
+    if value in ("", None):
+        return float("nan")
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except ValueError:
+        return float(value)  # type: ignore[arg-type]

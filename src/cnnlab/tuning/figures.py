@@ -25,9 +25,9 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def draw(study: optuna.Study, out_dir: str | Path, objective: str = "value") -> dict[str, str]:
     """Draw every figure into ``out_dir``; returns {name: path or 'skipped: reason'}."""
-    from cnnlab import figures  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt  # optuna's plots draw through pyplot; each is closed once saved
 
-    plt = figures.plt
+    from cnnlab import figures
     from optuna.visualization import matplotlib as ovm
 
     out = Path(out_dir)

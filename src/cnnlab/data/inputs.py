@@ -1,0 +1,90 @@
+"""Images to predict on, as a user has them: paths, folders, a uint8 array or a DataFrame.
+
+:func:`unlabelled_images` turns any of them into one (N, H, W, 3) uint8 array plus a name per
+image (its path, or ``#i`` for an array row), decoding files at the size asked for (see
+decode.py). Labelled data for evaluation goes through :func:`cnnlab.data.sources.load_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.data.dataset import ImageArrays
+from cnnlab.data.decode import decode_image, is_image_name
+from cnnlab.data.tabular import IMAGE_COLUMNS
+from cnnlab.errors import DataError
+
+
+def check_array(x: Any, where: str = "images") -> np.ndarray:
+    """An (N, H, W, 3) uint8 array, or a DataError saying what it is instead."""
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
+        shape = getattr(x, "shape", None)
+        raise DataError(f"{where}: expected an (N, H, W, 3) uint8 array, got {shape} {getattr(x, 'dtype', type(x))}")
+    return x
+
+
+def image_paths(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    """Image files, with folders expanded (recursively, sorted); a missing path is a DataError."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name))
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    if not paths:
+        raise DataError("no images to predict")
+    return paths
+
+
+def decode_paths(paths: Sequence[Path], size: int | None) -> np.ndarray:
+    return np.stack([decode_image(p, size) for p in paths])
+
+
+def frame_image_column(df: Any, column: str | None = None) -> str:
+    columns = [str(c) for c in df.columns]
+    if column is not None:
+        if column not in columns:
+            raise DataError(f"DataFrame: no column {column!r} for the image paths; columns are {columns}")
+        return column
+    lower = {c.lower(): c for c in columns}
+    for cand in IMAGE_COLUMNS:
+        if cand in lower:
+            return lower[cand]
+    raise DataError(f"DataFrame: missing the image path column; expected one of {list(IMAGE_COLUMNS)}, "
+                    f"columns are {columns}")
+
+
+def unlabelled_images(data: Any, size: int | None, *, image_column: str | None = None,
+                      base_dir: str | Path | None = None) -> tuple[np.ndarray, list[str], Any]:
+    """(images, names, index) for paths, a folder, an array, an ImageArrays or a DataFrame.
+
+    ``index`` is the DataFrame's index for a DataFrame (predictions line up with its rows),
+    else None. Arrays are taken as they are (no resizing).
+    """
+    import pandas as pd
+
+    if isinstance(data, ImageArrays):
+        return data.x, list(data.paths or [f"#{i}" for i in range(len(data))]), None
+    if isinstance(data, np.ndarray):
+        x = check_array(data)
+        return x, [f"#{i}" for i in range(len(x))], None
+    if isinstance(data, pd.DataFrame):
+        col = frame_image_column(data, image_column)
+        base = Path(base_dir or ".")
+        paths = [Path(str(p)) if Path(str(p)).is_absolute() else base / str(p) for p in data[col]]
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise DataError(f"DataFrame column {col!r}: {missing}: no such file")
+        if not paths:
+            raise DataError("no images to predict")
+        return decode_paths(paths, size), [str(p) for p in paths], data.index
+    paths = image_paths(data)
+    return decode_paths(paths, size), [str(p) for p in paths], None

@@ -1,0 +1,294 @@
+"""Training orchestration: config + data source -> a finished run directory.
+
+:func:`train` and :func:`resume` are what ``cnnlab train`` and :func:`cnnlab.train` run: resolve
+the config (never touching the caller's object), load and split the data, build the model, fit
+it (the standard recipe in one or two stages, or the fast recipe), evaluate it (through an
+``evaluator`` supplied from above, :func:`cnnlab.predictor.evaluate_after_training`, so that
+evaluation is written once, in the predictor), write metrics.json and finally the model.
+
+Threads: a run sets the compute threads it wants (the trainers do), and the caller's thread
+count is restored when it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from cnnlab.config import ExperimentConfig, load_config
+from cnnlab.data.dataset import DatasetBundle, ImageArrays
+from cnnlab.data.sources import load_source
+from cnnlab.data.split import limit_samples, split_train_val
+from cnnlab.errors import DataError
+from cnnlab.models.classifier import ImageClassifier
+from cnnlab.models.registry import create_model
+from cnnlab.training.loop import EpochCallback, FitResult, finish, fit
+from cnnlab.training.rundir import RunDir
+from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision
+
+ConfigLike = ExperimentConfig | str | Path | dict[str, Any] | None
+
+#: ``data.source`` recorded for a run trained on a pandas DataFrame (pass the frame again as ``data``).
+DATAFRAME_SOURCE = "<DataFrame>"
+
+
+@dataclass
+class Prepared:
+    bundle: DatasetBundle
+    train: ImageArrays
+    val: ImageArrays | None
+    test: ImageArrays | None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: ExperimentConfig
+    metrics: dict[str, Any]
+    fit: FitResult | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> ImageClassifier:
+        from cnnlab.models.io import load_model
+
+        return self.fit.model if self.fit else load_model(self.run_dir)
+
+
+class Evaluator(Protocol):
+    """Scores a freshly trained model; returns the entries to add to metrics.json."""
+
+    def __call__(self, result: FitResult, prep: Prepared, cfg: ExperimentConfig, rd: RunDir, *,
+                 progress: bool, log: Callable[[str], None]) -> dict[str, Any]: ...
+
+
+def resolve_config(config: ConfigLike, overrides: dict[str, Any] | list[str] | None = None) -> ExperimentConfig:
+    """A config object from a file, a dict or an object (a copy: the caller's object is never changed)."""
+    from cnnlab.config import apply_overrides, config_from_dict, parse_override
+
+    if isinstance(config, ExperimentConfig):
+        if not overrides:
+            return copy.deepcopy(config)
+        config = config.to_dict()
+    if isinstance(config, dict):
+        data = copy.deepcopy(config)
+        if isinstance(overrides, list):
+            overrides = dict(parse_override(o) for o in overrides)
+        return config_from_dict(apply_overrides(data, overrides or {}))
+    return load_config(config, overrides)
+
+
+def load_data(source: Any, cfg: ExperimentConfig | None = None, **kwargs: Any) -> DatasetBundle:
+    """Load a data source (see :func:`cnnlab.data.sources.load_source`) with a config's settings."""
+    if isinstance(source, DatasetBundle):
+        return source
+    if isinstance(source, str) and source == DATAFRAME_SOURCE:
+        raise DataError("this run was trained on a pandas DataFrame: pass that DataFrame (or another "
+                        "source) as data (CLI: --data)")
+    if cfg is not None:
+        kwargs.setdefault("image_size", cfg.data.image_size)
+        kwargs.setdefault("skip_bad", cfg.data.skip_bad)
+        kwargs.setdefault("image_column", cfg.data.image_column)
+        kwargs.setdefault("label_column", cfg.data.label_column)
+    return load_source(source, **kwargs)
+
+
+def prepare_data(cfg: ExperimentConfig, data: Any = None) -> Prepared:
+    """Load the source and cut it into train / validation / test as the config says."""
+    bundle = load_data(data if data is not None else cfg.data.source, cfg)
+    train, val = bundle.train, bundle.val
+    if val is None:
+        train, val = split_train_val(train, cfg.data.validation_split, cfg.data.split_method, cfg.seed)
+    train = limit_samples(train, cfg.data.max_train_samples, cfg.seed)
+    return Prepared(bundle, train, val, bundle.test)
+
+
+def train(
+    config: ConfigLike = None,
+    *,
+    data: Any = None,
+    run_dir: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    progress: bool = True,
+    epoch_callback: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+    evaluator: Evaluator | None = None,
+) -> RunResult:
+    """Train a model from a config (file, dict or object); ``evaluator`` scores it (None: not scored).
+
+    ``data`` overrides ``config.data.source`` (a source string, a DataFrame or a loaded bundle).
+    The run directory (default ``runs/<name>-<time>``) receives everything; see rundir.py.
+    """
+    started_at = time.monotonic()  # a time limit counts from here (data loading included)
+    cfg = resolve_config(config, overrides)
+    if isinstance(data, (str, Path)):
+        cfg.data.source = str(data)
+    elif data is not None and not isinstance(data, DatasetBundle):
+        # An in-memory table has no name to record; never let config.yaml claim the default
+        # source (cifar10), which `cnnlab evaluate RUN_DIR` would then fetch and score against.
+        cfg.data.source = DATAFRAME_SOURCE
+    if cfg.train.recipe == "fast":  # refused before anything is written
+        from cnnlab.training.recipes.fast import check_config
+
+        check_config(cfg)
+    rd = RunDir(run_dir) if run_dir else RunDir.new(cfg.name)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    rd.write_config(cfg)
+    with _caller_threads_restored():
+        return _run(cfg, rd, data, resume=False, progress=progress, epoch_callback=epoch_callback, log=log,
+                    evaluator=evaluator, started_at=started_at)
+
+
+def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log: Callable[[str], None] = print,
+           epoch_callback: EpochCallback | None = None, evaluator: Evaluator | None = None) -> RunResult:
+    """Finish a run that was interrupted (even by SIGKILL), from its last finished epoch."""
+    rd = RunDir(run_dir)
+    cfg = rd.read_config()
+    if rd.is_finished():
+        log(f"{rd.path} is already finished")
+        return RunResult(rd.path, cfg, rd.read_metrics())
+    has_state = (rd.state / "train_state.json").is_file()
+    with _caller_threads_restored():
+        return _run(cfg, rd, data, resume=has_state, progress=progress, epoch_callback=epoch_callback, log=log,
+                    evaluator=evaluator)
+
+
+def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress: bool,
+         epoch_callback: EpochCallback | None, log: Callable[[str], None], evaluator: Evaluator | None,
+         started_at: float | None = None) -> RunResult:
+    from cnnlab import figures
+
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    prep = prepare_data(cfg, data)
+    load_seconds = time.perf_counter() - t0
+    log(f"data: {len(prep.train):,} train, {len(prep.val) if prep.val else 0:,} val, "
+        f"{len(prep.test) if prep.test else 0:,} test images of {prep.train.image_size[0]}x"
+        f"{prep.train.image_size[1]}, {prep.train.num_classes} classes ({load_seconds:.1f}s)")
+    model = create_model(cfg.model, prep.train.class_names)
+    if cfg.train.recipe == "fast":
+        from cnnlab.training.recipes.fast import fit as fast_fit
+
+        result = fast_fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
+                          epoch_callback=epoch_callback, log=log, test=prep.test, started_at=started_at)
+    else:
+        result = _fit_stages(cfg, model, prep, rd, resume=resume, progress=progress,
+                             epoch_callback=epoch_callback, log=log)
+    metrics: dict[str, Any] = {
+        "name": cfg.name,
+        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.extra.items()},
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "train_seconds": round(result.train_seconds, 2),
+        "train_images_per_second": round(result.images_per_second, 1),
+        "train_samples": len(prep.train),
+        "machine": machine_summary(),
+    }
+    figures.learning_curves(result.history, rd.figures / "curves.png", title=cfg.name)
+    if evaluator is not None and (prep.test is not None or prep.val is not None):
+        metrics.update(evaluator(result, prep, cfg, rd, progress=progress, log=log))
+    rd.write_metrics(metrics)
+    finish(result, card_extra(cfg, prep, result))
+    log(f"run directory: {rd.path}")
+    return RunResult(rd.path, cfg, metrics, result)
+
+
+@contextlib.contextmanager
+def _caller_threads_restored() -> Iterator[None]:
+    """The trainers set torch's thread count for themselves; the caller gets its own back."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def card_extra(cfg: ExperimentConfig, prep: Prepared, result: FitResult) -> dict[str, Any]:
+    """What the model card records beside the model: the decode size and the TTA the run uses.
+
+    The TTA is the recipe's choice when it made one (``result.extra["tta"]``), else ``train.tta``.
+    """
+    tta = result.extra.get("tta")
+    return {"data_image_size": prep.train.image_size[0], "tta": tta if isinstance(tta, str) else cfg.train.tta,
+            "train": {"epochs_run": result.epochs_run, "data": cfg.data.source, "train_samples": len(prep.train)}}
+
+
+def use_feature_cache(cfg: ExperimentConfig) -> bool:
+    aug = cfg.train.augment
+    frozen = cfg.model.freeze_base
+    if cfg.train.cache_features == "off" or not frozen:
+        return False
+    if cfg.train.cache_features == "on":
+        return True
+    return not (aug.crop_padding or aug.flip or aug.cutout) and not cfg.train.compile
+
+
+def compile_features(cfg: ExperimentConfig) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[cfg.train.compile_features]
+
+
+def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, rd: RunDir, *, resume: bool,
+                progress: bool, epoch_callback: EpochCallback | None, log: Callable[[str], None]) -> FitResult:
+    """Stage 1 (frozen base, partly or fully trainable), then the optional fine-tuning stage."""
+    from cnnlab.training.features import FeatureArrays, HeadOnly, cached_features
+
+    if cfg.model.freeze_base:
+        model.set_base_trainable(False)
+    elif cfg.model.unfreeze_last is not None:
+        model.set_base_trainable(True, cfg.model.unfreeze_last)
+    ft = cfg.train.finetune
+    stage2_started = resume and ft is not None and (rd.state / "finetune" / "train_state.json").is_file()
+    if stage2_started:
+        result = None
+    elif use_feature_cache(cfg):
+        device = default_device()
+        model.to(device)
+        dtype = resolve_precision(cfg.train.precision, device)
+        t0 = time.perf_counter()
+        ftrain, hit = cached_features(model, prep.train.x, dtype=dtype, device=device,
+                                      compile=compile_features(cfg), progress=progress,
+                                      desc="train features", log=log)
+        fval = None
+        if prep.val is not None:
+            fval, _ = cached_features(model, prep.val.x, dtype=dtype, device=device,
+                                      compile=compile_features(cfg), progress=progress,
+                                      desc="val features", log=log)
+        log(f"frozen base: {'reused cached' if hit else 'extracted'} features "
+            f"{ftrain.shape} in {time.perf_counter() - t0:.1f}s; training the head on them")
+        result = fit(cfg, HeadOnly(model), FeatureArrays(ftrain, prep.train.y, prep.train.class_names),
+                     FeatureArrays(fval, prep.val.y, prep.val.class_names) if fval is not None else None,
+                     rd, resume=resume, progress=progress, epoch_callback=epoch_callback, log=log)
+        result.extra["feature_seconds"] = time.perf_counter() - t0 - result.train_seconds
+        result.extra["feature_cache"] = "hit" if hit else "miss"
+        result.model = model
+    else:
+        result = fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
+                     epoch_callback=epoch_callback, log=log)
+    if ft is None:
+        return result  # type: ignore[return-value]
+    prior = result.history if result is not None else [h for h in rd.read_history() if not h.get("stage")]
+    cfg2 = copy.deepcopy(cfg)
+    cfg2.train.epochs = ft.epochs
+    cfg2.train.optimizer.lr = ft.lr
+    cfg2.train.optimizer.base_lr = ft.base_lr
+    cfg2.train.schedule = ft.schedule
+    model.set_base_trainable(True, ft.unfreeze_last)
+    log(f"fine-tuning: base unfrozen ({'all blocks' if ft.unfreeze_last is None else f'last {ft.unfreeze_last} blocks'}), "
+        f"lr {ft.lr:g} for {ft.epochs} epochs")
+    result2 = fit(cfg2, model, prep.train, prep.val, rd, resume=stage2_started, progress=progress,
+                  epoch_callback=epoch_callback, log=log, stage="finetune", prior_history=prior)
+    first_seconds = result.train_seconds if result is not None else sum(h.get("seconds", 0) for h in prior)
+    result2.train_seconds += first_seconds
+    result2.history = prior + result2.history
+    result2.epochs_run = len(result2.history)
+    if result is not None:
+        result2.extra.update(result.extra)
+    return result2
