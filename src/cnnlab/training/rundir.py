@@ -21,11 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import ExperimentConfig, config_from_dict
-from cnnlab.errors import ConfigError
+from cnnlab.config import ExperimentConfig, read_run_config
 from cnnlab.utils.io import atomic_write_json, atomic_write_text
-
-import yaml
 
 
 class RunDir:
@@ -57,10 +54,7 @@ class RunDir:
         atomic_write_text(self.path / "config.yaml", cfg.to_yaml())
 
     def read_config(self) -> ExperimentConfig:
-        path = self.path / "config.yaml"
-        if not path.is_file():
-            raise ConfigError(f"{self.path}: no config.yaml; is this a cnnlab run directory?")
-        return config_from_dict(yaml.safe_load(path.read_text()) or {})
+        return read_run_config(self.path / "config.yaml")  # one-line errors naming the file
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
