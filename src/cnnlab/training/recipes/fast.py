@@ -54,6 +54,7 @@ from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates
 from cnnlab.training.loop import EpochCallback, FitResult
 from cnnlab.training.recipes.muon import Muon
 from cnnlab.training.rundir import RunDir
+from cnnlab.training.sanity import check_trained_model
 from cnnlab.training.schedules import lr_factor
 from cnnlab.utils.hardware import autocast, default_device, physical_cores, resolve_precision, setup_threads
 
@@ -429,6 +430,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
 
     model.eval()
     whiten_bias.requires_grad_(True)
+    check_trained_model(model, train, history, lr)  # training/sanity.py: finite weights, no one-class collapse
     rates = sorted(h["images_per_second"] for h in history)
     images = sum(steps_per_epoch * batch_size for _ in history)
     return FitResult(
