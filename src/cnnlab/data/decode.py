@@ -128,6 +128,8 @@ def decode_image(
         fh: io.BytesIO | Path = io.BytesIO(source)
     else:
         path = Path(source)
+        if path.is_dir():
+            raise DataError(f"{label}: is a folder, not an image file")
         try:
             if path.stat().st_size == 0:
                 raise DataError(f"{label}: empty file")
