@@ -356,6 +356,8 @@ CASES: list = [
       ["config.yaml", "train.epochs", ">= 1"], id="run-resume-config-bad-value"),
     C(lambda c: ["evaluate", str(damage(c, "done", "config.yaml", "model: {arch: [\n"))],
       ["config.yaml:", "not valid YAML"], id="run-evaluate-config-bad-yaml"),
+    C(lambda c: ["train", "--resume", str(damage(c, "done", "metrics.json", "{trunc"))],
+      ["metrics.json", "not valid JSON"], id="run-resume-finished-metrics-corrupt"),
     C(_truncated_state, ["train_state.json", "corrupt training state", "--discard-state"],
       id="run-resume-state-truncated"),
     C(lambda c: state_json(c.partial).write_text("[]") and ["train", "--resume", str(c.partial)],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.config import ExperimentConfig, read_run_config
+from cnnlab.errors import ConfigError
 from cnnlab.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -79,7 +80,12 @@ class RunDir:
 
     def read_metrics(self) -> dict[str, Any]:
         path = self.path / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
 
     def is_finished(self) -> bool:
         # model.json is written last (after model.safetensors): a run killed while saving is not finished.
