@@ -315,6 +315,9 @@ CASES: list = [
     C(lambda c: c.train("--config", str(c.write("bin.yaml", b"\xff\xfe\x00\x81binary"))), ["bin.yaml", "UTF-8"],
       id="config-binary-file"),
     C(lambda c: c.train("--config", str(c.tmp / "none.yaml")), ["config file not found"], id="config-missing"),
+    C(lambda c: ["study", "run", str(c.write("study.yaml", "families: [\n  - a: b: c\n"))], ["study.yaml:2:", "not valid YAML"],
+      id="study-yaml-syntax"),
+    C(lambda c: c.inspect(c.tree, "--image-size", "4"), ["--image-size", ">= 8", "got 4"], id="data-image-size-4"),
     # ------------------------------------------------------------------ flags
     C(lambda c: c.train("--data", str(c.tree), "--epochs", "0"), ["train.epochs", "--epochs", "got 0"],
       id="flag-epochs-0"),

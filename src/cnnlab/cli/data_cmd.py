@@ -26,9 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.cli.common import print_json, print_table
 
-    from cnnlab.validation import at_least, check_value, optional
+    from cnnlab.validation import at_least, check_value
 
-    check_value("--image-size", args.image_size, optional(at_least(8)))
+    if args.image_size is not None:
+        check_value("--image-size", args.image_size, at_least(8))
     summary = api.inspect_data(args.source, args.out, image_size=args.image_size, skip_bad=args.skip_bad,
                                image_column=args.image_column, label_column=args.label_column)
     if args.json:

@@ -44,10 +44,15 @@ def run(args: argparse.Namespace) -> int:
             from cnnlab.config import read_run_config
             from cnnlab.training.state import discard_state
 
+            from cnnlab.training.rundir import RunDir
+
             read_run_config(Path(args.resume) / "config.yaml")  # a run directory, with a readable config
-            dropped = discard_state(Path(args.resume) / "state")
-            print(f"--discard-state: dropped {dropped}; training again from epoch 1" if dropped
-                  else f"--discard-state: {args.resume} has no saved state; training from epoch 1")
+            if RunDir(args.resume).is_finished():
+                print(f"--discard-state: {args.resume} is finished; nothing to drop")
+            else:
+                dropped = discard_state(Path(args.resume) / "state")
+                print(f"--discard-state: dropped {dropped}; training again from epoch 1" if dropped
+                      else f"--discard-state: {args.resume} has no saved state; training from epoch 1")
         api.resume(args.resume, progress=not args.no_progress)
         return 0
     if args.config and args.preset:
