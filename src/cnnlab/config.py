@@ -9,6 +9,7 @@ the study's models build on one another (II.2 = II.1 with another learning rate)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from cnnlab.errors import ConfigError
+from cnnlab.validation import check_config
 
 
 @dataclass
@@ -261,17 +263,20 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key {where}{unknown[0]!s}; allowed keys here: {', '.join(sorted(names))}"
-        )
+        close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys here: {', '.join(sorted(names))}"
+        raise ConfigError(f"unknown config key {where}{unknown[0]!s}; {hint}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _convert(value, hints[name], key)
-    return cls(**kwargs)
+    out = cls(**kwargs)
+    if cls is ExperimentConfig and not prefix:
+        check_config(out)  # value ranges (validation.py), once the whole tree is built
+    return out
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -289,10 +294,7 @@ def read_yaml_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = parse_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
     parent = data.pop("extends", None)
@@ -302,6 +304,42 @@ def read_yaml_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
             raise ConfigError(f"{path}: 'extends' loops back to {parent_path}")
         data = _deep_merge(read_yaml_dict(parent_path, _seen + (path.resolve(),)), data)
     return data
+
+
+def parse_yaml_file(path: Path) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error is one line: ``FILE:LINE:COLUMN: problem``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a config file is YAML text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+
+
+def read_run_config(path: str | Path) -> ExperimentConfig:
+    """The ``config.yaml`` of a run directory; every problem is one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        folder = path.parent
+        if not folder.exists():
+            raise ConfigError(f"{folder}: no such folder")
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: not a folder; expected a cnnlab run directory")
+        raise ConfigError(f"{folder}: no config.yaml; is this a cnnlab run directory?")
+    data = parse_yaml_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
+    try:
+        return from_dict(ExperimentConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

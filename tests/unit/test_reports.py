@@ -206,7 +206,7 @@ def test_report_refuses_unfinished_run(tmp_path, trained):
 
     with pytest.raises(ModelError, match="partial: no model.safetensors"):
         write_run_report(partial)
-    with pytest.raises(CnnlabError, match="no config.yaml"):
+    with pytest.raises(CnnlabError, match="nothing-here: no such folder"):
         write_run_report(tmp_path / "nothing-here")
 
 

@@ -263,8 +263,8 @@ def test_fit_best_checkpoint_follows_val_loss(tmp_path):
 
 
 def test_loss_is_label_smoothed_cross_entropy_plus_keras_l2(tmp_path):
-    # lr 0 and one batch: the logged loss is exactly the loss of the initial weights.
-    cfg = _cfg({"epochs": 1, "batch_size": 64, "label_smoothing": 0.1, "optimizer": {"name": "adam", "lr": 0.0}},
+    # lr ~0 (1e-30: 0 is refused by validation) and one batch: the logged loss is the loss of the initial weights.
+    cfg = _cfg({"epochs": 1, "batch_size": 64, "label_smoothing": 0.1, "optimizer": {"name": "adam", "lr": 1e-30}},
                {"head": {"units": 8, "l2": 0.05, "pooling": "max"}})
     train, val = _arrays(12), _arrays(4, seed=1)
     model = _model(cfg)

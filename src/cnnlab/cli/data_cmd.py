@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default="data-inspect", help="folder for the figures (default: data-inspect)")
     q.add_argument("--image-size", type=int, help="resize images to N x N when loading")
     q.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted)")
+    q.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
+    q.add_argument("--label-column", help="CSV source: the label column (default: auto-detected)")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=run)
 
@@ -24,7 +26,12 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.cli.common import print_json, print_table
 
-    summary = api.inspect_data(args.source, args.out, image_size=args.image_size, skip_bad=args.skip_bad)
+    from cnnlab.validation import at_least, check_value
+
+    if args.image_size is not None:
+        check_value("--image-size", args.image_size, at_least(8))
+    summary = api.inspect_data(args.source, args.out, image_size=args.image_size, skip_bad=args.skip_bad,
+                               image_column=args.image_column, label_column=args.label_column)
     if args.json:
         print_json(summary)
         return 0

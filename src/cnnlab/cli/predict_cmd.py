@@ -22,7 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.cli.common import print_csv, print_json, print_table
+    from cnnlab.data.decode import list_image_files
+    from cnnlab.validation import at_least, check_value
 
+    check_value("--top-k", args.top_k, at_least(1))
+    list_image_files(args.paths)  # a missing path or a folder without images: one line naming it
     results = api.predict(args.run_dir, args.paths, top_k=args.top_k, weights=args.weights, tta=args.tta)
     if args.format == "json" or args.json:
         print_json(results)

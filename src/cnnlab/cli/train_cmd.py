@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     p.add_argument("--run-dir", help="where to write the run (default: runs/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last finished epoch")
+    p.add_argument("--discard-state", action="store_true",
+                   help="with --resume: drop the run's saved state (stale or corrupt) and train it again from epoch 1")
+    p.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
+    p.add_argument("--label-column", help="CSV source: the label column (default: auto-detected)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.optimizer.lr=0.01 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
@@ -34,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 #: Flags that choose what to train: a resumed run trains what its config.yaml says, so they are refused.
 _NOT_WITH_RESUME = ("config", "preset", "epochs", "batch_size", "max_train_samples", "image_size", "seed",
-                    "target_accuracy", "skip_bad", "run_dir", "overrides")
+                    "target_accuracy", "skip_bad", "run_dir", "overrides", "time_limit")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,22 +47,29 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.errors import ConfigError
 
     log = log_to_stderr if args.json else print
+    if args.discard_state and not args.resume:
+        raise ConfigError("--discard-state goes with --resume RUN_DIR")
     if args.resume:
         given = [f"--{name.replace('_', '-')}" if name != "overrides" else "--set"
                  for name in _NOT_WITH_RESUME if getattr(args, name) not in (None, False, [])]
         if given:
             raise ConfigError(f"--resume continues {args.resume} as its config.yaml says; {', '.join(given)} "
                               "would be ignored: drop it (or start a new run)")
+        if args.discard_state:
+            _discard_state(args.resume, log)
         run = api.resume(args.resume, data=args.data, progress=not args.no_progress, log=log)
         if args.json:
             print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
         return 0
     if args.config and args.preset:
         raise ConfigError("give either --config or --preset, not both")
+    if args.run_dir:
+        _check_run_dir(args.run_dir)
     overrides: dict[str, object] = {}
     for flag, key in (("data", "data.source"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
                       ("max_train_samples", "data.max_train_samples"), ("image_size", "data.image_size"),
-                      ("seed", "seed"), ("target_accuracy", "train.target_accuracy")):
+                      ("seed", "seed"), ("target_accuracy", "train.target_accuracy"),
+                      ("image_column", "data.image_column"), ("label_column", "data.label_column")):
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -81,3 +92,35 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
     return 0
+
+
+def _discard_state(run_dir: str, log) -> None:  # noqa: ANN001
+    from pathlib import Path
+
+    from cnnlab.config import read_run_config
+    from cnnlab.training.rundir import RunDir
+    from cnnlab.training.state import discard_state
+
+    read_run_config(Path(run_dir) / "config.yaml")  # a run directory, with a readable config
+    if RunDir(run_dir).is_finished():
+        log(f"--discard-state: {run_dir} is finished; nothing to drop")
+        return
+    dropped = discard_state(Path(run_dir) / "state")
+    log(f"--discard-state: dropped {dropped}; training again from epoch 1" if dropped
+        else f"--discard-state: {run_dir} has no saved state; training from epoch 1")
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """--run-dir must be a folder or a path where one can be made (not a file, not under a file)."""
+    from pathlib import Path
+
+    from cnnlab.errors import ConfigError
+
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--run-dir {path}: exists and is not a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--run-dir {path}: {parent} is a file, not a folder")
+            break

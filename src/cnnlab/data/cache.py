@@ -35,7 +35,10 @@ def cache_key(*parts: Any) -> str:
 
 
 def file_stamp(path: str | Path) -> list[Any]:
-    st = Path(path).stat()
+    try:
+        st = Path(path).stat()
+    except OSError:  # a dangling symlink: reading the file reports it; nothing to cache by
+        return [str(path), "unreadable"]
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 

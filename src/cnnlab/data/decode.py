@@ -21,6 +21,8 @@ The rules, applied in this order:
 from __future__ import annotations
 
 import io
+import os
+import re
 import warnings
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import DataError
 
-#: Images above this many pixels are refused as decompression bombs (Pillow's own default).
+#: Images above this many pixels are refused as decompression bombs (Pillow's own warning threshold;
+#: messages quote this number, not Pillow's error threshold of twice as many).
 MAX_PIXELS = 89_478_485
 
 #: Bumped whenever a rule above (or the folder order, folder.py) changes, so on-disk caches of decoded pixels are rebuilt.
@@ -42,6 +45,27 @@ IMAGE_SUFFIXES = frozenset(
 
 def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_image_files(inputs: list[str | Path] | tuple[str | Path, ...]) -> list[Path]:
+    """The image files among ``inputs`` (files, and folders searched recursively by suffix).
+
+    A path that does not exist, or a folder that holds no image, is an error naming it."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name))
+            if not found:
+                raise DataError(f"{p}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        elif p.exists() or p.is_symlink():
+            paths.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    if not paths:
+        raise DataError("no images to predict")
+    return paths
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -104,20 +128,30 @@ def decode_image(
         fh: io.BytesIO | Path = io.BytesIO(source)
     else:
         path = Path(source)
+        if path.is_dir():
+            raise DataError(f"{label}: is a folder, not an image file")
         try:
             if path.stat().st_size == 0:
                 raise DataError(f"{label}: empty file")
         except FileNotFoundError:
+            if path.is_symlink():
+                raise DataError(f"{label}: broken symbolic link (to {os.readlink(path)}, which does not exist)") from None
             raise DataError(f"{label}: file not found") from None
+        except OSError as exc:
+            raise DataError(f"{label}: cannot read ({exc.strerror or exc})") from None
         fh = path
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DataError(f"image size must be a positive integer (CLI: --image-size N), got {size!r}")
+    pillow_limit = Image.MAX_IMAGE_PIXELS or float("inf")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above its own limit (the same as MAX_PIXELS unless either is changed).
+            warnings.simplefilter("error" if max_pixels <= pillow_limit else "ignore", Image.DecompressionBombWarning)
             with Image.open(fh) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise DataError(
-                        f"{label}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                        f"{label}: {w}x{h} = {w * h:,} pixels exceeds cnnlab's limit of {max_pixels:,} "
                         "(possible decompression bomb)"
                     )
                 img.load()
@@ -129,7 +163,11 @@ def decode_image(
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{label}: refused as a possible decompression bomb ({exc})") from None
+        # Pillow's message quotes Pillow's limit (twice MAX_PIXELS for its error): quote cnnlab's.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels " if found else ""
+        raise DataError(f"{label}: {pixels}exceeds cnnlab's limit of {max_pixels:,} pixels "
+                        "(possible decompression bomb)") from None
     except UnidentifiedImageError:
         raise DataError(f"{label}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt data

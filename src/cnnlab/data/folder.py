@@ -92,13 +92,21 @@ def _layout(rel_paths: list[PurePosixPath], dirs: set[PurePosixPath], where: str
     return assigned, folders
 
 
-def scan(source: Path) -> tuple[list[_Entry], dict[str, set[str]], list[str]]:
-    """List a folder's or archive's images with their split and class."""
+def unsafe_member(name: str) -> bool:
+    """An archive member name that is absolute (``/x.png``, ``C:/x.png``) or climbs out (``a/../x``)."""
+    norm = name.replace("\\", "/")
+    return norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or ".." in norm.split("/")
+
+
+def scan(source: Path) -> tuple[list[_Entry], dict[str, set[str]], list[str], list[str]]:
+    """List a folder's or archive's images with their split and class; also the files ignored (not
+    images) and, in an archive, the image members refused for an absolute or ``..`` path."""
     where = str(source)
     rel: list[PurePosixPath] = []
     keys: list[str] = []
     dirs: set[PurePosixPath] = set()
     ignored: list[str] = []
+    unsafe: list[str] = []
     if source.is_dir():
         for p in sorted(source.rglob("*")):
             r = PurePosixPath(p.relative_to(source).as_posix())
@@ -116,6 +124,9 @@ def scan(source: Path) -> tuple[list[_Entry], dict[str, set[str]], list[str]]:
         names, dir_names = _archive_names(source)
         for n in names:
             r = PurePosixPath(n)
+            if unsafe_member(n):
+                (unsafe if is_image_name(n) else ignored).append(n)
+                continue
             if any(part.startswith(".") or part == "__MACOSX" for part in r.parts):
                 continue
             if is_image_name(n):
@@ -123,7 +134,7 @@ def scan(source: Path) -> tuple[list[_Entry], dict[str, set[str]], list[str]]:
                 keys.append(n)
             else:
                 ignored.append(n)
-        dirs = {PurePosixPath(d.rstrip("/")) for d in dir_names}
+        dirs = {PurePosixPath(d.rstrip("/")) for d in dir_names if not unsafe_member(d)}
         for r in rel:  # archives may omit directory entries
             dirs.update(r.parents)
         dirs.discard(PurePosixPath("."))
@@ -133,7 +144,7 @@ def scan(source: Path) -> tuple[list[_Entry], dict[str, set[str]], list[str]]:
         _Entry(split, label, prefix + (keys[i] if prefix else keys[i]), keys[i])
         for split, label, i in assigned
     ]
-    return entries, folders, ignored
+    return entries, folders, ignored, unsafe
 
 
 def _archive_names(path: Path) -> tuple[list[str], list[str]]:
@@ -148,7 +159,7 @@ def _archive_names(path: Path) -> tuple[list[str], list[str]]:
             members = tf.getmembers()
             return [m.name for m in members if m.isfile()], [m.name for m in members if m.isdir()]
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read archive ({exc})") from None
+        raise DataError(f"{path}: cannot read archive ({_brief(exc)})") from None
 
 
 def _iter_bytes(source: Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
@@ -166,7 +177,15 @@ def _iter_bytes(source: Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
                     fh = tf.extractfile(member)
                     yield member.name, fh.read() if fh else b""
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"{source}: archive is corrupt or truncated ({exc})") from None
+        raise DataError(f"{source}: archive is corrupt or truncated ({_brief(exc)})") from None
+
+
+def _brief(exc: BaseException) -> str:
+    """One line of an archive library's error (tarfile lists every method it tried, one per line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "could not be opened" in lines[0]:
+        return "not a tar archive, or a compressed one that is corrupt"
+    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def decode_entries(
@@ -239,7 +258,10 @@ def load_tree(
     where = str(source)
     if not source.exists():
         raise DataError(f"{where}: no such file or folder")
-    entries, folders, ignored = scan(source)
+    entries, folders, ignored, unsafe = scan(source)
+    refused = [f"{where}:{n}: archive member with an absolute or '..' path, refused" for n in unsafe]
+    if refused and not skip_bad:
+        raise DataError(f"{refused[0]} (use --skip-bad to skip bad files and count them)")
     class_names = sorted(folders["train"])
     counts = {c: 0 for c in class_names}
     for e in entries:
@@ -249,6 +271,7 @@ def load_tree(
     if progress:
         progress(f"decoding {len(entries):,} images from {where}")
     arrays, bad = decode_entries(source, entries, image_size, skip_bad)
+    bad = refused + bad
     splits = {s: stack_split(arrays, entries, s, class_names, where) for s in ("train", "val", "test")}
     if splits["train"] is None:
         raise DataError(f"{where}: every training image was unreadable")

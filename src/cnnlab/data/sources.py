@@ -94,7 +94,11 @@ def _tree_stamp(root: Path) -> list[Any]:
         rel = os.path.relpath(dirpath, root)
         stamp.append([rel, "dir"])
         for name in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, name))
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError:  # a dangling symlink or an unreadable entry: decoding reports it
+                stamp.append([rel, name, "unreadable"])
+                continue
             stamp.append([rel, name, st.st_size, st.st_mtime_ns])
     return stamp
 
@@ -118,6 +122,10 @@ def load_source(
         image_column / label_column: CSV / DataFrame column names (auto-detected by default).
         base_dir: folder that relative DataFrame paths start from (default: the working folder).
     """
+    if image_size is not None:
+        from cnnlab.validation import at_least, check_value
+
+        check_value("image_size", image_size, at_least(1), flag="--image-size")  # configs ask >= 8
     try:
         import pandas as pd
 

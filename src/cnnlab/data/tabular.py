@@ -28,16 +28,28 @@ LABEL_COLUMNS = ("label", "class", "target", "y", "category")
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
     if wanted is not None:
         if wanted not in columns:
-            raise DataError(f"{where}: no column {wanted!r} for the {what}; columns are {columns}")
+            raise DataError(f"{where}: no column {wanted!r} for the {what}; columns are {columns}"
+                            f"{_delimiter_hint(columns)}")
         return wanted
     lower = {c.lower(): c for c in columns}
     for cand in candidates:
         if cand in lower:
             return lower[cand]
+    flag = f"--{what.split()[0]}-column"
     raise DataError(
         f"{where}: missing the {what} column; expected one of {list(candidates)} "
-        f"(or name it with {what.split()[0]}_column=...), columns are {columns}"
+        f"(or name it with {flag} NAME), columns are {columns}{_delimiter_hint(columns)}"
     )
+
+
+def _delimiter_hint(columns: list[str]) -> str:
+    """A CSV read as one column whose name holds ';', tabs or '|' was written with another delimiter."""
+    if len(columns) != 1:
+        return ""
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
+        if sep in columns[0]:
+            return f"; the file looks delimited by {name}: cnnlab reads comma-separated CSV files"
+    return ""
 
 
 def _sort_labels(labels: list[object]) -> list[str]:

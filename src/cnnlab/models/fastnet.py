@@ -184,10 +184,25 @@ def _fastnet_of(model: nn.Module) -> tuple[FastNet, nn.Module | None]:
     raise ModelError(f"init_whitening needs a fastnet model, got {type(model).__name__}")
 
 
+#: Patch-covariance eigen-directions below this fraction of the largest eigenvalue carry no
+#: signal (grey images: 3 identical channels leave 2/3 of the directions at ~1e-16 of the largest;
+#: CIFAR-10's smallest real one is ~1e-5): their filters and biases are zero and stay zero.
+WHITEN_REL_TOL = 1e-7
+
+
 @torch.no_grad()
-def init_whitening(model: nn.Module, x_uint8: torch.Tensor, eps: float = 5e-4) -> None:
+def init_whitening(model: nn.Module, x_uint8: torch.Tensor, eps: float = 5e-4,
+                   rel_tol: float = WHITEN_REL_TOL) -> int:
     """Set the whitening layer from images: filters are the eigenvectors of the covariance of all
     ``k x k`` pixel patches, scaled by ``1 / sqrt(eigenvalue + eps)``, each paired with its negative.
+
+    Directions whose eigenvalue is at most ``rel_tol`` times the largest (a rank-deficient
+    covariance: grey images, where R = G = B) get a zero filter, a zero bias and a gradient hook
+    that keeps that bias at zero. Such a channel responds to nothing, so its bias is a free
+    constant: trained at the recipe's bias learning rate it drifted to +-3,800 in a 2-epoch run,
+    the batch statistics of training-mode BatchNorm hid it, and in eval mode the running
+    statistics (always a few steps behind) did not, so the saved model predicted one class.
+    Returns the number of directions dropped.
 
     ``x_uint8``: (N, 3, H, W) or (N, H, W, 3) uint8 training images (a few thousand suffice).
     ``model``: a FastNet, or an ImageClassifier around one (its preprocessing is applied first).
@@ -209,12 +224,27 @@ def init_whitening(model: nn.Module, x_uint8: torch.Tensor, eps: float = 5e-4) -
     cov = centred.t() @ centred / max(1, len(centred) - 1)
     evals, evecs = torch.linalg.eigh(cov)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
-    filters = (evecs / torch.sqrt(evals.clamp_min(0) + eps)).t()  # (3kk, 3kk): one filter per row
+    keep = evals > rel_tol * evals[0].clamp_min(0)
+    if not bool(evals[0] > 0):
+        keep = torch.zeros_like(keep)
+    filters = (evecs / torch.sqrt(evals.clamp_min(0) + eps)).t() * keep.unsqueeze(1)  # one filter per row
     weight = torch.cat([filters, -filters]).view(-1, 3, k, k)
     bias = -(weight.view(weight.shape[0], -1) @ mean)
     net.whiten.weight.copy_(weight.to(net.whiten.weight.dtype))
     net.whiten.bias.copy_(bias.to(net.whiten.bias.dtype))
+    old = getattr(net, "_whiten_bias_hook", None)
+    if old is not None:
+        old.remove()
+        net._whiten_bias_hook = None
+    if not bool(keep.all()):
+        mask = torch.cat([keep, keep]).to(net.whiten.bias.dtype)
+
+        def _freeze_dead(grad: torch.Tensor) -> torch.Tensor:
+            return grad * mask.to(grad.device, grad.dtype)
+
+        net._whiten_bias_hook = net.whiten.bias.register_hook(_freeze_dead)
     net.whitened = True
+    return int((~keep).sum())
 
 
 def fastnet(drop_rate: float = 0.0, **kwargs: Any) -> FastNet:

@@ -32,10 +32,25 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
         save_file(state_dict_for_saving(model), str(tmp))
 
 
+def _pickle_kind(path: Path) -> str | None:
+    """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip or a raw pickle)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "a PyTorch pickle"
+    return None
+
+
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
+    kind = _pickle_kind(path)
+    if kind:  # loading a pickle can run arbitrary code: cnnlab reads safetensors only
+        raise ModelError(f"{path}: this is {kind}, refused (cnnlab loads only safetensors weights)")
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
@@ -75,13 +90,20 @@ def save_model(model: ImageClassifier, folder: str | Path, extra: dict[str, Any]
 
 def read_card(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CARD_NAME
+    if not Path(folder).is_dir():
+        raise ModelError(f"{folder}: no such folder" if not Path(folder).exists()
+                         else f"{folder}: not a folder; expected a cnnlab run directory")
     if not path.is_file():
         raise ModelError(f"{folder}: no {CARD_NAME} here; is this a cnnlab run directory?")
     try:
-        card = json.loads(path.read_text())
-        card["spec"]["arch"]
+        card = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(card["spec"], dict) or not isinstance(card["spec"]["arch"], str):
+            raise TypeError("'spec' must be a mapping with an 'arch' name")
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: not a valid model card (not UTF-8 text)") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: not a valid model card ({exc})") from None
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise ModelError(f"{path}: not a valid model card ({what})") from None
     if card.get("format") != CARD_FORMAT:
         raise ModelError(f"{path}: unknown model card format {card.get('format')!r} "
                          f"(this cnnlab reads {CARD_FORMAT!r})")
@@ -94,7 +116,11 @@ def load_model(folder: str | Path, weights: str = "final") -> ImageClassifier:
 
     folder = Path(folder)
     card = read_card(folder)
-    model = model_from_spec(ModelSpec.from_dict(card["spec"]))
+    try:
+        spec = ModelSpec.from_dict(card["spec"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ModelError(f"{folder / CARD_NAME}: not a valid model card ({exc})") from None
+    model = model_from_spec(spec)
     name = {"final": WEIGHTS_NAME, "last": WEIGHTS_NAME, "best": "best.safetensors"}.get(weights, weights)
     load_weights(model, folder / name)
     model.eval()

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from cnnlab.errors import ConfigError
 
@@ -158,10 +157,9 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    from cnnlab.config import parse_yaml_file
+
+    data = parse_yaml_file(path)  # a syntax error: one line FILE:LINE:COL
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a study file must hold a mapping at the top level")
     _check_keys(data, _STUDY_KEYS, str(path))

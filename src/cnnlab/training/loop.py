@@ -31,6 +31,7 @@ from cnnlab.models.io import save_model, save_weights
 from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
+from cnnlab.training.sanity import MIN_STEPS, check_finite_weights, check_not_collapsed
 from cnnlab.training.schedules import lr_factor
 from cnnlab.training.state import load_state, save_state
 from cnnlab.utils.cores import compute_threads, rebalance_threads
@@ -231,6 +232,10 @@ def _fit(
             penalty = model.l2_penalty()
             logs["val_loss"] = float(vloss + penalty.detach().cpu()) if penalty is not None else float(vloss)
             logs["val_accuracy"] = accuracy(vlogits, vy)
+            if not math.isfinite(logs["val_loss"]):  # the training loss can stay finite meanwhile
+                raise TrainingError(
+                    f"the validation loss became {logs['val_loss']} after epoch {epoch + 1}; "
+                    f"training stopped (try a lower learning rate than {tc.optimizer.lr:g})")
         logs["lr"] = opt.param_groups[-1]["lr"]
         logs["seconds"] = time.perf_counter() - t0
         logs["images_per_second"] = len(y) / train_seconds
@@ -265,6 +270,17 @@ def _fit(
         model.load_state_dict(best_restore)
         log(f"restored the weights of epoch {es.best_epoch + 1} (best {es.monitor})")
     model.eval()
+    check_finite_weights(model, tc.optimizer.lr)
+    # The training accuracy of the epoch whose weights the model holds (restore_best_weights: an earlier one).
+    held = len(prior) + (es.best_epoch if es and es.restore_best_weights and best_restore is not None
+                         else epoch) + 1
+    train_acc = next((h["accuracy"] for h in history if h["epoch"] == held), None)
+    if train_acc is not None:
+        check_not_collapsed(
+            model, train.x, train.y, train_acc, class_names=train.class_names, seed=cfg.seed,
+            predict=lambda m, xs: predict_logits(m, xs, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
+                                                 channels_last=tc.channels_last and images),
+            warn_only=step < MIN_STEPS, log=log)
     seconds = sum(h["seconds"] for h in history)
     rates = sorted(h["images_per_second"] for h in history)
     return FitResult(

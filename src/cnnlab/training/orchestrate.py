@@ -171,6 +171,10 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
     log(f"data: {len(prep.train):,} train, {len(prep.val) if prep.val else 0:,} val, "
         f"{len(prep.test) if prep.test else 0:,} test images of {prep.train.image_size[0]}x"
         f"{prep.train.image_size[1]}, {prep.train.num_classes} classes ({load_seconds:.1f}s)")
+    skipped = int(prep.bundle.info.get("skipped") or 0)  # --skip-bad: counted in the log and metrics.json
+    if skipped:
+        log(f"data: skipped {skipped:,} unreadable images (--skip-bad); first: "
+            f"{(prep.bundle.info.get('skipped_files') or ['?'])[0]}")
     model = create_model(cfg.model, prep.train.class_names)
     if cfg.train.recipe == "fast":
         from cnnlab.training.recipes.fast import fit as fast_fit
@@ -190,6 +194,7 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
         "train_seconds": round(result.train_seconds, 2),
         "train_images_per_second": round(result.images_per_second, 1),
         "train_samples": len(prep.train),
+        "skipped_images": skipped,
         "machine": machine_summary(),
     }
     figures.learning_curves(result.history, rd.figures / "curves.png", title=cfg.name)

@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import ExperimentConfig, config_from_dict
+from cnnlab.config import ExperimentConfig, read_run_config
 from cnnlab.errors import ConfigError
 from cnnlab.utils.io import atomic_write_json, atomic_write_text
-
-import yaml
 
 
 class RunDir:
@@ -57,10 +55,7 @@ class RunDir:
         atomic_write_text(self.path / "config.yaml", cfg.to_yaml())
 
     def read_config(self) -> ExperimentConfig:
-        path = self.path / "config.yaml"
-        if not path.is_file():
-            raise ConfigError(f"{self.path}: no config.yaml; is this a cnnlab run directory?")
-        return config_from_dict(yaml.safe_load(path.read_text()) or {})
+        return read_run_config(self.path / "config.yaml")  # one-line errors naming the file
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -88,7 +83,12 @@ class RunDir:
 
     def read_metrics(self) -> dict[str, Any]:
         path = self.path / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
 
     def is_finished(self) -> bool:
         # model.json is written last (after model.safetensors): a run killed while saving is not finished.

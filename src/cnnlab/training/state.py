@@ -88,19 +88,60 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer: Optimizers
     meta_path = folder / META
     if not meta_path.is_file():
         raise TrainingError(f"{folder}: no saved training state to resume from")
-    meta = json.loads(meta_path.read_text())
-    tensor_path = folder / meta.pop("tensors")
-    tensors = load_file(str(tensor_path))
-    if int(tensors["stamp.epoch"][0]) != int(meta["epoch"]):
-        raise TrainingError(f"{folder}: training state files disagree (interrupted save); cannot resume")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opts = _as_list(optimizer)
-    metas = [meta.pop("optimizer"), *meta.pop("more_optimizers", [])]
-    if len(metas) != len(opts):
-        raise TrainingError(f"{folder}: the saved state has {len(metas)} optimizer(s), this run {len(opts)}; "
-                            "cannot resume")
-    for k, (opt, m) in enumerate(zip(opts, metas)):
-        own = {"optim." + name[len(_prefix(k)):]: v for name, v in tensors.items() if name.startswith(_prefix(k))}
-        opt.load_state_dict(_unflatten_optimizer(own, m))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        name = meta.pop("tensors")
+        int(meta["epoch"]), int(meta["step"]), list(meta["history"])  # noqa: B018 - shape check
+        if not isinstance(name, str) or "/" in name or "\\" in name:
+            raise ValueError(f"bad tensors file name {name!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TrainingError(f"{meta_path}: corrupt training state ({_what(exc)}){DISCARD_HINT}") from None
+    tensor_path = folder / name
+    if not tensor_path.is_file():
+        raise TrainingError(f"{meta_path}: points at {name}, which is missing{DISCARD_HINT}")
+    try:
+        tensors = load_file(str(tensor_path))
+        stamp = int(tensors["stamp.epoch"][0])
+    except Exception as exc:  # safetensors raises its own error types
+        raise TrainingError(f"{tensor_path}: corrupt training state ({_what(exc)}){DISCARD_HINT}") from None
+    if stamp != int(meta["epoch"]):
+        raise TrainingError(f"{folder}: training state files disagree (interrupted save); cannot resume"
+                            f"{DISCARD_HINT}")
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opts = _as_list(optimizer)
+        metas = [meta.pop("optimizer"), *meta.pop("more_optimizers", [])]
+        if len(metas) != len(opts):
+            raise ValueError(f"the saved state has {len(metas)} optimizer(s), this run {len(opts)}")
+        for k, (opt, m) in enumerate(zip(opts, metas)):
+            own = {"optim." + n[len(_prefix(k)):]: v for n, v in tensors.items() if n.startswith(_prefix(k))}
+            opt.load_state_dict(_unflatten_optimizer(own, m))
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"{tensor_path}: does not fit this run's model or optimizer ({_what(exc)})"
+                            f"{DISCARD_HINT}") from None
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta, extra
+
+
+#: Appended to every corrupt-state message: the CLI flag that starts the run again.
+DISCARD_HINT = "; `cnnlab train --resume RUN_DIR --discard-state` drops it and starts again from epoch 1"
+
+
+def _what(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"missing {exc}" if isinstance(exc, KeyError) else (text[0] if text else type(exc).__name__)
+
+
+def discard_state(folder: Path) -> str | None:
+    """Remove a run's resume state; return a description of what was dropped (None: there was none)."""
+    import shutil
+
+    if not folder.exists():
+        return None
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        what = f"the state saved after epoch {int(meta['epoch']) + 1}"
+    except (OSError, ValueError, KeyError, TypeError):
+        what = "an unreadable state"
+    shutil.rmtree(folder, ignore_errors=True)
+    return f"{what} ({folder})"

@@ -58,6 +58,7 @@ from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, alternating_
                                                 param_groups, predict_parallel, training_flops_per_image)
 from cnnlab.training.recipes.muon import Muon
 from cnnlab.training.rundir import RunDir
+from cnnlab.training.sanity import check_trained_model
 from cnnlab.training.schedules import lr_factor
 from cnnlab.training.state import META as STATE_META
 from cnnlab.training.state import load_state, save_state
@@ -337,6 +338,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         _average(slow, averaged, o["lookahead_decay"] ** la_every)
     model.eval()
     whiten_bias.requires_grad_(True)
+    check_trained_model(model, train, history, lr)  # training/sanity.py: finite weights, no one-class collapse
     rates = sorted(h["images_per_second"] for h in history)
     images = step * batch_size
     extra = {"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
