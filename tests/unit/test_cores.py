@@ -17,7 +17,7 @@ from cnnlab.utils import cores
 def four_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv(cores.SHARE_ENV, raising=False)
-    monkeypatch.setattr(cores, "physical_cores", lambda: 4)
+    monkeypatch.setattr(cores.hardware, "physical_cores", lambda: 4)
 
 
 def test_each_registered_process_takes_its_share(four_cores, tmp_path):
@@ -75,7 +75,7 @@ def test_training_restores_the_thread_count(tiny_tree, tmp_path, monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cores, "register_dir", lambda: tmp_path / "reg")
-    monkeypatch.setattr(cores, "physical_cores", lambda: 2)
+    monkeypatch.setattr(cores.hardware, "physical_cores", lambda: 2)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

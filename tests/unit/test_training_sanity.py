@@ -52,7 +52,7 @@ def test_a_non_finite_weight_is_not_saved_as_finished(tiny_tree, tmp_path):
         return real_fit(cfg, model, *a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("cnnlab.api.fit", fit)
+        mp.setattr("cnnlab.training.orchestrate.fit", fit)
         with pytest.raises(TrainingError, match=r"weights are not finite: .*running_var holds NaN or inf"):
             api.train(_tiny(), data=str(tiny_tree), run_dir=tmp_path / "r", progress=False, log=lambda s: None,
                       epoch_callback=poison)

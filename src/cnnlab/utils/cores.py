@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.utils.hardware import physical_cores
+from cnnlab.utils import hardware
 
 SHARE_ENV = "CNNLAB_SHARE_CORES"
 
@@ -68,7 +68,7 @@ class CoreShare:
     def threads(self) -> int:
         if os.environ.get("OMP_NUM_THREADS"):
             return max(1, int(os.environ["OMP_NUM_THREADS"]))
-        cores = physical_cores()
+        cores = hardware.physical_cores()
         if os.environ.get(SHARE_ENV, "1") == "0" or self.fd is None:
             return cores
         return max(1, cores // max(1, live_processes(self.folder)))
