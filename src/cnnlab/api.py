@@ -325,6 +325,7 @@ def evaluate(
     tta: str | None = None,
     batch_size: int = 256,
     figures_dir: str | Path | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate a saved run on a source's test split (or the whole source when it has none).
 
@@ -345,13 +346,16 @@ def evaluate(
     model.to(device)
     dtype = resolve_precision(cfg.train.precision, device)
     t0 = time.perf_counter()
-    logits = predict_logits(model, split.x, batch_size=batch_size, device=device, dtype=dtype,
-                            tta=tta or cfg.train.tta)
+    if backend == "torch":
+        logits = predict_logits(model, split.x, batch_size=batch_size, device=device, dtype=dtype,
+                                tta=tta or cfg.train.tta)
+    else:
+        logits = _backend_logits(backend, rd.path, weights, split.x, tta or cfg.train.tta)
     seconds = time.perf_counter() - t0
     report = classification_report(logits, y, model.class_names)
     report.update({"source": str(source) if not hasattr(source, "shape") else "DataFrame",
                    "split": "test" if bundle.test is not None else "all", "weights": weights,
-                   "tta": tta or cfg.train.tta, "images_per_second": len(y) / seconds if seconds else 0.0})
+                   "tta": tta or cfg.train.tta, "backend": backend, "images_per_second": len(y) / seconds if seconds else 0.0})
     out = Path(figures_dir) if figures_dir else rd.figures
     figures.confusion_heatmap(np.array(report["confusion_matrix"]), model.class_names,
                               out / "confusion_matrix.png")
@@ -386,8 +390,16 @@ def _gather_images(inputs: Sequence[str | Path], size: int | None) -> tuple[np.n
     return np.stack([decode_image(p, size) for p in paths]), [str(p) for p in paths]
 
 
+def _backend_logits(backend: str, run_dir: Path, weights: str, x: np.ndarray, tta: str) -> torch.Tensor:
+    """Logits from another inference backend (cnnlab.export: onnxruntime)."""
+    from cnnlab.export.backends import create_backend
+
+    return torch.from_numpy(create_backend(backend, run_dir, weights).predict_logits(x, tta=tta))
+
+
 def predict_proba(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, *,
-                  weights: str = "final", tta: str = "none", batch_size: int = 256) -> tuple[np.ndarray, list[str]]:
+                  weights: str = "final", tta: str = "none", batch_size: int = 256,
+                  backend: str = "torch") -> tuple[np.ndarray, list[str]]:
     """Class probabilities (N, classes) for image files / folders, or an (N, H, W, 3) uint8 array."""
     rd = RunDir(run_dir)
     model = load_model(rd.path, weights)
@@ -397,6 +409,8 @@ def predict_proba(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray
         card = read_card(rd.path)
         size = card.get("data_image_size") or _train_image_size(rd) or model.spec.input_size
         x, names = _gather_images(inputs, size)
+    if backend != "torch":
+        return _backend_logits(backend, rd.path, weights, x, tta).softmax(1).numpy(), names
     device = default_device()
     model.to(device)
     logits = predict_logits(model, x, batch_size=batch_size, device=device, tta=tta)
@@ -413,9 +427,9 @@ def _train_image_size(rd: RunDir) -> int | None:
 
 
 def predict(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, *, top_k: int = 3,
-            weights: str = "final", tta: str = "none") -> list[dict[str, Any]]:
-    """Top-k labels with probabilities for each input image."""
-    probs, names = predict_proba(run_dir, inputs, weights=weights, tta=tta)
+            weights: str = "final", tta: str = "none", backend: str = "torch") -> list[dict[str, Any]]:
+    """Top-k labels with probabilities for each input image (``backend``: torch or onnxruntime)."""
+    probs, names = predict_proba(run_dir, inputs, weights=weights, tta=tta, backend=backend)
     classes = read_card(run_dir)["spec"]["class_names"]
     k = min(top_k, probs.shape[1])
     out = []

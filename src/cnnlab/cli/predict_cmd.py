@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--weights", default="final", choices=["final", "best"])
     p.add_argument("--tta", choices=["none", "flip", "flip_translate"], default="none")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="inference backend (onnxruntime: RUN_DIR/model.onnx, exported when missing)")
     p.set_defaults(func=run)
 
 
@@ -21,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.cli.common import print_csv, print_json, print_table
 
-    results = api.predict(args.run_dir, args.paths, top_k=args.top_k, weights=args.weights, tta=args.tta)
+    results = api.predict(args.run_dir, args.paths, top_k=args.top_k, weights=args.weights, tta=args.tta,
+                          backend=args.backend)
     if args.format == "json":
         print_json(results)
         return 0
