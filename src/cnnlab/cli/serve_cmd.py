@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default 1)")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     p.add_argument("--weights", default="final", choices=["final", "best"])
+    p.add_argument("--onnx", help="serve this ONNX file from `cnnlab export` (e.g. an int8 one); implies "
+                                  "--backend onnxruntime (default: RUN_DIR/model.onnx, exported when missing)")
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long a batch waits for more requests (default 2 ms)")
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call (1: no batching)")
@@ -45,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
     threads = max(1, physical_cores() // args.workers)
-    cfg = {"run_dir": os.path.abspath(args.run_dir), "backend": args.backend, "weights": args.weights,
+    backend = "onnxruntime" if args.onnx else args.backend
+    cfg = {"run_dir": os.path.abspath(args.run_dir), "backend": backend, "weights": args.weights,
+           "onnx_path": os.path.abspath(args.onnx) if args.onnx else None,
            "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms,
            "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024), "max_pixels": args.max_pixels,
            "timeout_s": args.timeout_s, "threads": threads}
-    print(f"serving {args.run_dir} ({args.backend}) on http://{args.host}:{args.port}/ "
+    print(f"serving {args.run_dir} ({args.onnx or backend}) on http://{args.host}:{args.port}/ "
           f"({args.workers} worker{'s' if args.workers > 1 else ''}, {threads} threads each); docs at /docs")
     if args.workers == 1:
         import torch

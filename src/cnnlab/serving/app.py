@@ -203,8 +203,8 @@ def create_app(
 
     @app.post("/predict", summary="Top-k labels for one or more images", openapi_extra={"requestBody": PREDICT_BODY})
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="labels per image")):
-        try:
-            return await asyncio.wait_for(handle(request, top_k), timeout_s)
+        try:  # a plain JSONResponse: the result is already JSON types (skips FastAPI's encoder)
+            return JSONResponse(await asyncio.wait_for(handle(request, top_k), timeout_s))
         except TimeoutError:
             raise ApiError(503, "timeout", f"the request did not finish within {timeout_s:g} s") from None
 
