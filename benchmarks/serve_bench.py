@@ -88,7 +88,7 @@ def get_json(url: str) -> dict:
 def serve(run: Path, port: int, args: argparse.Namespace, max_batch: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "cnnlab", "serve", str(run), "--host", HOST, "--port", str(port),
            "--backend", args.backend, "--max-batch", str(max_batch), "--batch-window-ms", str(args.window_ms),
-           "--workers", str(args.workers)] + (["--onnx", args.onnx] if args.onnx else [])
+           "--workers", str(args.workers)] + (["--threads", str(args.threads)] if args.threads else []) + (["--onnx", args.onnx] if args.onnx else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(600):
         if proc.poll() is not None:
@@ -124,6 +124,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, help="compute threads per server worker (default: cores / workers)")
     p.add_argument("--int8", action="store_true", help="serve the run exported with --quantize int8")
     p.add_argument("--window-ms", type=float, default=2.0)
     p.add_argument("--run-dir", help="a trained run to serve (default: an untrained fast-preset net)")

@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default 10 MB)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, in pixels (default 40M)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="request timeout (default 30 s)")
+    p.add_argument("--threads", type=int, help="compute threads per worker (default: physical cores / workers)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     p.set_defaults(func=run)
 
@@ -46,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers and --max-batch must be >= 1, --batch-window-ms >= 0, --timeout-s > 0")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
-    threads = max(1, physical_cores() // args.workers)
+    threads = args.threads if args.threads is not None else max(1, physical_cores() // args.workers)
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     backend = "onnxruntime" if args.onnx else args.backend
     cfg = {"run_dir": os.path.abspath(args.run_dir), "backend": backend, "weights": args.weights,
            "onnx_path": os.path.abspath(args.onnx) if args.onnx else None,
