@@ -79,6 +79,7 @@ def evaluate(
     tta: str | None = None,
     batch_size: int | None = None,
     figures_dir: str | Path | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate a saved run on a source's test split (or the whole source when it has none).
 
@@ -87,8 +88,9 @@ def evaluate(
     in the run directory, or both in ``figures_dir``)."""
     from cnnlab import figures
 
-    pred = ImagePredictor.load(run_dir, weights=weights, tta=tta, batch_size=batch_size)
+    pred = ImagePredictor.load(run_dir, weights=weights, tta=tta, batch_size=batch_size, backend=backend)
     report = pred.evaluate(data)
+    report["backend"] = backend
     rd = Path(run_dir)
     out = Path(figures_dir) if figures_dir else rd / "figures"
     figures.confusion_heatmap(np.array(report["confusion_matrix"]), pred.class_names, out / "confusion_matrix.png")
@@ -108,17 +110,18 @@ def _write_confusion_csv(report: dict[str, Any], path: Path) -> None:
 
 def predict_proba(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, *,
                   weights: str = "final", tta: str | None = None,
-                  batch_size: int | None = None) -> tuple[np.ndarray, list[str]]:
+                  batch_size: int | None = None, backend: str = "torch") -> tuple[np.ndarray, list[str]]:
     """Class probabilities (N, classes) and image names for image files / folders, or an (N, H, W, 3)
     uint8 array; with the run's precision and TTA unless ``tta`` is given (see ImagePredictor)."""
-    probs, names, _ = ImagePredictor.load(run_dir, weights=weights, tta=tta, batch_size=batch_size).proba(inputs)
+    pred = ImagePredictor.load(run_dir, weights=weights, tta=tta, batch_size=batch_size, backend=backend)
+    probs, names, _ = pred.proba(inputs)
     return probs, names
 
 
 def predict(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, *, top_k: int = 3,
-            weights: str = "final", tta: str | None = None) -> list[dict[str, Any]]:
-    """Top-k labels with probabilities for each input image."""
-    pred = ImagePredictor.load(run_dir, weights=weights, tta=tta)
+            weights: str = "final", tta: str | None = None, backend: str = "torch") -> list[dict[str, Any]]:
+    """Top-k labels with probabilities for each input image (``backend``: torch or onnxruntime)."""
+    pred = ImagePredictor.load(run_dir, weights=weights, tta=tta, backend=backend)
     probs, names, _ = pred.proba(inputs)
     classes = pred.class_names
     k = min(top_k, probs.shape[1])

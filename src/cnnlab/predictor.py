@@ -58,13 +58,18 @@ class ImagePredictor:
     ``label``: the label column of DataFrame / CSV data. ``path``: the run directory that
     :meth:`fit` writes to (default ``runs/<name>-<time>``) or that :meth:`load` read.
     ``tta`` / ``precision`` / ``batch_size`` override the run's ``train.tta``,
-    ``train.precision`` and ``train.eval_batch_size``.
+    ``train.precision`` and ``train.eval_batch_size``. ``backend``: "torch", or "onnxruntime"
+    (the run's model.onnx, exported when missing or older than the weights: cnnlab.export).
     """
 
     def __init__(self, label: str = "label", path: str | Path | None = None, *, image_column: str | None = None,
                  weights: str = "final", tta: str | None = None, precision: str | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, backend: str = "torch"):
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         self.label = label
+        self.backend = backend
+        self._runtime: Any = None  # the ONNX Runtime backend, created on first use
         self.path = Path(path) if path is not None else None
         self.image_column = image_column
         self.weights = weights
@@ -78,9 +83,11 @@ class ImagePredictor:
 
     @classmethod
     def load(cls, path: str | Path, *, weights: str = "final", tta: str | None = None,
-             precision: str | None = None, batch_size: int | None = None, label: str = "label") -> "ImagePredictor":
+             precision: str | None = None, batch_size: int | None = None, label: str = "label",
+             backend: str = "torch") -> "ImagePredictor":
         """The predictor of a run directory (or a folder :meth:`save` wrote); the model loads once."""
-        pred = cls(label, path, weights=weights, tta=tta, precision=precision, batch_size=batch_size)
+        pred = cls(label, path, weights=weights, tta=tta, precision=precision, batch_size=batch_size,
+                   backend=backend)
         pred._card = read_card(pred.path)  # type: ignore[arg-type] - refuses a folder that is no model
         rd = RunDir(pred.path)  # type: ignore[arg-type]
         if (rd / "config.yaml").is_file():
@@ -206,6 +213,14 @@ class ImagePredictor:
 
         ``feature_cache``: take the frozen base's features from the feature cache (only without TTA).
         """
+        if self.backend != "torch":
+            if self._runtime is None:
+                from cnnlab.export.backends import create_backend
+
+                if self.path is None:
+                    raise ValueError("the onnxruntime backend needs a saved run directory (path)")
+                self._runtime = create_backend(self.backend, self.path, self.weights)
+            return torch.from_numpy(self._runtime.predict_logits(x, tta=self.tta))
         model = self.model
         if feature_cache and self.tta == "none":
             from cnnlab.training.features import cached_features
@@ -312,6 +327,17 @@ class ImagePredictor:
             if self.path is not None and (self.path / name).is_file():
                 shutil.copy2(self.path / name, out / name)
         return out
+
+    def export_onnx(self, path: str | Path | None = None, *, quantize: str | None = None, opset: int | None = None,
+                    data: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Export this run's model to ONNX (uint8 NHWC input, preprocessing inside the graph) and run
+        the parity check against PyTorch; returns the parity figures (see cnnlab.export.onnx)."""
+        from cnnlab.export.onnx import DEFAULT_OPSET, export_onnx
+
+        if self.path is None:
+            raise ValueError("export_onnx needs a saved run directory: fit() or load() first")
+        return export_onnx(self.path, path, weights=self.weights, opset=opset or DEFAULT_OPSET, quantize=quantize,
+                           data=data, log=log)
 
     def summary(self) -> dict[str, Any]:
         """What the predictor is: architecture, classes, sizes, precision, TTA, parameters, metrics."""

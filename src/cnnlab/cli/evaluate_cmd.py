@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="final", choices=["final", "best"], help="final or best checkpoint")
     p.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="test-time augmentation")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="inference backend (onnxruntime: RUN_DIR/model.onnx, exported when missing)")
     p.set_defaults(func=run)
 
 
@@ -21,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.cli.common import print_json, print_table
 
-    report = api.evaluate(args.run_dir, args.data, weights=args.weights, tta=args.tta)
+    report = api.evaluate(args.run_dir, args.data, weights=args.weights, tta=args.tta,
+                          backend=args.backend)
     if args.json:
         print_json(report)
         return 0

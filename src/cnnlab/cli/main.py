@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
-COMMANDS = ("train", "evaluate", "predict", "embed", "data", "models", "report", "study", "runs", "tune")
+COMMANDS = ("train", "evaluate", "predict", "embed", "data", "models", "report", "study", "runs", "tune",
+            "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

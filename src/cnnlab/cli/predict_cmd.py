@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="final", choices=["final", "best"])
     p.add_argument("--tta", choices=["none", "flip", "flip_translate"],
                    help="test-time augmentation (default: the run's train.tta, as evaluate uses)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="inference backend (onnxruntime: RUN_DIR/model.onnx, exported when missing)")
     p.set_defaults(func=run)
 
 
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_value("--top-k", args.top_k, at_least(1))
     list_image_files(args.paths)  # a missing path or a folder without images: one line naming it
-    results = api.predict(args.run_dir, args.paths, top_k=args.top_k, weights=args.weights, tta=args.tta)
+    results = api.predict(args.run_dir, args.paths, top_k=args.top_k, weights=args.weights, tta=args.tta,
+                          backend=args.backend)
     if args.format == "json" or args.json:
         print_json(results)
         return 0

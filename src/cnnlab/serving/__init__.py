@@ -1,0 +1,1 @@
+"""The web service (FastAPI): ``create_app(run_dir)``; ``cnnlab serve`` runs it with uvicorn."""
