@@ -159,7 +159,7 @@ def test_export_command_prints_the_parity_check(trained, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["export", "/no/such/run"], "no model.json"),
+    (["export", "/no/such/run"], "no such folder"),
     (["export", "RUN", "--opset", "99"], "--opset must be between 7 and 23"),
     (["export", "RUN", "--weights", "best"], "no best weights"),
     (["export", "RUN", "--data", "/no/such/folder"], "/no/such/folder"),

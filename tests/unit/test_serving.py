@@ -243,5 +243,5 @@ def test_concurrent_http_requests_form_batches(run_dir):
 def test_serve_command_bad_run_dir_is_one_line(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("cnnlab: error:") and "no model.json" in err and "\n" not in err
+    assert err.startswith("cnnlab: error:") and "no such folder" in err and "\n" not in err
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
