@@ -221,6 +221,13 @@ class ImagePredictor:
                     raise ValueError("the onnxruntime backend needs a saved run directory (path)")
                 self._runtime = create_backend(self.backend, self.path, self.weights)
             return torch.from_numpy(self._runtime.predict_logits(x, tta=self.tta))
+        from cnnlab.utils.cores import compute_threads
+
+        with compute_threads():  # this process's share of the cores; the caller's threads restored
+            return self._torch_logits(x, feature_cache, compile, progress, log)
+
+    def _torch_logits(self, x: np.ndarray, feature_cache: bool, compile: bool | None, progress: bool,
+                      log: Callable[[str], object]) -> torch.Tensor:
         model = self.model
         if feature_cache and self.tta == "none":
             from cnnlab.training.features import cached_features

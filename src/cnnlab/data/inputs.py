@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab.data.dataset import ImageArrays
-from cnnlab.data.decode import decode_image, is_image_name
+from cnnlab.data.decode import decode_image, list_image_files
 from cnnlab.data.tabular import IMAGE_COLUMNS
 from cnnlab.errors import DataError
 
@@ -28,20 +28,9 @@ def check_array(x: Any, where: str = "images") -> np.ndarray:
 
 
 def image_paths(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
-    """Image files, with folders expanded (recursively, sorted); a missing path is a DataError."""
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name))
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    if not paths:
-        raise DataError("no images to predict")
-    return paths
+    """Image files, with folders expanded (recursively, sorted); a missing path, or a folder
+    without images, is a DataError naming it (decode.list_image_files)."""
+    return list_image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
 
 
 def decode_paths(paths: Sequence[Path], size: int | None) -> np.ndarray:

@@ -104,7 +104,10 @@ class TorchBackend:
         x = check_images(images, self.image_size)
         if len(x) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        out = predict_logits(self.model, x, batch_size=self.batch_size, device=torch.device("cpu"), tta=tta)
+        from cnnlab.utils.cores import compute_threads
+
+        with compute_threads():  # this process's share of the cores, the caller's threads restored
+            out = predict_logits(self.model, x, batch_size=self.batch_size, device=torch.device("cpu"), tta=tta)
         return out.numpy()
 
 
