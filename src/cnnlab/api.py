@@ -121,6 +121,9 @@ def predict_proba(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray
 def predict(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, *, top_k: int = 3,
             weights: str = "final", tta: str | None = None, backend: str = "torch") -> list[dict[str, Any]]:
     """Top-k labels with probabilities for each input image (``backend``: torch or onnxruntime)."""
+    from cnnlab.validation import at_least, check_value
+
+    check_value("top_k", top_k, at_least(1))
     pred = ImagePredictor.load(run_dir, weights=weights, tta=tta, backend=backend)
     probs, names, _ = pred.proba(inputs)
     classes = pred.class_names

@@ -112,15 +112,6 @@ def _discard_state(run_dir: str, log) -> None:  # noqa: ANN001
 
 def _check_run_dir(run_dir: str) -> None:
     """--run-dir must be a folder or a path where one can be made (not a file, not under a file)."""
-    from pathlib import Path
+    from cnnlab.training.rundir import check_run_dir
 
-    from cnnlab.errors import ConfigError
-
-    path = Path(run_dir)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--run-dir {path}: exists and is not a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--run-dir {path}: {parent} is a file, not a folder")
-            break
+    check_run_dir(run_dir, "--run-dir")

@@ -30,7 +30,7 @@ from cnnlab.errors import DataError
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
 from cnnlab.training.loop import EpochCallback, FitResult, finish, fit
-from cnnlab.training.rundir import RunDir
+from cnnlab.training.rundir import RunDir, check_run_dir
 from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision
 
 ConfigLike = ExperimentConfig | str | Path | dict[str, Any] | None
@@ -137,6 +137,8 @@ def train(
         from cnnlab.training.recipes.fast import check_config
 
         check_config(cfg)
+    if run_dir:
+        check_run_dir(run_dir)
     rd = RunDir(run_dir) if run_dir else RunDir.new(cfg.name)
     rd.path.mkdir(parents=True, exist_ok=True)
     rd.write_config(cfg)

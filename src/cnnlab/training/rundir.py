@@ -113,3 +113,18 @@ def _to_float(value: str | None) -> float | int:
         return int(value)  # type: ignore[arg-type]
     except ValueError:
         return float(value)  # type: ignore[arg-type]
+
+
+def check_run_dir(run_dir: str | Path, what: str = "run_dir") -> None:
+    """A run directory must be a folder or a path where one can be made (not a file, nor under
+    one); a ConfigError naming ``what`` (the argument, or the CLI flag) otherwise."""
+    from cnnlab.errors import ConfigError
+
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: exists and is not a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} is a file, not a folder")
+            break
