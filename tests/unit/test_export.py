@@ -233,3 +233,16 @@ def test_onnx_backend_refuses_foreign_files(tmp_path):
         OnnxRuntimeBackend(bad)
     with pytest.raises(ModelError, match="no such ONNX file"):
         OnnxRuntimeBackend(tmp_path / "missing.onnx")
+
+
+def test_the_predictor_exports_and_predicts_through_onnxruntime(trained, tmp_path):
+    from cnnlab import ImagePredictor
+
+    out = tmp_path / "p.onnx"
+    result = ImagePredictor.load(trained["run"]).export_onnx(out, data=str(trained["tree"]))
+    assert out.is_file() and result["parity"]["top1_agreement"] >= 0.999
+    torch_p = ImagePredictor.load(trained["run"]).predict_proba(str(trained["tree"]))
+    ort_p = ImagePredictor.load(trained["run"], backend="onnxruntime").predict_proba(str(trained["tree"]))
+    assert list(ort_p.columns) == list(torch_p.columns)
+    assert (ort_p.to_numpy().argmax(1) == torch_p.to_numpy().argmax(1)).mean() >= 0.999
+    assert abs(ort_p.to_numpy() - torch_p.to_numpy()).max() < 1e-3
