@@ -70,11 +70,18 @@ def test_sgd_only_and_one_worker(tiny_tree, tmp_path):
 
 
 def test_target_accuracy_stops_training(tiny_tree, tmp_path):
-    logs = []
-    run = api.train(_cfg(target_accuracy=0.0), data=str(tiny_tree), run_dir=tmp_path / "r", progress=False,
-                    log=logs.append)
-    assert run.metrics["epochs_run"] == 1 and run.metrics["stopped_early"]
-    assert "reached target val_accuracy" in run.metrics["stop_reason"]
+    # A target the first epoch cannot reach but a later one does: training stops at that epoch.
+    full = api.train(_cfg(epochs=6), data=str(tiny_tree), run_dir=tmp_path / "full", progress=False,
+                     log=lambda s: None, evaluate_test=False)
+    accs = [h["val_accuracy"] for h in full.fit.history]
+    if accs[0] >= max(accs):
+        pytest.skip(f"the first epoch already reached the best validation accuracy {accs}")
+    target = max(accs)
+    run = api.train(_cfg(epochs=6, target_accuracy=target), data=str(tiny_tree), run_dir=tmp_path / "r",
+                    progress=False, log=lambda s: None, evaluate_test=False)
+    assert run.fit.epochs_run == accs.index(target) + 1
+    assert run.fit.stopped_early and "reached target val_accuracy" in run.fit.stop_reason
+    assert [h["val_accuracy"] for h in run.fit.history] == accs[: run.fit.epochs_run]  # the same run, cut short
 
 
 def test_time_budget_shortens_training(tiny_tree, tmp_path):

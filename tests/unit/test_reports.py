@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.reports import gallery
 from cnnlab.reports import html as h
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 COLOURS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 PLANTED = 2

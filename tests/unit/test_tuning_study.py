@@ -18,7 +18,7 @@ from cnnlab.tuning.space import parse_search  # noqa: E402
 from cnnlab.tuning.storage import default_storage_url  # noqa: E402
 from cnnlab.tuning.study import open_study  # noqa: E402
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

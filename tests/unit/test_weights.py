@@ -26,7 +26,7 @@ from cnnlab.models.weights import (  # noqa: E402
     resolve_arch,
 )
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _installed(name: str) -> bool:
