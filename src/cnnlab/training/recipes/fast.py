@@ -223,7 +223,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     setup_seconds = time.perf_counter() - t_setup  # planning, whitening, FLOP count, optimisers
     beat = o["heartbeat_seconds"]
     max_steps = max(total_steps, fast_plan.MAX_EPOCHS * steps_per_epoch) if plan is not None else total_steps
-    planned_steps, averaged_at = total_steps, step
+    averaged_at = step
     while step < total_steps and not stopped:
         model.train()
         train_bias = epoch < o["whiten_bias_epochs"]
@@ -301,14 +301,14 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             epoch_callback(epoch, logs)
         epoch += 1
         if train_deadline is not None:
-            # The time budget: the last epochs' speed says how many more fit; after the first epoch
-            # of a planned run up to the planner's cap, later back up to the plan at most (a slow
-            # epoch, e.g. another job on the cores, is not taken for the machine's speed). The
-            # schedule, a function of step / total_steps, is re-planned for that many.
+            # The time budget: the last two epochs' speed says how many more steps fit (a single
+            # slow epoch, e.g. another job on the cores, is not taken for the machine's speed); a
+            # planned run may also grow again, up to the planner's cap, when the machine is fast
+            # again. The schedule, a function of step / total_steps, is re-planned for that many.
             recent = history[-2:]
             per_step = sum(h["seconds"] for h in recent) / sum(h["steps"] for h in recent)
             fits = step + int(max(0.0, train_deadline - time.monotonic()) // per_step)
-            cap = max_steps if epoch == 1 and plan is not None else max(total_steps, planned_steps)
+            cap = max_steps if plan is not None else total_steps  # a fixed-size run only shrinks
             new = max(step, min(fits, cap))
             if new < total_steps or new > total_steps * 1.02:  # re-plan for a real change only
                 log(f"time budget: {new / steps_per_epoch:.2f} epochs fit at this speed "
