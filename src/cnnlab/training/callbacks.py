@@ -12,6 +12,14 @@ from typing import Any
 from cnnlab.errors import ConfigError
 
 
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training after this epoch (Keras's ``model.stop_training``).
+
+    Unlike any other exception, which aborts the run, the run finishes normally: the weights
+    are kept, the final model is saved and evaluated, and ``str(exc)`` becomes the stop reason.
+    """
+
+
 def _mode(monitor: str, mode: str) -> str:
     if mode in ("min", "max"):
         return mode

@@ -28,7 +28,7 @@ from cnnlab.evaluation.predict import as_nchw, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.cpu_kernels import optimize_for_cpu
 from cnnlab.models.io import save_model, save_weights
-from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping
+from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.sanity import MIN_STEPS, check_finite_weights, check_not_collapsed
@@ -37,7 +37,8 @@ from cnnlab.training.state import load_state, save_state
 from cnnlab.utils.cores import compute_threads, rebalance_threads
 from cnnlab.utils.hardware import autocast, choose_precision, default_device
 
-#: Called after each epoch with (epoch, logs); raising stops training (Optuna's pruning).
+#: Called after each epoch with (epoch, logs). Raising StopTraining ends training after this epoch
+#: (the run finishes normally); any other exception aborts the run (Optuna's pruning).
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -254,14 +255,18 @@ def _fit(
                     f"(best {es.best:.4f} at epoch {es.best_epoch + 1})")
         if tc.target_accuracy is not None and logs.get("val_accuracy", -1) >= tc.target_accuracy:
             stopped, stop_reason = True, f"reached target val_accuracy {tc.target_accuracy}"
+        if epoch_callback is not None:
+            try:
+                epoch_callback(epoch, logs)
+            except StopTraining as exc:
+                if not stopped:
+                    stopped, stop_reason = True, str(exc) or "stopped by a callback"
         run_dir.write_history(prior + history)
         save_state(state_dir, model, opt, {
             "epoch": epoch, "step": step, "history": prior + history, "stopped": stopped, "stop_reason": stop_reason,
             "early_stopping": es.state_dict() if es else None,
             "checkpoint": ckpt.state_dict() if ckpt else None,
         }, extra_tensors={f"best.{k}": v for k, v in (best_restore or {}).items()})
-        if epoch_callback is not None:
-            epoch_callback(epoch, logs)
         if stopped:
             log(stop_reason)
             break

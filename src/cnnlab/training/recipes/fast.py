@@ -50,7 +50,7 @@ from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
 from cnnlab.models.io import save_weights
-from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping
+from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining
 from cnnlab.training.loop import EpochCallback, FitResult
 from cnnlab.training.recipes import fast_plan
 from cnnlab.training.recipes.fast_options import IGNORED_KEYS, OPTIONS, check_config, options
@@ -298,7 +298,11 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         run_dir.write_history(history)
         log(_log_line(epoch, epochs, logs, monitor_name))
         if epoch_callback is not None:
-            epoch_callback(epoch, logs)
+            try:
+                epoch_callback(epoch, logs)
+            except StopTraining as exc:
+                if not stopped:
+                    stopped, stop_reason = True, str(exc) or "stopped by a callback"
         epoch += 1
         if train_deadline is not None:
             # The time budget: the last two epochs' speed says how many more steps fit (a single
