@@ -116,6 +116,9 @@ class EarlyStoppingConfig:
 class CheckpointConfig:
     monitor: str = "val_accuracy"
     mode: Literal["auto", "min", "max"] = "auto"
+    # > 0: also keep the k best epochs' weights by `monitor` as checkpoints/epoch-NNN.safetensors,
+    # listed best first in checkpoints/index.json (for checkpoint soups)
+    save_top_k: int = 0
 
 
 @dataclass

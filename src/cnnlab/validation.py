@@ -104,6 +104,7 @@ RULES: list[tuple[str, Rule]] = [
     *_schedule_rules("train.schedule"),
     ("train.augment.crop_padding", at_least(0)),
     ("train.augment.cutout", at_least(0)),
+    ("train.checkpoint.save_top_k", at_least(0)),
     ("train.early_stopping.patience", at_least(0)),
     ("train.early_stopping.min_delta", non_negative()),
     ("train.early_stopping.start_from_epoch", at_least(0)),

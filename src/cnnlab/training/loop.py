@@ -28,7 +28,7 @@ from cnnlab.evaluation.predict import as_nchw, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.cpu_kernels import optimize_for_cpu
 from cnnlab.models.io import save_model, save_weights
-from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining
+from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining, TimeBudget
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.sanity import MIN_STEPS, check_finite_weights, check_not_collapsed
@@ -166,6 +166,7 @@ def _fit(
     log: Callable[[str], None] = print,
     stage: str = "",
     prior_history: list[dict[str, float]] | None = None,
+    deadline: float | None = None,
 ) -> FitResult:
     """Train ``model`` as ``cfg.train`` says, writing history, checkpoints and state to ``run_dir``.
 
@@ -213,6 +214,9 @@ def _fit(
         best_restore = {k[5:]: v for k, v in extra.items() if k.startswith("best.")} or None
         log(f"resuming {run_dir.path} after epoch {start_epoch} of {tc.epochs}")
 
+    budget = TimeBudget(deadline) if deadline is not None else None
+    if budget:
+        budget.on_train_begin()
     epoch = start_epoch - 1
     for epoch in range(start_epoch, tc.epochs):
         if stopped:
@@ -261,6 +265,9 @@ def _fit(
             except StopTraining as exc:
                 if not stopped:
                     stopped, stop_reason = True, str(exc) or "stopped by a callback"
+        reason = budget.should_stop() if budget else None
+        if reason and not stopped:
+            stopped, stop_reason = True, reason
         run_dir.write_history(prior + history)
         save_state(state_dir, model, opt, {
             "epoch": epoch, "step": step, "history": prior + history, "stopped": stopped, "stop_reason": stop_reason,

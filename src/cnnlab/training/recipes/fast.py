@@ -87,6 +87,7 @@ def fit(
     log: Callable[[str], None] = print,
     test: ImageArrays | None = None,
     started_at: float | None = None,
+    deadline: float | None = None,
 ) -> FitResult:
     """Train ``model`` with the fast recipe. Writes ``history.csv`` to ``run_dir`` after each epoch.
 
@@ -111,7 +112,7 @@ def fit(
         try:
             with heap_for_large_tensors():
                 return _fit(cfg, model, train, val, test, run_dir, o, device, precision, workers, progress,
-                            epoch_callback, log, started_at, resume)
+                            epoch_callback, log, started_at, resume, deadline)
         finally:
             workers.close()
             set_thread_updates_bn_stats(True)
@@ -120,7 +121,8 @@ def fit(
 def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val: ImageArrays | None,
          test: ImageArrays | None, run_dir: RunDir, o: dict[str, Any], device: torch.device,
          precision: Any, workers: Workers, progress: bool, epoch_callback: EpochCallback | None,
-         log: Callable[[str], None], started_at: float, resume: bool) -> FitResult:
+         log: Callable[[str], None], started_at: float, resume: bool, deadline: float | None = None
+         ) -> FitResult:
     t_setup = time.perf_counter()
     eval_split = test if test is not None else val
     cfg, model, plan, train_deadline = fast_plan.plan_run(
@@ -214,6 +216,8 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         log(f"resuming {run_dir.path} after epoch {epoch} of {epochs}")
     if resume or plan is None:  # a resumed run's budget counts what it trained before
         train_deadline, _ = fast_plan.deadlines(o, started_at, trained_seconds=train_seconds)
+    if deadline is not None:  # the caller's bound: the time-budget re-planning below ends training by then
+        train_deadline = deadline if train_deadline is None else min(train_deadline, deadline)
     train_budget_s = max(0.0, train_deadline - time.monotonic()) if train_deadline is not None else 0.0
     log(f"fast recipe: {n:,} images, batch {batch_size}, {total_steps} steps ({total_steps / steps_per_epoch:.2f} "
         f"epochs of {steps_per_epoch}), "
