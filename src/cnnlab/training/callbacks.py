@@ -324,3 +324,6 @@ class EpochFunction(Callback):
             self.fn(epoch, logs)
         except StopTraining as exc:
             self.trainer.stop(str(exc) or "stopped by a callback")
+        except Exception:
+            self.trainer.commit(epoch)  # the epoch itself finished: keep its state, the run can resume
+            raise

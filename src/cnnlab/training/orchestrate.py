@@ -282,7 +282,7 @@ def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, r
         result = fit(cfg, HeadOnly(model), FeatureArrays(ftrain, prep.train.y, prep.train.class_names),
                      FeatureArrays(fval, prep.val.y, prep.val.class_names) if fval is not None else None,
                      rd, resume=resume, progress=progress, epoch_callback=epoch_callback, log=log,
-                     deadline=deadline)
+                     deadline=deadline, weights_model=model)
         result.extra["feature_seconds"] = time.perf_counter() - t0 - result.train_seconds
         result.extra["feature_cache"] = "hit" if hit else "miss"
         result.model = model
