@@ -79,6 +79,19 @@ class EpochRecipe(Protocol):
     def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None: ...
 
 
+@dataclass
+class EpochFunctions:
+    """An :class:`EpochRecipe` made of functions (a recipe that keeps its state in local variables)."""
+
+    model: nn.Module
+    optimizers: Sequence[torch.optim.Optimizer]
+    more: Callable[[int], bool]
+    planned_epochs: Callable[[], int]
+    train_epoch: Callable[[int], dict[str, float]]
+    state: Callable[[], tuple[dict[str, Any], dict[str, torch.Tensor]]]
+    load_state: Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
+
+
 def config_callbacks(tc: Any, *, target_key: str = "val_accuracy", deadline: float | None = None,
                      epoch_callback: EpochCallback | None = None,
                      clock: Callable[[], float] | None = None) -> list[Callback]:
@@ -138,6 +151,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.writes = current().is_main if writes is None else writes
         self.stopped, self.stop_reason = False, ""
+        self._start: int | None = None
         names = [cb.name for cb in self.callbacks]
         if len(set(names)) != len(names):
             raise ValueError(f"two callbacks share a name (their saved state would collide): {names}")
@@ -169,11 +183,19 @@ class Trainer:
         return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
 
     # -- the loop
+    def resume(self) -> int:
+        """Load the resumable state (before :meth:`fit`, for a recipe that needs it early); returns
+        the first epoch still to train."""
+        self._start = self._load() + 1
+        self.log(f"resuming {self.run_dir.path} after epoch {self._start} of {self.recipe.planned_epochs()}")
+        return self._start
+
     def fit(self, resume: bool = False) -> FitResult:
-        epoch = 0
-        if resume:
-            epoch = self._load() + 1
-            self.log(f"resuming {self.run_dir.path} after epoch {epoch} of {self.recipe.planned_epochs()}")
+        """Train until the recipe has no more epochs or a callback stops it (``resume``: go on from
+        the saved state, unless :meth:`resume` already loaded it)."""
+        if resume and self._start is None:
+            self.resume()
+        epoch = self._start or 0
         for cb in self.callbacks:
             cb.set_trainer(self)
             cb.on_train_begin()
