@@ -308,7 +308,7 @@ class TimeBudget(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         reason = self.should_stop()
-        if reason:
+        if reason and self.trainer.has_next(epoch):  # after the last epoch there is nothing to stop
             self.trainer.stop(reason)
 
 

@@ -162,6 +162,10 @@ class Trainer:
         if not self.stopped:
             self.stopped, self.stop_reason = True, reason
 
+    def has_next(self, epoch: int) -> bool:
+        """Whether another epoch follows ``epoch`` (as the recipe plans it now)."""
+        return self.recipe.more(epoch + 1)
+
     def train_seconds(self) -> float:
         return sum(h.get("seconds", 0.0) for h in self.history)
 
