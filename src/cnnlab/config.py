@@ -143,6 +143,9 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig | None = None
     target_accuracy: float | None = None  # stop once val_accuracy reaches this
+    # An exponential moving average of the weights with this decay per step (e.g. 0.999; None: off).
+    # Validation, checkpoints and the final model use the averaged weights (standard recipe).
+    ema: float | None = None
     finetune: FinetuneConfig | None = None  # two-stage fine-tuning (see FinetuneConfig)
     # With a frozen base and no augmentation, compute the base's features once (cached on
     # disk under $CNNLAB_HOME/features) and train the head on them: "auto" | "on" | "off".

@@ -93,6 +93,7 @@ RULES: list[tuple[str, Rule]] = [
     ("train.eval_batch_size", at_least(1)),
     ("train.label_smoothing", UNIT),
     ("train.target_accuracy", optional(interval(0, 1))),
+    ("train.ema", optional(interval(0, 1, lo_open=True, hi_open=True))),
     ("train.optimizer.lr", positive()),
     ("train.optimizer.momentum", UNIT),
     ("train.optimizer.betas[0]", UNIT),

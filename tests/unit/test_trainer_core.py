@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from cnnlab.training.callbacks import Callback, EarlyStopping, StopTraining, TimeBudget, TopKCheckpoints
-from cnnlab.training.core import EpochFunctions, Trainer, config_callbacks
+from cnnlab.training.callbacks import Callback, EarlyStopping, StopTraining, TimeBudget
+from cnnlab.training.core import Trainer, config_callbacks
 from cnnlab.training.rundir import RunDir
 
 VALUES = [0.1, 0.5, 0.3, 0.7, 0.2, 0.6]  # scripted val_accuracy of epochs 1..6
@@ -281,3 +281,49 @@ def test_deadline_bounds_a_standard_run_through_orchestrate(tiny_tree, tmp_path)
     assert (tmp_path / "r" / "model.safetensors").is_file()
     index = json.loads((tmp_path / "r" / "checkpoints" / "index.json").read_text())
     assert [e["epoch"] for e in index] == [1]
+
+
+def _arrays(per_class=12, seed=0, size=16):
+    import numpy as np
+
+    from cnnlab.data.dataset import ImageArrays
+
+    rng = np.random.default_rng(seed)
+    colours = np.array([(30, 40, 210), (35, 200, 45), (215, 35, 30)], dtype=np.int16)
+    y = np.repeat(np.arange(3), per_class)
+    x = np.clip(colours[y][:, None, None, :] + rng.integers(-20, 21, (len(y), size, size, 3)), 0, 255).astype(np.uint8)
+    order = rng.permutation(len(y))
+    return ImageArrays(x[order], y[order], ["blue", "green", "red"])
+
+
+def _fit_ema(tmp_path, name, ema):
+    from cnnlab.config import config_from_dict
+    from cnnlab.models.registry import create_model
+    from cnnlab.training.loop import fit
+
+    cfg = config_from_dict(_cfg(epochs=2, ema=ema, checkpoint={"monitor": "epoch", "mode": "max"}))
+    train, val = _arrays(), _arrays(per_class=4, seed=1)
+    torch.manual_seed(0)
+    model = create_model(cfg.model, train.class_names)
+    result = fit(cfg, model, train, val, _rd(tmp_path, name), progress=False, log=lambda s: None)
+    weights = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    return result, weights, load_file(str(tmp_path / name / "best.safetensors"))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_is_validated_and_saved(tmp_path):
+    raw, raw_w, _ = _fit_ema(tmp_path, "raw", None)
+    avg, avg_w, avg_best = _fit_ema(tmp_path, "ema", 0.9)
+    near, near_w, _ = _fit_ema(tmp_path, "near", 1e-6)  # a decay near 0: the average is the last weights
+    # The average does not change the training itself: the same training losses, step for step ...
+    assert [h["loss"] for h in avg.history] == pytest.approx([h["loss"] for h in raw.history], rel=1e-6)
+    # ... but validation scores the averaged weights, and the model holds them (and so does the checkpoint).
+    assert avg.history[-1]["val_loss"] != pytest.approx(raw.history[-1]["val_loss"], rel=1e-4)
+    key = next(k for k, v in raw_w.items() if v.is_floating_point() and v.numel() > 100)
+    assert (avg_w[key] - raw_w[key]).abs().max() > 1e-4
+    for k, v in avg_best.items():
+        torch.testing.assert_close(v, avg_w[k], msg=k)
+    for k, v in raw_w.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(near_w[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert near.history[-1]["val_loss"] == pytest.approx(raw.history[-1]["val_loss"], rel=1e-4)

@@ -98,8 +98,8 @@ class EarlyStopping(_Monitor):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
     Epochs before ``start_from_epoch`` (0-based, as in Keras) are not watched at all.
-    With ``restore_best_weights`` the best epoch's weights are kept (in the resumable state
-    too) and put back into the model at the end of training.
+    With ``restore_best_weights`` the best epoch's weights (the trainer's ``weights_model``: the
+    checkpointed ones) are kept, in the resumable state too, and put back at the end of training.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 1e-4,
@@ -118,7 +118,8 @@ class EarlyStopping(_Monitor):
         improved, stop = self._decide(epoch, logs)
         if self.trainer is not None:
             if improved and self.restore_best_weights:
-                self.best_weights = {k: v.detach().cpu().clone() for k, v in self.trainer.model.state_dict().items()}
+                self.best_weights = {k: v.detach().cpu().clone()
+                                     for k, v in self.trainer.weights_model.state_dict().items()}
             if stop:
                 self.trainer.stop(f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
                                   f"(best {self.best:.4f} at epoch {self.best_epoch + 1})")
@@ -139,7 +140,7 @@ class EarlyStopping(_Monitor):
 
     def on_train_end(self) -> None:
         if self.restore_best_weights and self.best_weights is not None and self.trainer is not None:
-            self.trainer.model.load_state_dict(self.best_weights)
+            self.trainer.weights_model.load_state_dict(self.best_weights)
             self.restored = True
             self.trainer.log(f"restored the weights of epoch {self.best_epoch + 1} (best {self.monitor})")
 

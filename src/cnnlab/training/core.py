@@ -221,6 +221,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end()
         self.model.eval()
+        self.weights_model.eval()
         return self._result(last)
 
     def commit(self, epoch: int) -> None:

@@ -53,8 +53,10 @@ def _train_epoch(
     dtype: torch.dtype | None,
     progress: bool,
     images: bool = True,
+    after_step: Callable[[int], None] | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the data; returns (mean loss, accuracy, steps done)."""
+    """One pass over the data; returns (mean loss, accuracy, steps done). ``after_step(step)``
+    runs after every optimiser step (the weight average)."""
     tc = cfg.train
     bs = tc.batch_size
     n = x.shape[0]
@@ -103,6 +105,8 @@ def _train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step(step + 1)
         loss_sum += loss.detach() * len(yb)
         correct += (logits.detach().argmax(1) == yb).sum()
         if bar.disable is False and (i % 10 == 0 or i == steps - 1):
@@ -143,6 +147,14 @@ class _Standard:
             model.to(memory_format=torch.channels_last)
             if tc.cpu_kernels and self.device.type == "cpu":
                 optimize_for_cpu(model)
+        # The weight average (timm's ModelEmaV3; its first update copies the weights): validation,
+        # checkpoints and the final model use it.
+        self.ema = None
+        if tc.ema is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=tc.ema)
+        self.eval_model = self.ema.module if self.ema is not None else model
         self.opt = build_optimizer(model, tc.optimizer)
         self.optimizers = [self.opt]
         self.step_model = torch.compile(model) if tc.compile else model
@@ -168,15 +180,15 @@ class _Standard:
         t0 = time.perf_counter()
         loss, acc, steps = _train_epoch(self.step_model, self.opt, self.x, self.y, self.cfg, epoch, self.step,
                                         self.total_steps, self.device, self.precision.dtype, self.progress,
-                                        self.images)
+                                        self.images, self._update_ema if self.ema is not None else None)
         self.step += steps
         train_seconds = time.perf_counter() - t0
         logs = {"loss": loss, "accuracy": acc}
         if self.val is not None and len(self.val):
-            vlogits = self.predict(self.model, self.val.x)
+            vlogits = self.predict(self.eval_model, self.val.x)
             vy = torch.from_numpy(self.val.y)
             vloss = F.cross_entropy(vlogits, vy)
-            penalty = self.model.l2_penalty()
+            penalty = self.eval_model.l2_penalty()
             logs["val_loss"] = float(vloss + penalty.detach().cpu()) if penalty is not None else float(vloss)
             logs["val_accuracy"] = accuracy(vlogits, vy)
         logs["lr"] = self.opt.param_groups[-1]["lr"]
@@ -184,11 +196,17 @@ class _Standard:
         logs["images_per_second"] = len(self.y) / train_seconds
         return logs
 
+    def _update_ema(self, step: int) -> None:
+        self.ema.update(self.model, step=step)
+
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        return {"step": self.step}, {}
+        ema = {f"ema.{k}": v for k, v in self.ema.module.state_dict().items()} if self.ema is not None else {}
+        return {"step": self.step}, ema
 
     def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self.step = int(meta["step"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
 
 
 def _fit(
@@ -219,10 +237,15 @@ def _fit(
     recipe = _Standard(cfg, model, train, val, progress)
     if recipe.precision.downgraded:
         log(recipe.precision.note())
+    if recipe.ema is not None:
+        weights_model = recipe.ema.module  # (orchestrate.py trains no head on cached features with an EMA)
     trainer = Trainer(recipe, run_dir, config_callbacks(tc, deadline=deadline, epoch_callback=epoch_callback),
                       state_dir=run_dir.state / stage if stage else run_dir.state, log=log, stage=stage,
                       prior_history=prior_history, weights_model=weights_model)
     result = trainer.fit(resume=resume)
+    if recipe.ema is not None:
+        model.load_state_dict(recipe.ema.module.state_dict())  # the final model is the average
+        log(f"the model holds the weights' moving average (decay {tc.ema:g})")
     check_finite_weights(model, tc.optimizer.lr)
     # The training accuracy of the epoch whose weights the model holds (restore_best_weights: an earlier one).
     train_acc = next((h["accuracy"] for h in result.history if h["epoch"] == result.weights_epoch), None)

@@ -26,7 +26,7 @@ from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.dataset import DatasetBundle, ImageArrays
 from cnnlab.data.sources import load_source
 from cnnlab.data.split import limit_samples, split_train_val
-from cnnlab.errors import DataError
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
 from cnnlab.training.loop import EpochCallback, FitResult, finish, fit
@@ -240,6 +240,11 @@ def use_feature_cache(cfg: ExperimentConfig) -> bool:
     aug = cfg.train.augment
     frozen = cfg.model.freeze_base
     if cfg.train.cache_features == "off" or not frozen:
+        return False
+    if cfg.train.ema is not None:  # the average would be of a head alone: train on images instead
+        if cfg.train.cache_features == "on":
+            raise ConfigError("train.cache_features: 'on' does not combine with train.ema (the average needs "
+                              "the whole model); set train.cache_features to 'auto' or 'off'")
         return False
     if cfg.train.cache_features == "on":
         return True

@@ -58,6 +58,7 @@ IGNORED_KEYS: dict[str, Any] = {
     "train.compile_features": "auto", "train.optimizer.base_lr": None, "train.optimizer.layer_decay": None,
     "model.freeze_base": False, "model.unfreeze_last": None, "model.feature_stages": 0,
     "model.input_size": None, "model.pretrained": None,
+    "train.ema": None,  # its lookahead is its weight averaging
 }
 
 
