@@ -161,7 +161,8 @@ class TrainConfig:
     # test-time augmentation for the final evaluation: none | flip | flip_translate
     tta: Literal["none", "flip", "flip_translate"] = "none"
     # "fast": the fast from-scratch recipe (training/recipes/fast.py) instead of the generic loop;
-    # recipe_options sets that recipe's own knobs by name (its OPTIONS lists them).
+    # recipe_options sets that recipe's own knobs by name (typed per recipe: the fast recipe's
+    # FastOptions in training/recipes/fast_options.py; the standard recipe has none).
     recipe: Literal["standard", "fast"] = "standard"
     recipe_options: dict[str, Any] = field(default_factory=dict)
 

@@ -142,6 +142,9 @@ def train(
         from cnnlab.training.recipes.fast import check_config
 
         check_config(cfg)
+    elif cfg.train.recipe_options:  # options are per recipe, and the standard one has none
+        raise ConfigError(f"train.recipe_options.{sorted(cfg.train.recipe_options)[0]}: the standard recipe "
+                          f"(train.recipe: standard) has no options; they belong to train.recipe: fast")
     if run_dir:
         check_run_dir(run_dir)
     rd = RunDir(run_dir) if run_dir else RunDir.new(cfg.name)
