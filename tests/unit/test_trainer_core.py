@@ -164,7 +164,7 @@ def _top_k_on_disk(rd: RunDir):
     return index, files
 
 
-def _check_top_k(rd: RunDir, k: int):
+def _check_top_k(rd: RunDir, k: int, toy: bool = True):
     """The k files and the index are the k best rows of history.csv, best first, holding those epochs' weights."""
     rows = rd.read_history()
     best = sorted(rows, key=lambda h: -h["val_accuracy"])[:k]
@@ -175,7 +175,10 @@ def _check_top_k(rd: RunDir, k: int):
     assert files == sorted(f"epoch-{h['epoch']:03d}.safetensors" for h in best)
     for e in index:
         weights = load_file(str(rd.path / e["path"]))
-        assert torch.all(weights["weight"] == e["epoch"])  # the weights of that epoch
+        if toy:
+            assert torch.all(weights["weight"] == e["epoch"])  # the weights of that epoch
+        else:  # a whole model's weights, as the final model has them
+            assert weights.keys() == load_file(str(rd.path / "model.safetensors")).keys()
     return index
 
 
@@ -327,3 +330,27 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_is_validated_and_save
         if v.is_floating_point():
             torch.testing.assert_close(near_w[k], v, rtol=1e-4, atol=1e-5, msg=k)
     assert near.history[-1]["val_loss"] == pytest.approx(raw.history[-1]["val_loss"], rel=1e-4)
+
+
+def _fast_cfg(**train):
+    return {"name": "fast-core", "seed": 0, "data": {"validation_split": 0.25},
+            "model": {"arch": "cifar_fastnet", "preprocessing": "keras_tf", "head": {"pooling": "max"},
+                      "kwargs": {"widths": [16, 32, 32]}},
+            "train": {"recipe": "fast", "epochs": 4, "batch_size": 16, "precision": "fp32",
+                      "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.85, "nesterov": True},
+                      "label_smoothing": 0.2, "recipe_options": {"workers": 1}, **train}}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_fast_recipe_keeps_top_k_checkpoints_and_honours_a_deadline(tiny_tree, tmp_path):
+    import time
+
+    from cnnlab.training import orchestrate
+
+    orchestrate.train(_fast_cfg(checkpoint={"monitor": "val_accuracy", "save_top_k": 2}), data=str(tiny_tree),
+                      run_dir=tmp_path / "topk", progress=False, log=lambda s: None)
+    _check_top_k(RunDir(tmp_path / "topk"), 2, toy=False)
+    logs: list[str] = []
+    run = orchestrate.train(_fast_cfg(), data=str(tiny_tree), run_dir=tmp_path / "late", progress=False,
+                            log=logs.append, deadline=time.monotonic() - 1.0)
+    assert run.fit.epochs_run == 1 and any(line.startswith("time budget:") for line in logs)
