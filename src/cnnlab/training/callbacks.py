@@ -203,8 +203,7 @@ class TopKCheckpoints(_Monitor):
         self._loaded = False
 
     def _folder(self) -> Path:
-        return Path(self.trainer.run_dir.path if hasattr(self.trainer.run_dir, "path") else self.trainer.run_dir
-                    ) / self.FOLDER
+        return self.trainer.run_dir.path / self.FOLDER
 
     def on_train_begin(self) -> None:
         index = self._folder() / self.INDEX

@@ -13,10 +13,12 @@ another epoch follows, and its extra resumable tensors. :class:`Trainer` owns th
   last finished epoch as if it had not stopped;
 - the :class:`FitResult`.
 
-Data parallelism: every rank runs the same loop and the same callbacks (their decisions agree
-because the logged metrics are reduced), but only rank 0 writes files: every write goes through
-:meth:`Trainer.save_weights`, :meth:`Trainer.write_json`, :meth:`Trainer.remove` and the history
-and state writes below, which all ask :attr:`Trainer.writes` (one check, here).
+Data parallelism: every rank runs the same loop and the same callbacks, but only rank 0 writes
+files: every write goes through :meth:`Trainer.save_weights`, :meth:`Trainer.write_json`,
+:meth:`Trainer.remove` and :meth:`Trainer.commit` (history and state), which all ask
+:attr:`Trainer.writes` (one check, here). For the callbacks' decisions (early stopping, target,
+budget) to agree across ranks, a recipe's ``train_epoch`` returns metrics reduced over the ranks
+(utils/distributed.py ``all_reduce_sum``). Callbacks run once per epoch, never per step.
 """
 
 from __future__ import annotations

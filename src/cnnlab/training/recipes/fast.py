@@ -328,7 +328,8 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     if slow is not None and averaged_at != step and not (es and es.restored):  # the budget moved the end
         _average(slow, averaged, o["lookahead_decay"] ** la_every)
     whiten_bias.requires_grad_(True)
-    check_trained_model(model, train, result.history, lr)  # training/sanity.py: finite weights, no one-class collapse
+    # training/sanity.py: finite weights, no one-class collapse (against the epoch whose weights the model holds)
+    check_trained_model(model, train, [h for h in result.history if h["epoch"] <= (result.weights_epoch or 0)], lr)
     images = step * batch_size
     result.extra = {"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
                     "train_gflops_per_second": flops_per_image * images / max(train_seconds, 1e-9) / 1e9,
