@@ -36,8 +36,13 @@ def _pickle_kind(path: Path) -> str | None:
     """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip or a raw pickle)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
+        size = path.stat().st_size
     except OSError:
+        return None
+    # A safetensors file starts with its JSON header's length (8 bytes, little-endian), then "{":
+    # a length whose first byte is 0x80 (one in 256) must not be taken for a pickle's opcode.
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
         return None
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "a PyTorch pickle"
