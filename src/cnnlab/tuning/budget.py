@@ -1,0 +1,95 @@
+"""A study's global time budget (``cnnlab tune --time-limit 20m``): trials, final fit and summary inside it.
+
+Optuna's ``study.optimize(timeout=...)`` only stops *starting* trials; a trial in flight runs to
+its last epoch. Here every phase gets an end time, and its training is stopped after the epoch
+after which the next one would not fit (:class:`EpochGuard` raises
+:class:`~cnnlab.training.callbacks.StopTraining` from the epoch callback; the run still finishes,
+is saved and counts). The split of ``limit`` seconds, counted from the call's start (data
+loading included):
+
+- trials: until ``limit * (1 - final_share) - report_seconds`` (``final_share`` 0 when the
+  final fit is "none"); no trial starts when the remaining trial time is less than the longest
+  first epoch seen so far;
+- the final fit: until ``limit - report_seconds``;
+- the summary and figures: the last ``report_seconds`` (3% of the limit, at most 30 s).
+
+An epoch cannot be cut in the middle: a single epoch longer than the time left overruns by up to
+that epoch (the log says so).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cnnlab.errors import ConfigError
+from cnnlab.training.callbacks import StopTraining
+
+Clock = Callable[[], float]
+FINAL_SHARE = 0.2  # of the limit, for the final fit (when there is one)
+REPORT_SHARE, REPORT_MAX_SECONDS = 0.03, 30.0
+
+
+def parse_time_limit(value: str | float | int | None) -> float | None:
+    """Seconds from ``"90s"``, ``"20m"``, ``"1.5h"`` or a number of seconds; None stays None."""
+    from cnnlab.utils.durations import parse_duration
+
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not value > 0:
+            raise ConfigError(f"--time-limit: must be more than 0, got {value!r}")
+        return float(value)
+    return parse_duration(str(value), "--time-limit")
+
+
+@dataclass(frozen=True)
+class StudyBudget:
+    """The end times (on ``clock``'s scale) of a study's phases."""
+
+    start: float
+    limit: float
+    trials_end: float
+    final_end: float
+
+    @classmethod
+    def plan(cls, start: float, limit: float, final_fit: bool) -> "StudyBudget":
+        report = min(REPORT_MAX_SECONDS, REPORT_SHARE * limit)
+        final_end = start + limit - report
+        trials_end = final_end - (FINAL_SHARE * limit if final_fit else 0.0)
+        return cls(start, limit, trials_end, final_end)
+
+    def describe(self) -> dict[str, Any]:
+        return {"time_limit_seconds": self.limit, "trials_seconds": round(self.trials_end - self.start, 1),
+                "final_fit_until_seconds": round(self.final_end - self.start, 1)}
+
+
+class EpochGuard:
+    """An epoch callback: StopTraining once the next epoch (as long as the last) would end after ``end``.
+
+    The first epoch's duration counts from the guard's creation (set-up included), so its
+    estimate errs on the long side.
+    """
+
+    def __init__(self, end: float, clock: Clock = time.time, what: str = "training"):
+        self.end, self.clock, self.what = end, clock, what
+        self.started = self.last = clock()
+        self.first_epoch: float | None = None
+        self.last_epoch: float | None = None
+        self.stopped = False
+
+    def __call__(self, epoch: int, logs: dict[str, float]) -> None:
+        now = self.clock()
+        self.last_epoch = now - self.last
+        if self.first_epoch is None:
+            self.first_epoch = self.last_epoch
+        self.last = now
+        left = self.end - now
+        if now + self.last_epoch > self.end:
+            self.stopped = True
+            raise StopTraining(f"time limit: {self.what} stopped after epoch {epoch + 1} "
+                               f"({max(left, 0.0):.0f} s left, an epoch takes {self.last_epoch:.0f} s)")
+
+
+__all__ = ["EpochGuard", "StudyBudget", "parse_time_limit", "FINAL_SHARE"]
