@@ -74,21 +74,6 @@ def report(trained):
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def test_worst_indices_orders_by_probability_of_the_true_class():
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95]])
-    y = np.array([0, 0, 0, 1])
-    # p(true) = 0.9, 0.2, 0.6, 0.95 -> worst first: 1, 2, 0
-    assert gallery.worst_indices(probs, y, 3).tolist() == [1, 2, 0]
-    assert gallery.worst_indices(probs, y, 0).tolist() == []
-
-
-def test_gallery_titles_flag_wrong_predictions():
-    probs = np.array([[0.7, 0.3], [0.4, 0.6]])
-    titles, wrong = gallery.gallery_titles(probs, np.array([0, 0]), np.array([0, 1]), ["cat", "dog"])
-    assert wrong == [False, True]
-    assert "true: cat" in titles[1] and "pred: dog (0.60)" in titles[1]
-
-
 def test_label_error_rows_keep_only_confident_wrong_predictions(tmp_path):
     probs = np.array([[0.05, 0.95], [0.2, 0.8], [0.97, 0.03], [0.5, 0.5]])
     y = np.array([0, 0, 0, 1])

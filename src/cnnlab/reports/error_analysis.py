@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cnnlab.errors import DataError
-from cnnlab.utils.io import atomic_path, atomic_write_text
+from cnnlab.utils.io import atomic_write_text
 
 PNG_NAME = "errors.png"
 CSV_NAME = "errors.csv"
@@ -120,9 +120,9 @@ def write_error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_na
     rows = error_rows(probs, y, class_names, paths, k)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig = error_figure(images, rows)
-    with atomic_path(out / PNG_NAME) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    from cnnlab.figures import save
+
+    save(error_figure(images, rows), out / PNG_NAME, dpi=110)  # atomic: temporary file, then rename
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
     writer.writeheader()
