@@ -65,10 +65,13 @@ def test_durations_parse_and_bad_ones_are_refused():
 
 def test_budget_plan_reserves_the_final_fit_and_the_summary():
     b = StudyBudget.plan(0.0, 1200.0, final_fit=True)
-    assert b.final_end == pytest.approx(1200 - 30)  # 3% of 20 min is 36 s: capped at 30 s
-    assert b.trials_end == pytest.approx(1200 - 30 - 240)  # 20% for the final fit
+    assert b.final_end == pytest.approx(1200 - 2 * 60)  # 5% of 20 min, twice: after the final fit, the summary
+    assert b.trials_end == pytest.approx(1200 - 2 * 60 - 240)  # 20% for the final fit's training
+    b = StudyBudget.plan(0.0, 2400.0, final_fit=True)
+    assert b.final_end == pytest.approx(2400 - 2 * 60)  # at most 60 s each
     b = StudyBudget.plan(0.0, 100.0, final_fit=False)
-    assert b.trials_end == b.final_end == pytest.approx(97.0)
+    assert b.trials_end == b.final_end == pytest.approx(90.0)  # at least 10 s
+    assert b.end == 100.0
 
 
 def test_epoch_guard_stops_when_the_next_epoch_would_not_fit():
@@ -88,7 +91,7 @@ def test_no_trial_starts_after_the_limit_and_a_trial_in_flight_is_stopped_and_co
     cfg = tiny_config(trials=5, final_fit="none")
     cfg["train"]["epochs"] = 4
     clock = EpochClock()
-    # 110 s: trials until 110 - 3.3 s. Trials 0 and 1 take 40 s each; trial 2 starts at 80 s and is
+    # 110 s: trials until 100 s. Trials 0 and 1 take 40 s each; trial 2 starts at 80 s and is
     # stopped after its 2nd epoch (100 s: a 3rd would end at 110 s); then no first epoch fits.
     result = tune(cfg, data=color_bundle(), out=out, time_limit=110, log=clock.log, clock=clock)
 
@@ -113,18 +116,30 @@ def test_the_final_fit_is_stopped_inside_the_limit(tmp_path):
     cfg = tiny_config(trials=5, final_fit="train")
     cfg["train"]["epochs"] = 6
     clock = EpochClock()
-    # 200 s: summary from 194 s, final fit from 154 s at the latest. Trials 0 and 1 take 60 s;
-    # trial 2 stops after 3 epochs (150 s); the final fit (6 epochs configured) stops after 4 (190 s).
+    # 200 s: trials until 140 s, the final fit's training until 180 s. Trials 0 and 1 take 60 s;
+    # trial 2 stops after 2 epochs (140 s); the final fit (6 epochs configured) stops after 4 (180 s).
     result = tune(cfg, data=color_bundle(), out=out, time_limit=200, log=clock.log, clock=clock)
 
     trials = _trials(out)
-    assert [len(t.intermediate_values) for t in trials] == [6, 6, 3]
+    assert [len(t.intermediate_values) for t in trials] == [6, 6, 2]
     final = result.summary["final_fit"]
     assert final["status"] == "done" and final["stopped_by_time_limit"] is True
     assert final["epochs"] == 4
     assert final["test"]["count"] == 30  # evaluated on the test split all the same
-    assert clock.t - START == pytest.approx(190.0)
+    assert clock.t - START == pytest.approx(180.0)
     assert result.summary["wall_seconds"] <= 200
+    assert result.summary["figures"]["optimization_history"].endswith(".png")  # drawn: time was left
+
+
+def test_figures_not_started_by_the_limit_are_skipped(tmp_path):
+    from cnnlab.tuning import figures
+
+    out = tmp_path / "study"
+    tune(tiny_config(trials=1), data=color_bundle(), out=out, log=lambda s: None)
+    study = optuna.load_study(study_name="tiny", storage=default_storage_url(out))
+    drawn = figures.draw(study, tmp_path / "figs", until=START, clock=lambda: START + 1)
+    assert set(drawn.values()) == {"skipped: the time limit is reached"}
+    assert not (tmp_path / "figs").exists()
 
 
 def test_cli_time_limit_flag(tmp_path, monkeypatch, capsys):

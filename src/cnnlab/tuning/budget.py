@@ -7,14 +7,16 @@ after which the next one would not fit (:class:`EpochGuard` raises
 is saved and counts). The split of ``limit`` seconds, counted from the call's start (data
 loading included):
 
-- trials: until ``limit * (1 - final_share) - report_seconds`` (``final_share`` 0 when the
-  final fit is "none"); no trial starts when the remaining trial time is less than the longest
-  first epoch seen so far;
-- the final fit: until ``limit - report_seconds``;
-- the summary and figures: the last ``report_seconds`` (3% of the limit, at most 30 s).
+- ``finish`` = 5% of the limit, at least 10 s and at most 60 s: the time kept for what comes after
+  a training loop (the final fit's test evaluation and figures; the summary and its figures);
+- trials: until ``limit - finish`` without a final fit; with one, until
+  ``limit - 2 * finish - final_share * limit`` (``final_share`` = 20%). No trial starts when the
+  trials' time left is less than the longest first epoch (set-up included) seen so far;
+- the final fit's training: until ``limit - 2 * finish``; skipped when that has passed;
+- the summary and its figures: the rest; a figure not started by ``limit`` is skipped.
 
 An epoch cannot be cut in the middle: a single epoch longer than the time left overruns by up to
-that epoch (the log says so).
+that epoch (the log says so). The limit counts from the call, not from the Python start-up.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from cnnlab.errors import ConfigError
 from cnnlab.training.callbacks import StopTraining
 
 Clock = Callable[[], float]
-FINAL_SHARE = 0.2  # of the limit, for the final fit (when there is one)
-REPORT_SHARE, REPORT_MAX_SECONDS = 0.03, 30.0
+FINAL_SHARE = 0.2  # of the limit, for the final fit's training (when there is one)
+FINISH_SHARE, FINISH_MIN_SECONDS, FINISH_MAX_SECONDS = 0.05, 10.0, 60.0
 
 
 def parse_time_limit(value: str | float | int | None) -> float | None:
@@ -51,18 +53,23 @@ class StudyBudget:
     start: float
     limit: float
     trials_end: float
-    final_end: float
+    final_end: float  # the final fit's training
+
+    @property
+    def end(self) -> float:
+        return self.start + self.limit
 
     @classmethod
     def plan(cls, start: float, limit: float, final_fit: bool) -> "StudyBudget":
-        report = min(REPORT_MAX_SECONDS, REPORT_SHARE * limit)
-        final_end = start + limit - report
-        trials_end = final_end - (FINAL_SHARE * limit if final_fit else 0.0)
-        return cls(start, limit, trials_end, final_end)
+        finish = min(FINISH_MAX_SECONDS, max(FINISH_MIN_SECONDS, FINISH_SHARE * limit))
+        if not final_fit:
+            return cls(start, limit, start + limit - finish, start + limit - finish)
+        final_end = start + limit - 2 * finish
+        return cls(start, limit, final_end - FINAL_SHARE * limit, final_end)
 
     def describe(self) -> dict[str, Any]:
-        return {"time_limit_seconds": self.limit, "trials_seconds": round(self.trials_end - self.start, 1),
-                "final_fit_until_seconds": round(self.final_end - self.start, 1)}
+        return {"time_limit_seconds": self.limit, "trials_until_seconds": round(self.trials_end - self.start, 1),
+                "final_fit_training_until_seconds": round(self.final_end - self.start, 1)}
 
 
 class EpochGuard:

@@ -203,8 +203,9 @@ def tune(
                       seed=cfg.seed if seed is None else seed, heartbeat=heartbeat, grace=grace,
                       epoch_log=epoch_log)
     if budget is not None:
-        log(f"time limit {limit:.0f} s: trials until {budget.trials_end - t0:.0f} s, final fit until "
-            f"{budget.final_end - t0:.0f} s, then the summary")
+        log(f"time limit {limit:.0f} s: trials until {budget.trials_end - t0:.0f} s"
+            + (f", final fit training until {budget.final_end - t0:.0f} s" if settings.final_fit != "none" else "")
+            + ", then the summary")
     if workers == 1:
         run_worker(spec, data, log, clock=clock)
     else:
@@ -220,7 +221,8 @@ def tune(
     else:
         final = run_final_fit(study, base, settings.final_fit, out_dir, data, log,
                               deadline=budget.final_end if budget else None, clock=clock)
-    figs = figures.draw(study, out_dir / "figures", settings.objective)
+    figs = figures.draw(study, out_dir / "figures", settings.objective, until=budget.end if budget else None,
+                        clock=clock)
     summary = build_summary(study, settings, url, cfg.train.epochs, final, figs,
                             {"wall_seconds": round(clock() - t0, 1), "machine": machine_summary(),
                              "out_dir": str(out_dir), **({"time_budget": budget.describe()} if budget else {})})
