@@ -15,7 +15,7 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("torch")
 
 from optuna.trial import TrialState  # noqa: E402
-from test_tuning_support import color_bundle, tiny_config, write_config  # noqa: E402
+from test_tuning_support import ROOT, color_bundle, tiny_config, write_config  # noqa: E402
 
 from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.training.callbacks import StopTraining  # noqa: E402
@@ -72,6 +72,23 @@ def test_budget_plan_reserves_the_final_fit_and_the_summary():
     b = StudyBudget.plan(0.0, 100.0, final_fit=False)
     assert b.trials_end == b.final_end == pytest.approx(90.0)  # at least 10 s
     assert b.end == 100.0
+
+
+def test_process_start_time_is_this_processes_start():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cnnlab.tuning.budget import process_start_time
+
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "import time; from cnnlab.tuning.budget import process_start_time;"
+                          "print(process_start_time(), time.time())"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    started, now = map(float, out.stdout.split())
+    assert before - 1.0 <= started <= now  # /proc's start time is in clock ticks (1/100 s)
+    assert process_start_time(max_age=0.0) is None  # this test process is older than that
 
 
 def test_epoch_guard_stops_when_the_next_epoch_would_not_fit():

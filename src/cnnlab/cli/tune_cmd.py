@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab import tuning
+    from cnnlab.tuning.budget import process_start_time
     from cnnlab.cli.common import print_json, print_table
     from cnnlab.config import parse_override
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     overrides.update(dict(parse_override(o) for o in args.overrides))
     result = tuning.tune(args.config, data=args.data, overrides=overrides, trials=args.trials, timeout=args.timeout,
-                         time_limit=args.time_limit,
+                         time_limit=args.time_limit, started_at=process_start_time() if args.time_limit else None,
                          sampler=args.sampler, initial_random=args.initial_random, pruner=args.pruner,
                          storage=args.storage, study_name=args.study_name, workers=args.workers,
                          final_fit=args.final_fit, out=args.out, seed=args.seed, epoch_log=not args.quiet)

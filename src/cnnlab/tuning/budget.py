@@ -16,13 +16,16 @@ loading included):
 - the summary and its figures: the rest; a figure not started by ``limit`` is skipped.
 
 An epoch cannot be cut in the middle: a single epoch longer than the time left overruns by up to
-that epoch (the log says so). The limit counts from the call, not from the Python start-up.
+that epoch (the log says so). The limit counts from the call; ``cnnlab tune`` counts it from the
+process's start (:func:`process_start_time`), so the Python start-up and imports are inside it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab.errors import ConfigError
@@ -44,6 +47,20 @@ def parse_time_limit(value: str | float | int | None) -> float | None:
             raise ConfigError(f"--time-limit: must be more than 0, got {value!r}")
         return float(value)
     return parse_duration(str(value), "--time-limit")
+
+
+def process_start_time(max_age: float = 120.0) -> float | None:
+    """The time.time() at which this process started (Linux's /proc), or None elsewhere.
+
+    None too when that was more than ``max_age`` seconds ago: a long-lived process (a notebook,
+    a test session) calling the CLI's main() counts from the call, not from its own start."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        started = time.time() - uptime + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return started if time.time() - started <= max_age else None
 
 
 @dataclass(frozen=True)
@@ -99,4 +116,4 @@ class EpochGuard:
                                f"({max(left, 0.0):.0f} s left, an epoch takes {self.last_epoch:.0f} s)")
 
 
-__all__ = ["EpochGuard", "StudyBudget", "parse_time_limit", "FINAL_SHARE"]
+__all__ = ["EpochGuard", "StudyBudget", "parse_time_limit", "process_start_time", "FINAL_SHARE"]

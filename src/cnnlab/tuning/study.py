@@ -153,6 +153,7 @@ def tune(
     grace: int | None = st.GRACE_SECONDS,
     log: Callable[[str], None] = print,
     clock: Callable[[], float] = time.time,
+    started_at: float | None = None,
 ) -> TuneResult:
     """Search the config's ``search:`` space; keyword arguments override the section's values.
 
@@ -162,6 +163,7 @@ def tune(
     ``timeout``: start no trial after this long. ``time_limit`` ("20m", "90s" or seconds): the
     whole call (data, trials, final fit, summary) ends within it; a running trial is stopped
     after an epoch (see budget.py). ``clock``: time.time (a fake one in tests; one worker only).
+    ``started_at``: the clock() the limit counts from (default: now; the CLI: the process's start).
     """
     from cnnlab.api import resolve_config
     from cnnlab.tuning import figures
@@ -170,7 +172,7 @@ def tune(
     from cnnlab.utils.hardware import machine_summary
     from cnnlab.utils.io import atomic_write_text
 
-    t0 = clock()
+    t0 = clock() if started_at is None else min(started_at, clock())
     limit = parse_time_limit(time_limit)  # refused before anything is loaded or written
     cfg = resolve_config(config, overrides)
     if isinstance(data, (str, Path)):
