@@ -42,7 +42,7 @@ def test_the_k_rows_are_exactly_the_k_lowest_p_true(tmp_path):
         assert float(r["p_true"]) == pytest.approx(p_true[i], abs=1e-6)
         assert float(r["p_pred"]) == pytest.approx(probs[i].max(), abs=1e-6)
     assert out["png"] == tmp_path / "errors.png" and out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert Image.open(out["png"]).size[0] > 500  # 5 panels wide
+    assert Image.open(out["png"]).size == (1000, 920)  # 5 x 4 panels of 2 x 2.3 inches at 100 dpi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.csv", "errors.png"]  # no temporary file left
 
 
@@ -54,12 +54,19 @@ def test_the_figure_has_20_panels_titled_with_true_predicted_and_confidence():
     rows = error_rows(probs, y, CLASSES, None, 20)
     fig = error_figure(images, rows)
     assert len(fig.axes) == 20
-    grid = {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start) for ax in fig.axes}
-    assert grid == {(r, c) for r in range(4) for c in range(5)}
-    first = rows[0]
-    title = fig.axes[0].get_title()
-    assert f"true: {first['true']}" in title and f"pred: {first['predicted']} ({first['p_pred']:.2f})" in title
+    lefts = sorted({round(ax.get_position().x0, 3) for ax in fig.axes})
+    bottoms = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
+    assert len(lefts) == 5 and len(bottoms) == 4  # a 4 x 5 grid
+    first = fig.axes[0]
+    assert first.get_position().x0 == min(lefts) and round(first.get_position().y0, 3) == max(bottoms)  # top left
+    title = first.texts[0].get_text()
+    r = rows[0]
+    assert title == f"true: {r['true']}\npred: {r['predicted']} ({r['p_pred']:.2f})"
+    assert first.texts[0].get_color() == ("red" if r["true"] != r["predicted"] else "black")
     assert all(len(ax.images) == 1 for ax in fig.axes)
+    boxes = [ax.get_position() for ax in fig.axes]  # panels do not overlap
+    assert all(a.x1 <= b.x0 + 1e-9 or b.x1 <= a.x0 + 1e-9 or a.y1 <= b.y0 + 1e-9 or b.y1 <= a.y0 + 1e-9
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
 def test_k_larger_than_n_lists_every_image(tmp_path):
@@ -67,7 +74,9 @@ def test_k_larger_than_n_lists_every_image(tmp_path):
     out = write_error_analysis(probs, y, np.zeros((7, 5, 5, 3), np.uint8), CLASSES, tmp_path, k=20)
     assert len(out["rows"]) == 7 and len(_read(out["csv"])) == 7
     assert sorted(r["index"] for r in out["rows"]) == list(range(7))
-    assert len(error_figure(np.zeros((7, 5, 5, 3), np.uint8), out["rows"]).axes) == 10  # 2 rows of 5
+    fig = error_figure(np.zeros((7, 5, 5, 3), np.uint8), out["rows"])
+    assert len(fig.axes) == 7 and len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2  # rows of 5 and 2
+    assert Image.open(out["png"]).size == (1000, 460)
 
 
 @pytest.mark.parametrize("shape", [(20, 9, 9), (20, 9, 9, 1)])
