@@ -377,7 +377,7 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
     """The trainer's evaluator: the fresh model on the test split (else validation) -> metrics.json entries."""
     from cnnlab import figures
     from cnnlab.models.io import load_weights
-    from cnnlab.reports.error_analysis import write_error_analysis
+    from cnnlab.reports.error_analysis import run_error_analysis
     from cnnlab.training.orchestrate import card_extra, compile_features
 
     split = prep.test if prep.test is not None else prep.val
@@ -396,10 +396,8 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
         bpred = ImagePredictor.from_model(best, config=cfg, card=card, path=rd.path, weights="best")
         out[f"{split_name}_best_checkpoint"] = _summary(bpred.evaluate(split))
     report = ev.report
-    ea = write_error_analysis(ev.probabilities, ev.y, split.x, report["class_names"], rd.figures, split=split_name,
-                              paths=split.paths)  # the study's 20 lowest-p(true) images: errors.png + errors.csv
-    out["error_analysis"] = {"png": str(ea["png"].relative_to(rd.path)), "csv": str(ea["csv"].relative_to(rd.path)),
-                             "split": split_name}
+    out["error_analysis"] = run_error_analysis(ev.probabilities, ev.y, split, report["class_names"], rd.path,
+                                               split_name)  # the study's 20 lowest-p(true) images
     figures.confusion_heatmap(np.array(report["confusion_matrix"]), report["class_names"],
                               rd.figures / "confusion_matrix.png")
     log(f"{split_name} accuracy: {report['accuracy']:.4f} (top-5 {report['top5_accuracy']:.4f}, "

@@ -135,4 +135,15 @@ def write_error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_na
     return {"png": out / PNG_NAME, "csv": out / CSV_NAME, "rows": rows, "split": split, "k": k}
 
 
-__all__ = ["write_error_analysis", "error_figure", "error_rows", "lowest_true_probability", "PNG_NAME", "CSV_NAME"]
+def run_error_analysis(probs: np.ndarray, y: np.ndarray, split: Any, class_names: Sequence[str],
+                       run_dir: str | Path, split_name: str, k: int = 20) -> dict[str, str]:
+    """A trained run's error analysis on ``split`` (ImageArrays): run_dir/figures/errors.png and
+    errors.csv; returns their paths relative to run_dir and the split (for metrics.json)."""
+    run_dir = Path(run_dir)
+    out = write_error_analysis(probs, y, split.x, class_names, run_dir / "figures", k=k, split=split_name,
+                               paths=split.paths)
+    return {"png": out["png"].relative_to(run_dir).as_posix(), "csv": out["csv"].relative_to(run_dir).as_posix(),
+            "split": split_name}
+
+
+__all__ = ["write_error_analysis", "run_error_analysis", "error_figure", "error_rows", "lowest_true_probability", "PNG_NAME", "CSV_NAME"]
