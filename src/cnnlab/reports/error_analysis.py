@@ -146,4 +146,5 @@ def run_error_analysis(probs: np.ndarray, y: np.ndarray, split: Any, class_names
             "split": split_name}
 
 
-__all__ = ["write_error_analysis", "run_error_analysis", "error_figure", "error_rows", "lowest_true_probability", "PNG_NAME", "CSV_NAME"]
+__all__ = ["write_error_analysis", "run_error_analysis", "error_figure", "error_rows", "lowest_true_probability",
+           "PNG_NAME", "CSV_NAME"]

@@ -131,7 +131,7 @@ def read_index(run_dir: str | Path) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not entries:
         raise ModelError(f"{path}: expected a non-empty list of checkpoints")
     for i, e in enumerate(entries):
-        if not isinstance(e, dict) or not isinstance(e.get("path"), str) or not isinstance(e.get("value"), (int, float)):
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("value"), (int, float))):
             raise ModelError(f"{path}: entry {i} needs a string 'path' and a number 'value', got {e!r}")
     return entries
 
