@@ -125,3 +125,29 @@ def test_soup_from_run_reads_the_checkpoint_index(tmp_path):
         soup_from_run(tmp_path / "run", _net(), _weight_score, log=lambda s: None)
     with pytest.raises(ModelError, match=r"nowhere.*index\.json"):
         soup_from_run(tmp_path / "nowhere", _net(), _weight_score, log=lambda s: None)
+
+
+
+def _module_with(names: list[str]) -> torch.nn.Module:
+    m = torch.nn.Module()
+    for i, name in enumerate(names):
+        m.register_buffer(name, torch.full((2,), float(i)))
+    return m
+
+
+def test_a_safetensors_header_whose_length_starts_with_0x80_is_no_pickle(tmp_path):
+    """A header of 8,576 bytes (a 3-class test_efficientnet with 8 head units has one) starts the
+    file with byte 0x80, like a pickle's PROTO opcode: it loads, in the soup and in load_weights."""
+    from cnnlab.models.io import load_weights
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(1, 300):  # lengthen one name until the header's length is 0x80 modulo 256
+        names = ["a" * pad, "b"]
+        save_file(_module_with(names).state_dict(), str(path))
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80 and path.read_bytes()[8:9] == b"{"
+    model = _module_with(names)
+    load_weights(model, path)  # not refused as a pickle
+    result = greedy_soup(model, [(path, 1.0)], lambda m: 0.0, log=lambda s: None)
+    assert result.used == [path] and torch.equal(result.state_dict["b"], torch.full((2,), 1.0))

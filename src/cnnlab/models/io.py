@@ -33,13 +33,19 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def _pickle_kind(path: Path) -> str | None:
-    """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip or a raw pickle)."""
+    """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip, or a raw pickle:
+    PROTO opcode 0x80 and a protocol number 2-5).
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian), whose first
+    byte may be 0x80 too (a header of 8,576 bytes), then ``{``: that is never taken for a pickle."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
     except OSError:
         return None
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if len(head) == 9 and head[8:9] == b"{":
+        return None  # safetensors
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return "a PyTorch pickle"
     return None
 
