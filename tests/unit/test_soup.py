@@ -100,9 +100,10 @@ def test_mismatched_keys_name_the_file(tmp_path):
         greedy_soup(_net(), [(tmp_path / "shape.safetensors", 1.0)], _weight_score, log=lambda s: None)
 
 
-def test_a_pickle_is_refused(tmp_path):
-    torch.save(_net().state_dict(), tmp_path / "p.safetensors")
-    with pytest.raises(ModelError, match=r"p\.safetensors.*pickle"):
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_pickle_is_refused(tmp_path, zipped):
+    torch.save(_net().state_dict(), tmp_path / "p.safetensors", _use_new_zipfile_serialization=zipped)
+    with pytest.raises(ModelError, match=r"p\.safetensors: this is a PyTorch pickle, refused"):
         greedy_soup(_net(), [(tmp_path / "p.safetensors", 1.0)], _weight_score, log=lambda s: None)
 
 
