@@ -33,7 +33,11 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def _pickle_kind(path: Path) -> str | None:
-    """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip or a raw pickle)."""
+    """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip, or a raw pickle:
+    PROTO opcode 0x80 and a protocol number 2-5).
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian), whose first
+    byte may be 0x80 too (a header of 8,576 bytes), then ``{``: that is never taken for a pickle."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(9)
