@@ -96,7 +96,7 @@ def test_make_plan_measures_within_five_percent_of_the_budget():
 
 
 def test_a_budget_too_small_to_measure_uses_the_reference_speeds():
-    plan = planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=20, elapsed=lambda: 0.0,
+    plan = planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=19, elapsed=lambda: 0.0,
                              measure=lambda k: pytest.fail("measured"), precision="fp32", device="cpu",
                              machine="test", log=lambda s: None)
     assert not any(c.measured for c in plan.candidates)

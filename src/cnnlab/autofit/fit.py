@@ -173,7 +173,7 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
             test: Any, source: str, limit: float, start: float, clock: Callable[[], float],
             log: Callable[[str], None]) -> Any:
     from cnnlab.autofit.ensemble import blend, caruana_weights
-    from cnnlab.autofit.folder import attach, write_fit
+    from cnnlab.autofit.folder import FORMAT, attach, write_fit
     from cnnlab.autofit.report import error_analysis, write_report
 
     rows = [{"model": r.kind, "kind": r.kind, "val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
@@ -210,7 +210,7 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
     errors = error_analysis(probs, y, images.paths or images.x, profile.class_names, out, split, log=log)
     row = rows[0]
     info: dict[str, Any] = {
-        "best": best, "members": [{"model": r.kind, "path": f"models/{r.kind}", "weight": w} for r, w in members],
+        "format": FORMAT, "best": best, "members": [{"model": r.kind, "path": f"models/{r.kind}", "weight": w} for r, w in members],
         "label": predictor.label, "image_column": predictor.image_column, "class_names": profile.class_names,
         "preset": preset.name, "time_limit": limit, "data_source": source, "profile": profile.to_dict(),
         "val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"], "leaderboard": rows,

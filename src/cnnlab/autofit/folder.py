@@ -32,7 +32,7 @@ def is_fit_folder(path: str | Path) -> bool:
 
 
 def write_fit(folder: Path, info: dict[str, Any]) -> None:
-    atomic_write_text(folder / FIT_NAME, json.dumps({"format": FORMAT, **info}, indent=2, default=str))
+    atomic_write_text(folder / FIT_NAME, json.dumps({**info, "format": FORMAT}, indent=2, default=str))
 
 
 def read_fit(folder: Path) -> dict[str, Any]:

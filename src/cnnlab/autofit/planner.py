@@ -2,7 +2,7 @@
 
 In at most :data:`PROBE_SHARE` of the budget it measures this machine's speed for each candidate
 of the preset (speed.py: a few timed training steps, or feature batches through a frozen base),
-best prior first, each only while its expected cost (:data:`PROBE_COST_S`) still fits in that
+the cheapest to measure first, each only while its expected cost (:data:`PROBE_COST_S`) still fits in that
 share; a candidate left unmeasured (all of them, for a budget under a minute) gets the speed of the
 reference machine (:data:`REFERENCE_IPS`, 2-core Zen 3, fp32) scaled by how much faster or
 slower the measured ones ran here. From the speed it predicts each candidate's time
@@ -204,8 +204,10 @@ def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapse
     from cnnlab.autofit.priors import predicted_accuracy as prior
 
     t0 = elapsed()
-    order = sorted(preset.kinds, key=lambda k: -prior(k, per_class=profile.per_class_min, epochs=99,
-                                                       num_classes=profile.num_classes, image_side=profile.image_size))
+    # the cheapest probe first (a speed ratio for the rest as early as possible), then the best prior
+    order = sorted(preset.kinds, key=lambda k: (PROBE_COST_S[k], -prior(
+        k, per_class=profile.per_class_min, epochs=99, num_classes=profile.num_classes,
+        image_side=profile.image_size)))
     speeds: dict[str, tuple[float, bool]] = {}
     for k in order:  # measured while the expected cost still fits in PROBE_SHARE of the budget
         if elapsed() - t0 + PROBE_COST_S[k] > PROBE_SHARE * time_limit:

@@ -19,7 +19,7 @@ from cnnlab.models.registry import create_model
 from cnnlab.utils.hardware import autocast, default_device, resolve_precision
 
 TRAIN_BATCH = 16  #: images per timed training step (pretrained candidates; the fast net: 64)
-FEATURE_IMAGES = 16  #: images timed through a frozen base
+FEATURE_IMAGES = 8  #: images timed through a frozen base
 #: widths the fast net is timed at (fast_plan.py then measures its own ladder within its run)
 FASTNET_WIDTHS = [32, 128, 128]
 
@@ -50,7 +50,7 @@ def _features_per_second(model: torch.nn.Module, x: np.ndarray, device: torch.de
                          dtype: torch.dtype | None) -> float:
     from cnnlab.training.features import extract_features
 
-    extract_features(model, x[:4], device=device, dtype=dtype, compile=False, progress=False)  # warm-up
+    extract_features(model, x[:2], device=device, dtype=dtype, compile=False, progress=False)  # warm-up
     n = min(FEATURE_IMAGES, len(x))
     t = time.perf_counter()
     extract_features(model, x[:n], device=device, dtype=dtype, compile=False, progress=False)
