@@ -12,7 +12,7 @@ It owns the model (loaded once, kept warm), the model card, the decode size (one
 :func:`cnnlab.utils.hardware.resolve_precision`) and the test-time augmentation
 (``train.tta``), so that predict, predict_proba, evaluate, extract_embedding and the run
 report all see the same pixels through the same model and agree. Saved form: a run directory
-(model.safetensors + model.json + config.yaml), no pickle.
+(model.safetensors + model.json + config.yaml), or an auto-fit's folder (cnnlab.autofit); no pickle.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,10 @@ import numpy as np
 import torch
 
 from cnnlab.config import ExperimentConfig
-from cnnlab.data.dataset import DatasetBundle, ImageArrays, align_labels
+from cnnlab.data.dataset import DatasetBundle, ImageArrays, align_labels, with_tuning_split
 from cnnlab.data.inputs import unlabelled_images
 from cnnlab.errors import ConfigError, DataError, ModelError
+from cnnlab.evaluation.after_training import Evaluation
 from cnnlab.evaluation.metrics import classification_report
 from cnnlab.evaluation.predict import predict_logits
 from cnnlab.models.classifier import ImageClassifier
@@ -39,17 +39,6 @@ from cnnlab.training.rundir import RunDir
 from cnnlab.utils.hardware import default_device, resolve_precision
 
 _DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-@dataclass
-class Evaluation:
-    """An evaluation's report with what it was computed from (for galleries and label errors)."""
-
-    report: dict[str, Any]
-    probabilities: np.ndarray  # (N, classes)
-    y: np.ndarray  # true labels as the model's class indices
-    images: ImageArrays
-    seconds: float
 
 
 class ImagePredictor:
@@ -141,7 +130,7 @@ class ImagePredictor:
             cfg.data.label_column = self.label
         data = train_data
         if tuning_data is not None:
-            data = _with_tuning_split(orchestrate.load_data(train_data, cfg), orchestrate.load_data(tuning_data, cfg))
+            data = with_tuning_split(orchestrate.load_data(train_data, cfg), orchestrate.load_data(tuning_data, cfg))
             # The bundle has no name to record: config.yaml names the training source, never the default.
             cfg.data.source = str(train_data) if isinstance(train_data, (str, Path)) else orchestrate.DATAFRAME_SOURCE
         run = orchestrate.train(cfg, data=data, run_dir=self.path, progress=progress, log=log,
@@ -403,13 +392,6 @@ class ImagePredictor:
 
 def _has_column(data: Any, name: str) -> bool:
     return hasattr(data, "columns") and name in list(data.columns)
-
-
-def _with_tuning_split(train: DatasetBundle, tuning: DatasetBundle) -> DatasetBundle:
-    val = tuning.all_images()
-    y = align_labels(val, train.class_names, "tuning_data")
-    return DatasetBundle(train.name, train.train, train.test, ImageArrays(val.x, y, train.class_names, val.paths),
-                         dict(train.info))
 
 
 def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *, progress: bool,

@@ -150,3 +150,24 @@ def test_cli_fit_prints_plan_leaderboard_and_folder(tiny_tree, capsys, tmp_path)
     info = json.loads((out / "fit.json").read_text())
     assert info["format"] == "cnnlab-fit/1" and info["best"] == "frozen"
     assert f"elapsed: {info['elapsed_seconds']:.1f}s of 30s" in text
+
+
+def test_the_readme_autofit_example_runs(tmp_path, monkeypatch, capsys):
+    import re
+
+    from conftest import _write_tree
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Auto-fit within a time budget"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    _write_tree(tmp_path / "my_images" / "train", classes=("cat", "dog"), per_class=10)
+    _write_tree(tmp_path / "my_images" / "test", classes=("cat", "dog"), per_class=4, seed=1)
+    _write_tree(tmp_path / "one", classes=("x",), per_class=1)
+    (tmp_path / "one" / "x" / "000.png").rename(tmp_path / "cat.jpg")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    pred = namespace["predictor"]
+    assert pred.class_names == ["cat", "dog"] and (tmp_path / "fits" / "quick" / "fit.json").is_file()
+    assert pred.fit_summary()["test_accuracy"] is not None
+    assert "val_accuracy" in capsys.readouterr().out

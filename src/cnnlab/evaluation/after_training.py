@@ -8,13 +8,26 @@ Written once, with the predictor's own inference (``predictor_cls`` is
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cnnlab.config import ExperimentConfig
+from cnnlab.data.dataset import ImageArrays
 from cnnlab.models.io import model_card
 from cnnlab.training.rundir import RunDir
+
+
+@dataclass
+class Evaluation:
+    """An evaluation's report with what it was computed from (for galleries and label errors)."""
+
+    report: dict[str, Any]
+    probabilities: np.ndarray  # (N, classes)
+    y: np.ndarray  # true labels as the model's class indices
+    images: ImageArrays
+    seconds: float
 
 
 def evaluate_fresh(predictor_cls: Any, result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *, progress: bool,
