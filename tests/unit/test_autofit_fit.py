@@ -171,3 +171,78 @@ def test_the_readme_autofit_example_runs(tmp_path, monkeypatch, capsys):
     assert pred.class_names == ["cat", "dog"] and (tmp_path / "fits" / "quick" / "fit.json").is_file()
     assert pred.fit_summary()["test_accuracy"] is not None
     assert "val_accuracy" in capsys.readouterr().out
+
+
+def test_soup_step_applies_a_soup_that_scores_higher(fitted, tmp_path, monkeypatch):
+    """soup_step with a stand-in for cnnlab.training.soup (built on another branch): the souped
+    weights replace model.safetensors only when they beat the final weights on validation."""
+    import shutil
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    from safetensors.torch import save_file
+
+    from cnnlab.autofit.soup_step import soup_run
+
+    pred, data = fitted
+    run = tmp_path / "run"
+    shutil.copytree(pred._fit_path / "models" / "frozen", run)
+    model = ImagePredictor.load(run).model
+    state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+    (run / "checkpoints").mkdir()
+    entries = []
+    for e in (3, 5):
+        save_file(state, str(run / "checkpoints" / f"epoch-{e:03d}.safetensors"))
+        entries.append({"epoch": e, "path": f"checkpoints/epoch-{e:03d}.safetensors", "monitor": "val_accuracy",
+                        "value": 0.5})
+    (run / "checkpoints" / "index.json").write_text(json.dumps(entries))
+    bias = next(k for k in state if k.endswith("head.fc.bias") or (k.startswith("head") and k.endswith("bias")))
+    souped = dict(state)
+    souped[bias] = state[bias] + 1.0  # a visible change
+
+    @dataclass
+    class SoupResult:
+        state_dict: dict
+        used: list
+        score: float
+        individual: list
+
+    calls = []
+
+    def greedy_soup(model, candidates, score, *, log=print):
+        calls.append([str(p) for p, _ in candidates])
+        return SoupResult(souped, [p for p, _ in candidates], 0.99, [0.5, 0.5])
+
+    monkeypatch.setitem(sys.modules, "cnnlab.training.soup", types.SimpleNamespace(greedy_soup=greedy_soup))
+    x = np.stack([np.zeros((16, 16, 3), np.uint8)] * 3)
+    out = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.9, predictor_cls=ImagePredictor, log=lambda s: None)
+    assert out["applied"] and calls and calls[0][0].endswith("epoch-003.safetensors")
+    again = ImagePredictor.load(run).model.state_dict()[bias]
+    assert np.allclose(again.numpy(), souped[bias].numpy())
+    worse = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.995, predictor_cls=ImagePredictor,
+                     log=lambda s: None)
+    assert worse is not None and not worse["applied"]  # not better than the final weights: kept
+
+
+def test_error_analysis_is_handed_the_best_models_probabilities(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from cnnlab.autofit.report import error_analysis
+
+    seen = {}
+
+    def write_error_analysis(probs, y, images, class_names, out_dir, *, k=20, split="test"):
+        seen.update(shape=probs.shape, k=k, split=split, n=len(images))
+        return {"png": out_dir / "errors.png", "csv": out_dir / "errors.csv", "rows": []}
+
+    monkeypatch.setitem(sys.modules, "cnnlab.reports.error_analysis",
+                        types.SimpleNamespace(write_error_analysis=write_error_analysis))
+    probs = np.full((5, 2), 0.5, np.float32)
+    out = error_analysis(probs, np.zeros(5, int), ["a"] * 5, ["x", "y"], tmp_path, "val", log=lambda s: None)
+    assert seen == {"shape": (5, 2), "k": 20, "split": "val", "n": 5} and out["png"].name == "errors.png"
+    monkeypatch.setitem(sys.modules, "cnnlab.reports.error_analysis", None)  # absent: skipped with a line
+    lines = []
+    assert error_analysis(probs, np.zeros(5, int), ["a"] * 5, ["x", "y"], tmp_path, "val", log=lines.append) is None
+    assert "skipped" in lines[0]
