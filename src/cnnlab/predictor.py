@@ -108,8 +108,9 @@ class ImagePredictor:
             log: Callable[[str], None] = print, epoch_callback: Any = None) -> "ImagePredictor":
         """Train on ``train_data`` (any data source; ``tuning_data``: the validation split) and keep the model.
 
-        With ``time_limit`` (seconds or "10m") and/or ``presets`` (medium_quality, high_quality,
-        best_quality): auto-fit (cnnlab.autofit) into the folder ``path``, all within time_limit x 1.05.
+        With ``time_limit`` (seconds or "10m"; default 600 when only ``presets`` is given) and/or
+        ``presets`` (medium_quality, high_quality, best_quality): auto-fit (cnnlab.autofit) into the
+        folder ``path``, all within time_limit x 1.05.
         Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
         """

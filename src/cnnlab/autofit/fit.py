@@ -129,8 +129,12 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
             eval_s = (len(test) if test is not None else 0) / ips
         else:
             eval_s = (len(val) + (len(test) if test is not None else 0)) * views / (INFER_FACTOR * ips)
-        if kind == "fastnet":  # its own plan counts the test evaluation; the validation pass (<= 6 views) is ours
-            budget = seconds - 6 * len(val) / (INFER_FACTOR * ips)
+        if kind == "fastnet":
+            # Its own plan keeps EVAL_SHARE of its time for the test evaluation (TTA views chosen to
+            # fit); the validation pass, at the same views, is ours: the same share, scaled by size.
+            from cnnlab.training.recipes.fast_plan import EVAL_SHARE
+
+            budget = seconds / (1 + EVAL_SHARE * len(val) / (len(test) if test is not None else len(val)))
             cfg = build_config(kind, seconds=max(1.0, budget), epochs=1, seed=seed)
         else:
             epochs = EPOCHS[kind][1] if kind == "frozen" else max(1, int(c.epochs))
@@ -207,7 +211,8 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
     top = members[0][0]
     split, y, probs, images = ("test", test.y, ens_probs if best == "ensemble" else top.test_probs, test) \
         if test is not None else ("val", val.y, blend([r.val_probs for r, _ in members], [w for _, w in members]), val)
-    errors = error_analysis(probs, y, images.paths or images.x, profile.class_names, out, split, log=log)
+    named = images.paths if images.paths and Path(images.paths[0]).is_file() else None  # files, not archive members
+    errors = error_analysis(probs, y, named or images.x, profile.class_names, out, split, log=log)
     row = rows[0]
     info: dict[str, Any] = {
         "format": FORMAT, "best": best, "members": [{"model": r.kind, "path": f"models/{r.kind}", "weight": w} for r, w in members],
@@ -222,8 +227,8 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
     plan.write(out / "plan.json")
     write_report(out, plan.to_dict(), info, errors)
     loaded = [(type(predictor).load(out / f"models/{r.kind}", label=predictor.label), w) for r, w in members]
-    for (m, _), (r, _) in zip(loaded, members):
-        m.model  # loaded now, inside the time limit (predict needs it next)
+    for m, _ in loaded:
+        m.model  # the weights load now, inside the time limit (predict needs them next)
     elapsed = clock() - start  # the report and the loading included
     info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
     write_fit(out, info)
