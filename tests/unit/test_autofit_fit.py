@@ -246,3 +246,24 @@ def test_error_analysis_is_handed_the_best_models_probabilities(tmp_path, monkey
     lines = []
     assert error_analysis(probs, np.zeros(5, int), ["a"] * 5, ["x", "y"], tmp_path, "val", log=lines.append) is None
     assert "skipped" in lines[0]
+
+
+def test_high_quality_trains_two_models_and_weighs_an_ensemble(make_tree, tmp_path, monkeypatch):
+    from cnnlab.autofit import planner
+
+    monkeypatch.setattr(planner, "ENSEMBLE_GAP", 1.0)  # any second model is worth it here
+    root = tmp_path / "data"
+    make_tree(root / "train", per_class=12)
+    make_tree(root / "test", per_class=4, seed=3)
+    lines: list[str] = []
+    pred = ImagePredictor(label="label", path=tmp_path / "fit").fit(str(root), time_limit=40,
+                                                                   presets="high_quality", log=lines.append)
+    info = pred.fit_summary()
+    trained = [r["model"] for r in info["leaderboard"] if r["model"] != "ensemble"]
+    assert sorted(trained) == ["finetune_last", "frozen"]
+    assert any(line.startswith("ensemble (") for line in lines)  # Caruana's weights were computed
+    assert sum(m["weight"] for m in info["members"]) == pytest.approx(1.0)
+    assert info["test_accuracy"] is not None and info["best"] == info["leaderboard"][0]["model"]
+    loaded = ImagePredictor.load(tmp_path / "fit")
+    images = [str(root / "test" / "red" / "000.png")]
+    assert np.allclose(loaded.predict_proba(images).to_numpy(), pred.predict_proba(images).to_numpy(), atol=1e-5)

@@ -71,6 +71,7 @@ def test_nothing_fits_falls_back_to_the_fast_net():
     cands = planner.choose(CIFAR, get_preset("medium_quality"), {"fastnet": (1.0, True), "frozen": (1.0, True)},
                            available=30)
     assert chosen(cands) == ["fastnet"] and "nothing fits" in cands[0].why
+    assert cands[0].predicted_val_accuracy > 0.1  # a partial epoch still has a prediction
 
 
 def test_make_plan_measures_within_five_percent_of_the_budget():

@@ -33,7 +33,7 @@ from cnnlab.autofit.profile import DataProfile
 from cnnlab.utils.io import atomic_write_text
 
 PROBE_SHARE = 0.05
-END_RESERVE = 0.04
+END_RESERVE = 0.025
 END_RESERVE_MIN_S = 3.0
 ENSEMBLE_GAP = 0.10
 MAIN_LOSS = 0.02
@@ -156,6 +156,7 @@ def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, 
     if not feasible:  # nothing fits: the fast net for whatever time there is (it always trains a step)
         main = plans.get("fastnet") or next(iter(plans.values()))
         main.feasible, main.why = True, "nothing fits the budget: the fast net for the time there is"
+        main.predicted_val_accuracy = acc(main.kind, main.epochs)  # a partial epoch: the prior still applies
         feasible = [main]
     main = feasible[0]
     main_acc = main.predicted_val_accuracy
@@ -180,7 +181,8 @@ def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, 
         c.why = "beside the main model, for the ensemble"
         extras.append(c)
         spent += secs
-    main.epochs, main.predicted_seconds, main.predicted_val_accuracy = fit_in(main.kind, available - spent)
+    e, secs, a = fit_in(main.kind, available - spent)
+    main.epochs, main.predicted_seconds, main.predicted_val_accuracy = e, secs, a or acc(main.kind, e)
     main.share_seconds = available - spent if elastic(main.kind) else main.predicted_seconds
     main.chosen, main.why = True, main.why or "the best predicted validation accuracy"
     for c in plans.values():
