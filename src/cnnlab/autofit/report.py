@@ -37,8 +37,9 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
              f"- data: {info.get('data_source')}: {p['count']:,} train, {p['val_count']:,} validation "
              f"({p['validation']}), {p['test_count']:,} test images, {p['num_classes']} classes, decoded at "
              f"{p['image_size']} px{' (mixed sizes)' if p['mixed_sizes'] else ''}",
-             f"- preset {info['preset']}, time limit {info['time_limit']:.0f} s, elapsed "
-             f"**{info['elapsed_seconds']:.1f} s** (overrun {info['overrun']:+.1%}), {plan['precision']} on "
+             f"- preset {info['preset']}, time limit {info['time_limit']:.0f} s, elapsed when this report was "
+             f"written **{info['elapsed_seconds']:.1f} s** (overrun {info['overrun']:+.1%}; fit.json has the final "
+             f"figure), {plan['precision']} on "
              f"{plan['device']} ({plan['machine']})",
              f"- best: **{info['best']}**, validation {_pct(info.get('val_accuracy'))}, test "
              f"{_pct(info.get('test_accuracy'))}", "",
