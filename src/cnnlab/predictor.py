@@ -381,7 +381,7 @@ class ImagePredictor:
         return to_frame(self.fit_summary()["leaderboard"])
 
     def fit_summary(self) -> dict[str, Any]:
-        """An auto-fit's fit.json: best entry, members, leaderboard, profile, elapsed time and overrun."""
+        """An auto-fit's fit.json (best entry, members, leaderboard, profile, elapsed time, overrun) and its folder."""
         if self._fit is None:
             raise ModelError("fit_summary: this predictor was not auto-fitted (fit with time_limit=...)")
         return dict(self._fit)

@@ -43,8 +43,8 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImagePredictor, Pa
 def test_fit_on_a_folder_writes_plan_leaderboard_report(fitted):
     pred, data = fitted
     info = pred.fit_summary()
-    folder = pred._fit_path
-    assert info["best"] == "frozen"  # 16 images a class: pretrained features, the planner's choice
+    folder = Path(info["folder"])
+    assert folder == pred._fit_path and info["best"] == "frozen"  # 16 images a class: pretrained features, the planner's choice
     board = pred.leaderboard()
     assert list(board["model"]) == ["frozen"] and board["val_accuracy"][0] == pytest.approx(info["val_accuracy"])
     plan = json.loads((folder / "plan.json").read_text())

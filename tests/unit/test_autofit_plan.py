@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnlab.autofit import planner
-from cnnlab.autofit.candidates import KINDS, build_config
+from cnnlab.autofit.candidates import KINDS, build_config, ema_decay
 from cnnlab.autofit.ensemble import blend, caruana_weights
 from cnnlab.autofit.leaderboard import rank
 from cnnlab.autofit.presets import PRESETS, get_preset
@@ -68,10 +68,10 @@ def test_high_quality_adds_a_second_model_only_when_it_fits_beside_the_main_one(
 
 
 def test_nothing_fits_falls_back_to_the_fast_net():
-    cands = planner.choose(CIFAR, get_preset("medium_quality"), {"fastnet": (1.0, True), "frozen": (1.0, True)},
+    cands = planner.choose(CIFAR, get_preset("medium_quality"), {"fastnet": (300.0, True), "frozen": (1.0, True)},
                            available=30)
     assert chosen(cands) == ["fastnet"] and "nothing fits" in cands[0].why
-    assert cands[0].predicted_val_accuracy > 0.1  # a partial epoch still has a prediction
+    assert 0 < cands[0].epochs < 1 and cands[0].predicted_val_accuracy > 0.1  # a partial epoch is predicted too
 
 
 def test_make_plan_measures_within_five_percent_of_the_budget():
@@ -132,6 +132,9 @@ def test_candidate_configs():
     last = build_config("finetune_last", seconds=90, epochs=3, tta="flip")
     assert last.model.unfreeze_last == 2 and not last.model.freeze_base and last.train.tta == "flip"
     assert build_config("finetune", seconds=90, epochs=2).model.input_size == 96
+    assert build_config("finetune", seconds=90, epochs=2, ema=0.99).train.ema == 0.99
+    assert build_config("finetune", seconds=90, epochs=3, soup_top_k=3).train.checkpoint.save_top_k == 3
+    assert ema_decay(50) is None and ema_decay(1000) == 0.99 and ema_decay(10**6) == 0.999
 
 
 def test_leaderboard_ranks_by_validation_then_speed():

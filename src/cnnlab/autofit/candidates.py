@@ -37,8 +37,15 @@ def elastic(kind: str) -> bool:
     return kind != "frozen"
 
 
+def ema_decay(steps: int) -> float | None:
+    """An EMA decay that averages over about the last tenth of ``steps`` (None below 100 steps)."""
+    if steps < 100:
+        return None
+    return round(min(0.999, max(0.9, 1.0 - 10.0 / steps)), 4)
+
+
 def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: str = "none",
-                 soup_top_k: int = 0) -> ExperimentConfig:
+                 soup_top_k: int = 0, ema: float | None = None) -> ExperimentConfig:
     """The config of candidate ``kind`` for a share of ``seconds`` (fastnet) or ``epochs`` (the others)."""
     if kind == "fastnet":
         from cnnlab.presets import preset_path
@@ -72,7 +79,7 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
     base["train"].update(
         batch_size=32, optimizer={"name": "adamw", "lr": 2e-3, "base_lr": 1e-3, "weight_decay": 0.02},
         schedule={"name": "cosine", "warmup_epochs": 0.15 if epochs > 1 else 0.0}, label_smoothing=0.1,
-        augment={"crop_padding": 4, "flip": True}, tta=tta)
+        augment={"crop_padding": 4, "flip": True}, tta=tta, ema=ema)
     if soup_top_k and HAS_TOP_K and epochs > 1:
         base["train"]["checkpoint"] = {"monitor": "val_accuracy", "save_top_k": soup_top_k}
     return config_from_dict(base)

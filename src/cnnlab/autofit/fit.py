@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab.autofit import leaderboard as lb
-from cnnlab.autofit.candidates import build_config
+from cnnlab.autofit.candidates import build_config, ema_decay
 from cnnlab.autofit.planner import EPOCHS, INFER_FACTOR, FitPlan, make_plan
 from cnnlab.autofit.presets import get_preset
 from cnnlab.autofit.profile import load_bundle, profile_data, with_validation
@@ -138,8 +138,10 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
             cfg = build_config(kind, seconds=max(1.0, budget), epochs=1, seed=seed)
         else:
             epochs = EPOCHS[kind][1] if kind == "frozen" else max(1, int(c.epochs))
+            steps = epochs * max(1, len(train) // 32)  # the fine-tuned candidates' batch: candidates.py
             cfg = build_config(kind, seconds=seconds, epochs=epochs, seed=seed, tta=preset.tta,
-                               soup_top_k=preset.soup_top_k)
+                               soup_top_k=preset.soup_top_k,
+                               ema=ema_decay(steps) if preset.ema and kind != "frozen" else None)
         cfg.data.source = source
         log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
         res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,

@@ -51,7 +51,7 @@ def attach(pred: Any, folder: Path, info: dict[str, Any], members: list[tuple[An
     """Make ``pred`` the fit's predictor: its best entry (one model or an ensemble of members)."""
     first = members[0][0]
     pred.path, pred._card, pred._config, pred._model = first.path, first._card, first._config, first._model
-    pred._fit, pred._fit_path = info, Path(folder)
+    pred._fit, pred._fit_path = {**info, "folder": str(folder)}, Path(folder)
     pred._members = members if len(members) > 1 else None
     return pred
 

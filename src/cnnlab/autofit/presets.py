@@ -12,7 +12,8 @@ high_quality       up to two models (adds fine-tuning the last stages), the seco
                    higher on validation than the best single model.
 best_quality       up to three models from all four candidates (adds full fine-tuning at a
                    chosen resolution), extras in at most 45% of the time; soup and ensemble as
-                   high_quality; flip test-time augmentation for the fine-tuned candidates.
+                   high_quality; flip test-time augmentation and EMA weights (decay chosen
+                   from the planned steps: candidates.ema_decay) for the fine-tuned candidates.
 =================  ==========================================================================
 """
 
@@ -33,6 +34,7 @@ class Preset:
     soup_top_k: int  # greedy soup of the top-k checkpoints (0: off)
     tta: str  # test-time augmentation of the fine-tuned candidates
     description: str
+    ema: bool = False  # an exponential moving average of the fine-tuned candidates' weights (train.ema)
 
 
 PRESETS: dict[str, Preset] = {
@@ -41,7 +43,8 @@ PRESETS: dict[str, Preset] = {
     "high_quality": Preset("high_quality", ("fastnet", "frozen", "finetune_last"), 2, 0.35, True, 3, "none",
                            "up to two models (adds fine-tuning the last stages), soup, ensemble"),
     "best_quality": Preset("best_quality", ("fastnet", "frozen", "finetune_last", "finetune"), 3, 0.45, True, 3,
-                           "flip", "up to three models from all four candidates, soup, ensemble, flip TTA"),
+                           "flip", "up to three models from all four candidates, soup, ensemble, flip TTA, EMA weights",
+                           ema=True),
 }
 
 DEFAULT_PRESET = "medium_quality"

@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"validation accuracy: {info['val_accuracy']:.4f} ({info['best']}; the source has no test split)")
     print(f"elapsed: {info['elapsed_seconds']:.1f}s of {info['time_limit']:.0f}s ({info['overrun']:+.1%})")
-    print(f"fit folder: {pred._fit_path}")
+    print(f"fit folder: {info['folder']}")
     return 0
