@@ -13,14 +13,21 @@ from cnnlab.utils.io import atomic_write_text
 
 
 def error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: list[str], out_dir: Path,
-                   split: str, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """The 20 images with the lowest probability for their true class (4 x 5 grid + CSV)."""
+                   split: str, log: Callable[[str], None] = print, paths: list[str] | None = None
+                   ) -> dict[str, Any] | None:
+    """The 20 images with the lowest probability for their true class (4 x 5 grid + CSV); ``images``:
+    the decoded pixels, ``paths``: the files they came from (named in the CSV where supported)."""
+    import inspect
+
     try:
         from cnnlab.reports.error_analysis import write_error_analysis
     except ImportError:
         log("error analysis: cnnlab.reports.error_analysis is not installed on this branch; skipped")
         return None
-    return write_error_analysis(probs, y, images, class_names, out_dir, k=20, split=split)
+    kwargs: dict[str, Any] = {"k": 20, "split": split}
+    if paths is not None and "paths" in inspect.signature(write_error_analysis).parameters:
+        kwargs["paths"] = paths
+    return write_error_analysis(probs, y, images, class_names, out_dir, **kwargs)
 
 
 def _pct(v: Any) -> str:
