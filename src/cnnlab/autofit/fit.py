@@ -146,7 +146,9 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
         res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,
                             predictor_cls=type(predictor), clock=clock, log=log)
-        if preset.soup_top_k and clock() + 3 * (res.extra.get("val_eval_seconds") or 1.0) < share_end:
+        # the soup scores up to k averages on validation, then the souped model is scored again
+        val_s = res.extra.get("val_eval_seconds") or 1.0
+        if preset.soup_top_k and clock() + (preset.soup_top_k + 3) * val_s < share_end:
             from cnnlab.autofit.soup_step import soup_run
 
             souped = soup_run(res.run_dir, val.x, val.y, res.val_accuracy, type(predictor), log=log)
