@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED_CIFAR10 := $(abspath ../shared/datasets/cifar10-jpeg.tar.gz)
 # Use the CIFAR-10 copy beside the checkout when there is one and nothing else is configured.
 export CNNLAB_CIFAR10 ?= $(if $(wildcard $(SHARED_CIFAR10)),$(SHARED_CIFAR10),)
-RUN_DIR ?= runs/make-run
+RUN_DIR ?= runs/make-fit
 
 .PHONY: run test venv venv-dev clean
 
@@ -25,11 +25,11 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 venv: $(VENV)/.installed
 venv-dev: $(VENV)/.installed-dev
 
-# The main job: the fast from-scratch recipe on CIFAR-10 within 10 minutes, sized to this machine
-# (it prints its plan: width, epochs, precision and why; a progress line at least every minute).
+# The main job: auto-fit on CIFAR-10 within 10 minutes (cnnlab fit), planned for this machine
+# (it prints its plan, progress with the time left, the leaderboard, the test accuracy and the folder).
 TIME_LIMIT ?= 10m
 run: venv
-	$(BIN)/cnnlab train --preset fast --data cifar10 --time-limit $(TIME_LIMIT) --run-dir $(RUN_DIR)-$$(date +%Y%m%d-%H%M%S) --no-progress
+	$(BIN)/cnnlab fit --data cifar10 --time-limit $(TIME_LIMIT) --out $(RUN_DIR)-$$(date +%Y%m%d-%H%M%S)
 
 test: venv-dev
 	$(BIN)/python -m pytest -q

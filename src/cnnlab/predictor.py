@@ -12,7 +12,7 @@ It owns the model (loaded once, kept warm), the model card, the decode size (one
 :func:`cnnlab.utils.hardware.resolve_precision`) and the test-time augmentation
 (``train.tta``), so that predict, predict_proba, evaluate, extract_embedding and the run
 report all see the same pixels through the same model and agree. Saved form: a run directory
-(model.safetensors + model.json + config.yaml), no pickle.
+(model.safetensors + model.json + config.yaml), or an auto-fit's folder (cnnlab.autofit); no pickle.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,10 @@ import numpy as np
 import torch
 
 from cnnlab.config import ExperimentConfig
-from cnnlab.data.dataset import DatasetBundle, ImageArrays, align_labels
+from cnnlab.data.dataset import DatasetBundle, ImageArrays, align_labels, with_tuning_split
 from cnnlab.data.inputs import unlabelled_images
-from cnnlab.errors import DataError, ModelError
+from cnnlab.errors import ConfigError, DataError, ModelError
+from cnnlab.evaluation.after_training import Evaluation
 from cnnlab.evaluation.metrics import classification_report
 from cnnlab.evaluation.predict import predict_logits
 from cnnlab.models.classifier import ImageClassifier
@@ -39,17 +39,6 @@ from cnnlab.training.rundir import RunDir
 from cnnlab.utils.hardware import default_device, resolve_precision
 
 _DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-@dataclass
-class Evaluation:
-    """An evaluation's report with what it was computed from (for galleries and label errors)."""
-
-    report: dict[str, Any]
-    probabilities: np.ndarray  # (N, classes)
-    y: np.ndarray  # true labels as the model's class indices
-    images: ImageArrays
-    seconds: float
 
 
 class ImagePredictor:
@@ -78,6 +67,9 @@ class ImagePredictor:
         self._card: dict[str, Any] | None = None
         self._config: ExperimentConfig | None = None
         self.run: Any = None  # the RunResult of fit()
+        self._fit: dict[str, Any] | None = None  # an auto-fit's fit.json (cnnlab.autofit.folder)
+        self._fit_path: Path | None = None
+        self._members: list[tuple[ImagePredictor, float]] | None = None  # an ensemble's members and weights
 
     # ------------------------------------------------------------------ construction
 
@@ -85,7 +77,13 @@ class ImagePredictor:
     def load(cls, path: str | Path, *, weights: str = "final", tta: str | None = None,
              precision: str | None = None, batch_size: int | None = None, label: str = "label",
              backend: str = "torch") -> "ImagePredictor":
-        """The predictor of a run directory (or a folder :meth:`save` wrote); the model loads once."""
+        """The predictor of a run directory, a folder :meth:`save` wrote, or an auto-fit folder (its
+        leaderboard's best entry: one model or a weighted ensemble); the model loads once."""
+        from cnnlab.autofit.folder import is_fit_folder, load_fit
+
+        if is_fit_folder(path):
+            return load_fit(cls, path, weights=weights, tta=tta, precision=precision, batch_size=batch_size,
+                            label=label, backend=backend)
         pred = cls(label, path, weights=weights, tta=tta, precision=precision, batch_size=batch_size,
                    backend=backend)
         pred._card = read_card(pred.path)  # type: ignore[arg-type] - refuses a folder that is no model
@@ -105,15 +103,27 @@ class ImagePredictor:
         pred._place(model)
         return pred
 
-    def fit(self, train_data: Any, tuning_data: Any = None, config: Any = None, *,
-            overrides: dict[str, Any] | list[str] | None = None, progress: bool = False,
+    def fit(self, train_data: Any, tuning_data: Any = None, config: Any = None, *, time_limit: Any = None,
+            presets: str | None = None, overrides: dict[str, Any] | list[str] | None = None, progress: bool = False,
             log: Callable[[str], None] = print, epoch_callback: Any = None) -> "ImagePredictor":
         """Train on ``train_data`` (any data source; ``tuning_data``: the validation split) and keep the model.
 
-        ``config`` is a config file, dict or object (default: the config defaults); the run
+        With ``time_limit`` (seconds or "10m"; default 600 when only ``presets`` is given) and/or
+        ``presets`` (medium_quality, high_quality, best_quality): auto-fit (cnnlab.autofit) into the
+        folder ``path``, all within time_limit x 1.05.
+        Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
         """
+        if time_limit is not None or presets is not None:
+            started_at = time.monotonic()  # the time limit counts from here: imports and loading included
+            if config is not None or overrides:
+                raise ConfigError("fit: give either config/overrides (one run) or time_limit/presets (auto-fit)")
+            from cnnlab.autofit.fit import auto_fit
+
+            return auto_fit(self, train_data, tuning_data, time_limit=600 if time_limit is None else time_limit,
+                            presets=presets, log=log, started_at=started_at)
         from cnnlab.training import orchestrate
+
 
         cfg = orchestrate.resolve_config(config, overrides)
         cfg.data.image_column = cfg.data.image_column or self.image_column
@@ -121,7 +131,7 @@ class ImagePredictor:
             cfg.data.label_column = self.label
         data = train_data
         if tuning_data is not None:
-            data = _with_tuning_split(orchestrate.load_data(train_data, cfg), orchestrate.load_data(tuning_data, cfg))
+            data = with_tuning_split(orchestrate.load_data(train_data, cfg), orchestrate.load_data(tuning_data, cfg))
             # The bundle has no name to record: config.yaml names the training source, never the default.
             cfg.data.source = str(train_data) if isinstance(train_data, (str, Path)) else orchestrate.DATAFRAME_SOURCE
         run = orchestrate.train(cfg, data=data, run_dir=self.path, progress=progress, log=log,
@@ -213,6 +223,10 @@ class ImagePredictor:
 
         ``feature_cache``: take the frozen base's features from the feature cache (only without TTA).
         """
+        if self._members:
+            from cnnlab.autofit.folder import ensemble_logits
+
+            return ensemble_logits(self._members, x)
         if self.backend != "torch":
             if self._runtime is None:
                 from cnnlab.export.backends import create_backend
@@ -323,6 +337,10 @@ class ImagePredictor:
     def save(self, path: str | Path) -> Path:
         """Write the model as a run directory (model.safetensors + model.json + config.yaml); no pickle."""
         out = Path(path)
+        if self._fit_path is not None:  # an auto-fit: the whole folder (models, leaderboard, report)
+            from cnnlab.autofit.folder import save_fit
+
+            return save_fit(self._fit_path, out)
         if self.path is not None and out.resolve() == self.path.resolve():
             return out
         out.mkdir(parents=True, exist_ok=True)
@@ -356,6 +374,18 @@ class ImagePredictor:
                 "parameters": self.card.get("parameters"), "format": self.card.get("format"),
                 "metrics": {k: metrics[k] for k in ("test", "val") if k in metrics}}
 
+    def leaderboard(self) -> Any:
+        """An auto-fit's leaderboard: a pandas DataFrame, best validation accuracy first."""
+        from cnnlab.autofit.leaderboard import to_frame
+
+        return to_frame(self.fit_summary()["leaderboard"])
+
+    def fit_summary(self) -> dict[str, Any]:
+        """An auto-fit's fit.json (best entry, members, leaderboard, profile, elapsed time, overrun) and its folder."""
+        if self._fit is None:
+            raise ModelError("fit_summary: this predictor was not auto-fitted (fit with time_limit=...)")
+        return dict(self._fit)
+
     def __repr__(self) -> str:
         arch = self._card["spec"]["arch"] if self._card else None
         return f"ImagePredictor(label={self.label!r}, path={str(self.path) if self.path else None!r}, arch={arch!r})"
@@ -365,48 +395,12 @@ def _has_column(data: Any, name: str) -> bool:
     return hasattr(data, "columns") and name in list(data.columns)
 
 
-def _with_tuning_split(train: DatasetBundle, tuning: DatasetBundle) -> DatasetBundle:
-    val = tuning.all_images()
-    y = align_labels(val, train.class_names, "tuning_data")
-    return DatasetBundle(train.name, train.train, train.test, ImageArrays(val.x, y, train.class_names, val.paths),
-                         dict(train.info))
-
-
 def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *, progress: bool,
                             log: Callable[[str], None]) -> dict[str, Any]:
     """The trainer's evaluator: the fresh model on the test split (else validation) -> metrics.json entries."""
-    from cnnlab import figures
-    from cnnlab.models.io import load_weights
-    from cnnlab.reports.error_analysis import run_error_analysis
-    from cnnlab.training.orchestrate import card_extra, compile_features
+    from cnnlab.evaluation.after_training import evaluate_fresh
 
-    split = prep.test if prep.test is not None else prep.val
-    split_name = "test" if prep.test is not None else "val"
-    card = model_card(result.model, card_extra(cfg, prep, result))
-    pred = ImagePredictor.from_model(result.model, config=cfg, card=card, path=rd.path)
-    cached = "feature_cache" in result.extra and cfg.train.finetune is None
-    ev = pred.evaluate_details(split, feature_cache=cached, compile=compile_features(cfg), progress=progress, log=log)
-    out: dict[str, Any] = {split_name: _summary(ev.report),
-                           "inference_images_per_second": round(len(split) / max(ev.seconds, 1e-9), 1)}
-    if (rd / "best.safetensors").is_file():
-        import copy
-
-        best = copy.deepcopy(result.model)
-        load_weights(best, rd / "best.safetensors")
-        bpred = ImagePredictor.from_model(best, config=cfg, card=card, path=rd.path, weights="best")
-        out[f"{split_name}_best_checkpoint"] = _summary(bpred.evaluate(split))
-    report = ev.report
-    out["error_analysis"] = run_error_analysis(ev.probabilities, ev.y, split, report["class_names"], rd.path,
-                                               split_name)  # the study's 20 lowest-p(true) images
-    figures.confusion_heatmap(np.array(report["confusion_matrix"]), report["class_names"],
-                              rd.figures / "confusion_matrix.png")
-    log(f"{split_name} accuracy: {report['accuracy']:.4f} (top-5 {report['top5_accuracy']:.4f}, "
-        f"loss {report['loss']:.4f}) on {len(split):,} images")
-    return out
-
-
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece")}
+    return evaluate_fresh(ImagePredictor, result, prep, cfg, rd, progress=progress, log=log)
 
 
 __all__ = ["ImagePredictor", "Evaluation", "evaluate_after_training", "CARD_NAME", "WEIGHTS_NAME"]

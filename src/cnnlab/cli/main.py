@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
-COMMANDS = ("train", "evaluate", "predict", "embed", "data", "models", "report", "study", "runs", "tune",
+COMMANDS = ("train", "fit", "evaluate", "predict", "embed", "data", "models", "report", "study", "runs", "tune",
             "export", "serve")
 
 

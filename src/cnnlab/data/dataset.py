@@ -110,3 +110,11 @@ def check_classes(class_names: list[str], counts: dict[str, int], where: str) ->
     if len(class_names) < 2:
         found = ", ".join(repr(c) for c in class_names) or "none"
         raise DataError(f"{where}: need at least two classes to train a classifier, found {found}")
+
+
+def with_tuning_split(train: DatasetBundle, tuning: DatasetBundle) -> DatasetBundle:
+    """``train`` with every image of ``tuning`` as its validation split (labels mapped by name)."""
+    val = tuning.all_images()
+    y = align_labels(val, train.class_names, "tuning_data")
+    return DatasetBundle(train.name, train.train, train.test, ImageArrays(val.x, y, train.class_names, val.paths),
+                         dict(train.info))

@@ -1,0 +1,244 @@
+"""auto_fit: data + time budget -> a fit folder and a predictor of its best entry.
+
+The whole fit (loading, planning, training, soup, ensembling, the final evaluation and the
+report) is timed from the moment it is called; ``fit.json`` records ``elapsed_seconds`` and
+the overrun against ``time_limit`` (the contract: at most +5%).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.autofit import leaderboard as lb
+from cnnlab.autofit.candidates import build_config, ema_decay
+from cnnlab.autofit.planner import EPOCHS, INFER_FACTOR, FitPlan, make_plan
+from cnnlab.autofit.presets import get_preset
+from cnnlab.autofit.profile import load_bundle, profile_data, with_validation
+from cnnlab.data.dataset import DatasetBundle
+from cnnlab.errors import ConfigError
+
+MIN_SHARE_S = 2.0  #: a candidate left with less than this is skipped
+ENSEMBLE_MIN_S = 1.0  #: the ensemble is built only when at least this much time is left
+
+
+def time_limit_seconds(value: Any) -> float:
+    """Seconds from a number or a duration string ("90s", "10m", "1.5h")."""
+    from cnnlab.utils.durations import parse_duration
+
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"time_limit: expected seconds or a duration like '10m', got {value!r}")
+    if isinstance(value, (int, float)):
+        if not np.isfinite(value) or value <= 0:
+            raise ConfigError(f"time_limit: must be more than 0 seconds, got {value!r}")
+        return float(value)
+    return parse_duration(str(value), "time_limit")
+
+
+def _source_name(data: Any) -> str:
+    from cnnlab.training.orchestrate import DATAFRAME_SOURCE
+
+    if isinstance(data, (str, Path)):
+        return str(data)
+    if isinstance(data, DatasetBundle):
+        return data.name
+    return DATAFRAME_SOURCE
+
+
+def _label_column(data: Any, label: str) -> str | None:
+    """``label`` when the DataFrame or CSV has that column (else the loader detects one)."""
+    if hasattr(data, "columns"):
+        return label if label in list(data.columns) else None
+    if isinstance(data, (str, Path)) and str(data).lower().endswith(".csv") and Path(data).is_file():
+        with open(data, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+        return label if label in header else None
+    return None
+
+
+def _out_dir(path: Path | None) -> Path:
+    out = path or Path("runs") / f"fit-{datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out}: not empty; a fit writes into a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
+             seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+             started_at: float | None = None) -> Any:
+    """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
+
+    ``started_at``: the ``clock()`` value the time limit counts from (default: now)."""
+    from cnnlab.autofit import speed
+    from cnnlab.autofit.runner import run_candidate
+    from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
+
+    start = clock() if started_at is None else started_at
+    limit = time_limit_seconds(time_limit)
+    preset = get_preset(presets)
+    out = _out_dir(predictor.path)
+    source = _source_name(train_data)
+    bundle, mixed = load_bundle(train_data, label_column=_label_column(train_data, predictor.label),
+                                image_column=predictor.image_column, log=log)
+    tuning = None
+    if tuning_data is not None:
+        from cnnlab.data.sources import load_source
+
+        tuning = load_source(tuning_data, image_size=bundle.train.image_size[0],
+                             label_column=_label_column(tuning_data, predictor.label),
+                             image_column=predictor.image_column)
+    train, val, test, where = with_validation(bundle, tuning, seed)
+    profile = profile_data(train, val, test, mixed_sizes=mixed, validation=where)
+    log(profile.describe())
+    device = default_device()
+    precision = choose_precision("auto", device)
+    log(precision.note())
+    sample = np.random.default_rng(seed).permutation(len(train))[:64]
+
+    def measure(kind: str) -> float:
+        cfg = build_config(kind, seconds=60, epochs=1, seed=seed)
+        return speed.measure(kind, cfg, train.x[sample], train.y[sample], train.class_names)
+
+    plan = make_plan(profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
+                     precision=precision.name, device=str(device), machine=machine_summary(), log=log)
+    plan.write(out / "plan.json")
+    results = []
+    end_models = start + limit - plan.reserve_seconds
+    for i, kind in enumerate(plan.order):
+        c = plan.candidate(kind)
+        later = sum(plan.candidate(k).share_seconds for k in plan.order[i + 1:])
+        now = clock()
+        share_end = end_models - later
+        seconds = share_end - now
+        if seconds < MIN_SHARE_S:
+            c.status, c.why = "skipped", f"only {max(seconds, 0):.1f}s left for it"
+            log(f"{kind}: skipped, only {max(seconds, 0):.1f}s left for it")
+            continue
+        views = {"none": 1, "flip": 2, "flip_translate": 6}[preset.tta] if kind.startswith("finetune") else 1
+        ips = c.images_per_second
+        if kind == "frozen":
+            eval_s = (len(test) if test is not None else 0) / ips
+        else:
+            eval_s = (len(val) + (len(test) if test is not None else 0)) * views / (INFER_FACTOR * ips)
+        if kind == "fastnet":
+            # Its own plan keeps EVAL_SHARE of its time for the test evaluation (TTA views chosen to
+            # fit); the validation pass, at the same views, is ours: the same share, scaled by size.
+            from cnnlab.training.recipes.fast_plan import EVAL_SHARE
+
+            budget = seconds / (1 + EVAL_SHARE * len(val) / (len(test) if test is not None else len(val)))
+            cfg = build_config(kind, seconds=max(1.0, budget), epochs=1, seed=seed)
+        else:
+            epochs = EPOCHS[kind][1] if kind == "frozen" else max(1, int(c.epochs))
+            steps = epochs * max(1, len(train) // 32)  # the fine-tuned candidates' batch: candidates.py
+            cfg = build_config(kind, seconds=seconds, epochs=epochs, seed=seed, tta=preset.tta,
+                               soup_top_k=preset.soup_top_k,
+                               ema=ema_decay(steps) if preset.ema and kind != "frozen" else None)
+        cfg.data.source = source
+        log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
+        res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,
+                            predictor_cls=type(predictor), clock=clock, log=log)
+        # the soup scores up to k averages on validation, then the souped model is scored again
+        val_s = res.extra.get("val_eval_seconds") or 1.0
+        if preset.soup_top_k and clock() + (preset.soup_top_k + 3) * val_s < share_end:
+            from cnnlab.autofit.soup_step import soup_run
+
+            souped = soup_run(res.run_dir, val.x, val.y, res.val_accuracy, type(predictor), log=log)
+            if souped and souped["applied"]:
+                res = run_candidate_rescore(type(predictor), res, val, test)
+        c.status, c.actual_seconds, c.actual_epochs = "done", round(res.seconds, 1), res.epochs
+        c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy
+        plan.write(out / "plan.json")
+        results.append(res)
+        log(f"{kind}: done in {res.seconds:.0f}s, val {res.val_accuracy:.4f}"
+            + (f", test {res.test_accuracy:.4f}" if res.test_accuracy is not None else "")
+            + f"; {start + limit - clock():.0f}s of the fit left")
+    if not results:
+        raise ConfigError(f"time_limit {limit:.0f}s: no model could be trained in it; give more time")
+    return _finish(predictor, out, plan, results, preset, profile, val, test, source, limit, start, clock, log)
+
+
+def run_candidate_rescore(predictor_cls: Any, res: Any, val: Any, test: Any) -> Any:
+    """The result with validation / test probabilities of the souped weights."""
+    pred = predictor_cls.load(res.run_dir)
+    res.val_probs = pred.proba(val.x)[0]
+    res.val_accuracy = float((res.val_probs.argmax(1) == val.y).mean())
+    if test is not None:
+        res.test_probs = pred.proba(test.x)[0]
+        res.test_accuracy = float((res.test_probs.argmax(1) == test.y).mean())
+    return res
+
+
+def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset: Any, profile: Any, val: Any,
+            test: Any, source: str, limit: float, start: float, clock: Callable[[], float],
+            log: Callable[[str], None]) -> Any:
+    from cnnlab.autofit.ensemble import blend, caruana_weights
+    from cnnlab.autofit.folder import FORMAT, attach, write_fit
+    from cnnlab.autofit.report import error_analysis, write_report
+
+    rows = [{"model": r.kind, "kind": r.kind, "val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
+             "fit_seconds": round(r.seconds, 1), "epochs": r.epochs, "tta": r.tta, "parameters": r.parameters,
+             "weight": None, "path": f"models/{r.kind}"} for r in results]
+    best_single = max(results, key=lambda r: r.val_accuracy)
+    members = [(best_single, 1.0)]
+    ens_probs = None
+    if preset.ensemble and len(results) > 1 and start + limit - clock() > ENSEMBLE_MIN_S:
+        ordered = sorted(results, key=lambda r: -r.val_accuracy)
+        w = caruana_weights([r.val_probs for r in ordered], val.y)
+        used = [(r, float(wi)) for r, wi in zip(ordered, w) if wi > 0]
+        ens_val = blend([r.val_probs for r, _ in used], [wi for _, wi in used])
+        ens_acc = float((ens_val.argmax(1) == val.y).mean())
+        ens_test = None
+        if test is not None and all(r.test_probs is not None for r, _ in used):
+            ens_probs = blend([r.test_probs for r, _ in used], [wi for _, wi in used])
+            ens_test = float((ens_probs.argmax(1) == test.y).mean())
+        weights = ", ".join(f"{r.kind} {wi:.2f}" for r, wi in used)
+        log(f"ensemble ({weights}): val {ens_acc:.4f}" + (f", test {ens_test:.4f}" if ens_test is not None else ""))
+        if len(used) > 1:
+            rows.append({"model": "ensemble", "kind": "ensemble", "val_accuracy": ens_acc, "test_accuracy": ens_test,
+                         "fit_seconds": round(sum(r.seconds for r, _ in used), 1), "epochs": None, "tta": None,
+                         "parameters": sum(r.parameters or 0 for r, _ in used), "weight": weights, "path": None})
+            members = used  # used when the ensemble ranks first on validation
+    rows = lb.rank(rows)
+    best = rows[0]["model"]
+    if best != "ensemble":
+        members = [(next(r for r in results if r.kind == best), 1.0)]
+    lb.write_csv(rows, out / "leaderboard.csv")
+    top = members[0][0]
+    split, y, probs, images = ("test", test.y, ens_probs if best == "ensemble" else top.test_probs, test) \
+        if test is not None else ("val", val.y, blend([r.val_probs for r, _ in members], [w for _, w in members]), val)
+    named = images.paths if images.paths and Path(images.paths[0]).is_file() else None  # files, not archive members
+    errors = error_analysis(probs, y, images.x, profile.class_names, out, split, log=log, paths=named)
+    row = rows[0]
+    info: dict[str, Any] = {
+        "format": FORMAT, "best": best, "members": [{"model": r.kind, "path": f"models/{r.kind}", "weight": w} for r, w in members],
+        "label": predictor.label, "image_column": predictor.image_column, "class_names": profile.class_names,
+        "preset": preset.name, "time_limit": limit, "data_source": source, "profile": profile.to_dict(),
+        "val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"], "leaderboard": rows,
+        "errors": {k: str(v) for k, v in errors.items() if k in ("png", "csv")} if errors else None,
+    }
+    elapsed = clock() - start
+    info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
+    plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best}
+    plan.write(out / "plan.json")
+    write_report(out, plan.to_dict(), info, errors)
+    loaded = [(type(predictor).load(out / f"models/{r.kind}", label=predictor.label), w) for r, w in members]
+    for m, _ in loaded:
+        m.model  # the weights load now, inside the time limit (predict needs them next)
+    elapsed = clock() - start  # the report and the loading included
+    info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
+    write_fit(out, info)
+    attach(predictor, out, info, loaded)
+    log(f"fit: best {best}, val {row['val_accuracy']:.4f}"
+        + (f", test {row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "")
+        + f"; {elapsed:.1f}s of {limit:.0f}s ({info['overrun']:+.1%}); folder {out}")
+    return predictor
+

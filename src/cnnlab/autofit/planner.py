@@ -1,0 +1,230 @@
+"""The auto-fit planner: measure, predict, choose and share out the budget; plan.json.
+
+In at most :data:`PROBE_SHARE` of the budget it measures this machine's speed for each candidate
+of the preset (speed.py: a few timed training steps, or feature batches through a frozen base),
+the cheapest to measure first, each only while its expected cost (:data:`PROBE_COST_S`) still fits in that
+share; a candidate left unmeasured (all of them, for a budget under a minute) gets the speed of the
+reference machine (:data:`REFERENCE_IPS`, 2-core Zen 3, fp32) scaled by how much faster or
+slower the measured ones ran here. From the speed it predicts each candidate's time
+(:func:`time_model`) and, from priors.py, its validation accuracy for the epochs that fit.
+
+The choice: the candidate with the best predicted accuracy in all the time there is (the
+main one); then, when the preset allows more models, others that fit in the preset's
+``extra_share`` of the time, best first, if each predicts within :data:`ENSEMBLE_GAP` of the
+main one and the main one loses at most :data:`MAIN_LOSS` by giving the time up. Fixed-cost
+candidates run first; the stretchable ones (epochs chosen to fit) last, so they absorb what the
+others left. :data:`END_RESERVE` of the budget (at least :data:`END_RESERVE_MIN_S`) is kept for
+the ensemble, the leaderboard, the report and the error analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.autofit.candidates import elastic
+from cnnlab.autofit.presets import Preset
+from cnnlab.autofit.priors import predicted_accuracy
+from cnnlab.autofit.profile import DataProfile
+from cnnlab.utils.io import atomic_write_text
+
+PROBE_SHARE = 0.05
+END_RESERVE = 0.025
+END_RESERVE_MIN_S = 3.0
+ENSEMBLE_GAP = 0.10
+MAIN_LOSS = 0.02
+SETUP_SECONDS = {"fastnet": 1.0, "frozen": 2.0, "finetune_last": 2.0, "finetune": 2.0}  # model build, weights
+#: training (or, for frozen, feature) images/s on the reference machine, 2-core Zen 3, fp32
+REFERENCE_IPS = {"fastnet": 700.0, "frozen": 33.0, "finetune_last": 30.0, "finetune": 50.0}
+#: what measuring a candidate costs (model build, weights, warm-up, timed work), about, in seconds
+PROBE_COST_S = {"fastnet": 1.0, "frozen": 2.5, "finetune_last": 3.0, "finetune": 3.0}
+INFER_FACTOR = 3.0  #: inference runs about this many times a training step's rate
+HEAD_IPS = 20000.0  #: a linear head on cached features trains at about this rate
+EPOCHS = {"fastnet": (1.0, 16.0), "frozen": (3.0, 30.0), "finetune_last": (1.0, 8.0), "finetune": (1.0, 6.0)}
+FASTNET_OVERHEAD = 0.15  #: share of a fast-net run spent on its own probe, whitening and evaluation
+
+
+@dataclass
+class CandidatePlan:
+    kind: str
+    images_per_second: float
+    measured: bool
+    feasible: bool = False
+    chosen: bool = False
+    share_seconds: float = 0.0
+    epochs: float = 0.0
+    predicted_seconds: float = 0.0
+    predicted_val_accuracy: float = 0.0
+    why: str = ""
+    # filled in by the runner
+    status: str = "planned"
+    actual_seconds: float | None = None
+    actual_epochs: int | None = None
+    actual_val_accuracy: float | None = None
+    actual_test_accuracy: float | None = None
+
+
+@dataclass
+class FitPlan:
+    time_limit: float
+    preset: str
+    precision: str
+    device: str
+    machine: str
+    profile: dict[str, Any]
+    probe_seconds: float
+    available_seconds: float
+    reserve_seconds: float
+    candidates: list[CandidatePlan] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+    actual: dict[str, Any] = field(default_factory=dict)
+
+    def candidate(self, kind: str) -> CandidatePlan:
+        return next(c for c in self.candidates if c.kind == kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    def describe(self) -> list[str]:
+        lines = [f"plan ({self.preset}, {self.precision} on {self.device}; {self.probe_seconds:.1f}s measuring, "
+                 f"{self.available_seconds:.0f}s for the models, {self.reserve_seconds:.0f}s kept for the end):"]
+        for c in self.candidates:
+            mark = "*" if c.chosen else " "
+            speed = f"{c.images_per_second:.0f} img/s {'measured' if c.measured else 'estimated'}"
+            lines.append(f" {mark} {c.kind:<14} {speed:<24} " + (
+                f"{c.share_seconds:5.0f}s, {c.epochs:.1f} epochs, predicted val {c.predicted_val_accuracy:.3f}"
+                if c.chosen else c.why))
+        return lines
+
+
+def time_model(kind: str, ips: float, n_train: int, n_val: int, n_test: int, tta_views: int = 1
+               ) -> tuple[float, float]:
+    """(fixed seconds, seconds per epoch) of candidate ``kind`` at ``ips`` images/s.
+
+    fixed: building the model (+ the frozen base's features of every image, + the final
+    evaluation); per epoch: training and the validation pass."""
+    ips = max(ips, 1e-6)
+    setup = SETUP_SECONDS[kind]
+    if kind == "frozen":
+        return setup + (n_train + n_val + n_test) / ips, (n_train + n_val) / HEAD_IPS
+    infer = INFER_FACTOR * ips
+    return setup + n_test * tta_views / infer, n_train / ips + n_val / infer
+
+
+def epochs_in(kind: str, seconds: float, fixed: float, per_epoch: float) -> float:
+    """The epochs that fit in ``seconds`` (whole epochs, except the fast net's), capped."""
+    _, most = EPOCHS[kind]
+    usable = seconds * (1 - FASTNET_OVERHEAD) if kind == "fastnet" else seconds
+    e = max(0.0, (usable - fixed) / per_epoch)
+    return min(most, e if kind == "fastnet" else math.floor(e))
+
+
+def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, bool]], available: float,
+           tta_views: int = 1) -> list[CandidatePlan]:
+    """Predict and choose (see the module docstring); pure: no clock, no measuring."""
+    n, nv, nt = profile.count, profile.val_count, profile.test_count
+    side = max(profile.file_sizes.get("median", 0), profile.image_size)
+
+    def acc(kind: str, epochs: float) -> float:
+        return predicted_accuracy(kind, per_class=profile.per_class_min, epochs=epochs,
+                                  num_classes=profile.num_classes, image_side=side)
+
+    def fit_in(kind: str, seconds: float) -> tuple[float, float, float]:
+        """(epochs, predicted seconds, predicted accuracy) of ``kind`` given ``seconds``."""
+        views = tta_views if kind.startswith("finetune") else 1
+        fixed, per_epoch = time_model(kind, speeds[kind][0], n, nv, nt, views)
+        e = epochs_in(kind, seconds, fixed, per_epoch)
+        if e < EPOCHS[kind][0]:
+            return e, fixed + EPOCHS[kind][0] * per_epoch, 0.0
+        used = seconds if kind == "fastnet" else fixed + e * per_epoch
+        return e, used, acc(kind, e)
+
+    plans = {k: CandidatePlan(k, speeds[k][0], speeds[k][1]) for k in preset.kinds}
+    for k, c in plans.items():
+        c.epochs, c.predicted_seconds, c.predicted_val_accuracy = fit_in(k, available)
+        c.feasible = c.predicted_val_accuracy > 0
+        if not c.feasible:
+            c.why = f"needs {c.predicted_seconds:.0f}s for {EPOCHS[k][0]:g} epochs; {available:.0f}s available"
+    feasible = sorted((c for c in plans.values() if c.feasible), key=lambda c: -c.predicted_val_accuracy)
+    if not feasible:  # nothing fits: the fast net for whatever time there is (it always trains a step)
+        main = plans.get("fastnet") or next(iter(plans.values()))
+        main.feasible, main.why = True, "nothing fits the budget: the fast net for the time there is"
+        main.predicted_val_accuracy = acc(main.kind, main.epochs)  # a partial epoch: the prior still applies
+        feasible = [main]
+    main = feasible[0]
+    main_acc = main.predicted_val_accuracy
+    extras: list[CandidatePlan] = []
+    spent = 0.0
+    for c in feasible[1:]:
+        if len(extras) + 1 >= preset.max_models:
+            c.why = f"the preset trains at most {preset.max_models} model(s)"
+            continue
+        cap = preset.extra_share * available - spent
+        e, secs, a = fit_in(c.kind, cap)
+        if a <= 0 or a < main_acc - ENSEMBLE_GAP:
+            c.why = (f"predicted {a:.3f}, more than {ENSEMBLE_GAP} below the main model" if a > 0
+                     else f"does not fit in {max(cap, 0):.0f}s beside the main model")
+            continue
+        _, _, main_after = fit_in(main.kind, available - spent - secs)
+        if main_after < main_acc - MAIN_LOSS:
+            c.why = f"its {secs:.0f}s would cost the main model more than {MAIN_LOSS} accuracy"
+            continue
+        c.epochs, c.predicted_seconds, c.predicted_val_accuracy = e, secs, a
+        c.share_seconds, c.chosen = secs, True
+        c.why = "beside the main model, for the ensemble"
+        extras.append(c)
+        spent += secs
+    e, secs, a = fit_in(main.kind, available - spent)
+    main.epochs, main.predicted_seconds, main.predicted_val_accuracy = e, secs, a or acc(main.kind, e)
+    main.share_seconds = available - spent if elastic(main.kind) else main.predicted_seconds
+    main.chosen, main.why = True, main.why or "the best predicted validation accuracy"
+    for c in plans.values():
+        if not c.chosen and not c.why:
+            c.why = f"predicted {c.predicted_val_accuracy:.3f}, below the main model's {main_acc:.3f}"
+    return [plans[k] for k in preset.kinds]
+
+
+def run_order(cands: list[CandidatePlan]) -> list[str]:
+    """Fixed-cost candidates first, the stretchable ones last (they absorb what is left)."""
+    chosen = [c for c in cands if c.chosen]
+    return [c.kind for c in sorted(chosen, key=lambda c: (elastic(c.kind), -c.predicted_val_accuracy))]
+
+
+def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapsed: Callable[[], float],
+              measure: Callable[[str], float], precision: str, device: str, machine: str,
+              log: Callable[[str], None] = print) -> FitPlan:
+    """Measure (within PROBE_SHARE of the budget), predict, choose. ``elapsed()``: seconds since the
+    fit began (the caller's clock: tests pass a fake one). ``measure(kind)`` -> images/s."""
+    from cnnlab.autofit.priors import predicted_accuracy as prior
+
+    t0 = elapsed()
+    # the cheapest probe first (a speed ratio for the rest as early as possible), then the best prior
+    order = sorted(preset.kinds, key=lambda k: (PROBE_COST_S[k], -prior(
+        k, per_class=profile.per_class_min, epochs=99, num_classes=profile.num_classes,
+        image_side=profile.image_size)))
+    speeds: dict[str, tuple[float, bool]] = {}
+    for k in order:  # measured while the expected cost still fits in PROBE_SHARE of the budget
+        if elapsed() - t0 + PROBE_COST_S[k] > PROBE_SHARE * time_limit:
+            break
+        speeds[k] = (measure(k), True)
+    ratio = sum(speeds[k][0] / REFERENCE_IPS[k] for k in speeds) / len(speeds) if speeds else 1.0
+    for k in order:
+        speeds.setdefault(k, (REFERENCE_IPS[k] * ratio, False))
+    probe = elapsed() - t0
+    reserve = max(END_RESERVE_MIN_S, END_RESERVE * time_limit)
+    available = max(1.0, time_limit - elapsed() - reserve)
+    views = {"none": 1, "flip": 2, "flip_translate": 6}[preset.tta]
+    cands = choose(profile, preset, speeds, available, views)
+    plan = FitPlan(time_limit=time_limit, preset=preset.name, precision=precision, device=device, machine=machine,
+                   profile=profile.to_dict(), probe_seconds=round(probe, 2), available_seconds=round(available, 1),
+                   reserve_seconds=round(reserve, 1), candidates=cands, order=run_order(cands))
+    for line in plan.describe():
+        log(line)
+    return plan

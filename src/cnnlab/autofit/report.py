@@ -1,0 +1,80 @@
+"""The fit report: report.md with the plan against what happened, the leaderboard and the
+error analysis (errors.png / errors.csv from cnnlab.reports.error_analysis, when present)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.utils.io import atomic_write_text
+
+
+def error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: list[str], out_dir: Path,
+                   split: str, log: Callable[[str], None] = print, paths: list[str] | None = None
+                   ) -> dict[str, Any] | None:
+    """The 20 images with the lowest probability for their true class (4 x 5 grid + CSV); ``images``:
+    the decoded pixels, ``paths``: the files they came from (named in the CSV where supported)."""
+    import inspect
+
+    try:
+        from cnnlab.reports.error_analysis import write_error_analysis
+    except ImportError:
+        log("error analysis: cnnlab.reports.error_analysis is not installed on this branch; skipped")
+        return None
+    kwargs: dict[str, Any] = {"k": 20, "split": split}
+    if paths is not None and "paths" in inspect.signature(write_error_analysis).parameters:
+        kwargs["paths"] = paths
+    return write_error_analysis(probs, y, images, class_names, out_dir, **kwargs)
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
+def _s(v: Any) -> str:
+    return f"{v:.0f} s" if isinstance(v, (int, float)) else "-"
+
+
+def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], errors: dict[str, Any] | None) -> Path:
+    p = info["profile"]
+    lines = [f"# Auto-fit report: {folder.name}", "",
+             f"- data: {info.get('data_source')}: {p['count']:,} train, {p['val_count']:,} validation "
+             f"({p['validation']}), {p['test_count']:,} test images, {p['num_classes']} classes, decoded at "
+             f"{p['image_size']} px{' (mixed sizes)' if p['mixed_sizes'] else ''}",
+             f"- preset {info['preset']}, time limit {info['time_limit']:.0f} s, elapsed when this report was "
+             f"written **{info['elapsed_seconds']:.1f} s** (overrun {info['overrun']:+.1%}; fit.json has the final "
+             f"figure), {plan['precision']} on "
+             f"{plan['device']} ({plan['machine']})",
+             f"- best: **{info['best']}**, validation {_pct(info.get('val_accuracy'))}, test "
+             f"{_pct(info.get('test_accuracy'))}", "",
+             "## Plan against what happened", "",
+             f"Measuring took {plan['probe_seconds']:.1f} s; {plan['available_seconds']:.0f} s were planned for "
+             f"the models, {plan['reserve_seconds']:.0f} s kept for the end.", "",
+             "| candidate | speed (img/s) | chosen | planned time | actual time | planned epochs | actual epochs "
+             "| predicted val | actual val | test | status / why |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in plan["candidates"]:
+        speed = f"{c['images_per_second']:.0f} ({'measured' if c['measured'] else 'estimated'})"
+        lines.append(f"| {c['kind']} | {speed} | {'yes' if c['chosen'] else 'no'} | "
+                     f"{_s(c['share_seconds']) if c['chosen'] else '-'} | {_s(c['actual_seconds'])} | "
+                     f"{c['epochs']:.1f} | {c['actual_epochs'] if c['actual_epochs'] is not None else '-'} | "
+                     f"{_pct(c['predicted_val_accuracy'])} | {_pct(c['actual_val_accuracy'])} | "
+                     f"{_pct(c['actual_test_accuracy'])} | {c['status']}: {c['why']} |")
+    lines += ["", "## Leaderboard", "", "| rank | model | val accuracy | test accuracy | fit time | epochs | TTA | weight |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in info["leaderboard"]:
+        lines.append(f"| {r['rank']} | {r['model']} | {_pct(r['val_accuracy'])} | {_pct(r.get('test_accuracy'))} | "
+                     f"{_s(r.get('fit_seconds'))} | {r.get('epochs') or '-'} | {r.get('tta') or '-'} | "
+                     f"{r.get('weight') or '-'} |")
+    lines += ["", "## Error analysis", ""]
+    if errors:
+        split = errors.get("split", "test")
+        lines += [f"The 20 {split} images with the lowest probability for their true class (candidate label "
+                  "errors): `errors.csv`.", "", "![errors](errors.png)"]
+    else:
+        lines.append("Not written (cnnlab.reports.error_analysis is not available).")
+    path = folder / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

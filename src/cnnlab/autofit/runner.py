@@ -1,0 +1,111 @@
+"""Running the chosen candidates, each bounded by its share of the fit's deadline.
+
+Each candidate trains through :func:`cnnlab.training.orchestrate.train` on the same loaded
+train / validation / test arrays, into ``FIT_DIR/models/<kind>``:
+
+- the fast net gets ``recipe_options.time_limit_minutes`` = its share (fast_plan.py sizes the
+  net, the epochs and the TTA views to it, its final evaluation included);
+- the others get an epoch callback that raises :class:`~cnnlab.training.callbacks.StopTraining`
+  when the next epoch, at the pace of the last one, and the final evaluation would end after
+  the candidate's share (the run then finishes normally: saved and evaluated).
+
+Its evaluator scores the fresh model on the validation and the test split once, at the
+candidate's own precision and TTA, and keeps the probabilities for the ensemble.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.config import ExperimentConfig
+from cnnlab.data.dataset import DatasetBundle, ImageArrays
+from cnnlab.training.callbacks import StopTraining
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class CandidateResult:
+    kind: str
+    run_dir: Path
+    seconds: float
+    epochs: int
+    stop_reason: str | None
+    val_probs: np.ndarray
+    test_probs: np.ndarray | None
+    val_accuracy: float
+    test_accuracy: float | None
+    parameters: int | None = None
+    tta: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def deadline_callback(end: float, eval_seconds: float, clock: Clock = time.monotonic, log: Callable[[str], None] = print
+                      ) -> Callable[[int, dict[str, Any]], None]:
+    """An epoch callback that ends training when the next epoch (as long as the last one, plus
+    10%) and ``eval_seconds`` would pass ``end`` (a ``clock()`` value)."""
+
+    def callback(epoch: int, logs: dict[str, Any]) -> None:
+        now = clock()
+        need = 1.1 * float(logs.get("seconds") or 0.0) + eval_seconds
+        if now + need > end:
+            raise StopTraining(f"time: another epoch ({need:.0f}s with the evaluation) would end "
+                               f"{now + need - end:.0f}s after this model's share of the budget")
+
+    return callback
+
+
+def scorer(holder: dict[str, Any], predictor_cls: Any) -> Any:
+    """The trainer's evaluator for auto-fit: validation and test probabilities, once each
+    (``predictor_cls``: cnnlab.predictor.ImagePredictor, passed in: autofit never imports it)."""
+
+    def evaluate(result: Any, prep: Any, cfg: ExperimentConfig, rd: Any, *, progress: bool,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+        from cnnlab.models.io import model_card
+        from cnnlab.training.orchestrate import card_extra
+
+        card = model_card(result.model, card_extra(cfg, prep, result))
+        pred = predictor_cls.from_model(result.model, config=cfg, card=card, path=rd.path)
+        cached = "feature_cache" in result.extra and cfg.train.finetune is None
+        out: dict[str, Any] = {}
+        for name, split in (("val", prep.val), ("test", prep.test)):
+            if split is None:
+                continue
+            ev = pred.evaluate_details(split, feature_cache=cached, compile=False, progress=False, log=log)
+            holder[name] = ev.probabilities
+            holder[f"{name}_seconds"] = ev.seconds
+            out[name] = {k: ev.report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece")}
+            log(f"{cfg.name}: {name} accuracy {ev.report['accuracy']:.4f} ({len(split):,} images, "
+                f"{ev.seconds:.1f}s, TTA {pred.tta})")
+        holder["tta"] = pred.tta
+        holder["parameters"] = int(sum(p.numel() for p in result.model.parameters()))
+        return out
+
+    return evaluate
+
+
+def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: ImageArrays, test: ImageArrays | None,
+                  run_dir: Path, *, predictor_cls: Any, end: float, eval_seconds: float, clock: Clock = time.monotonic,
+                  log: Callable[[str], None] = print) -> CandidateResult:
+    """Train candidate ``kind`` (config ``cfg``) so that it ends by ``end`` (a ``clock()`` value)."""
+    from cnnlab.training import orchestrate
+
+    t0 = clock()
+    holder: dict[str, Any] = {}
+    callback = None if cfg.train.recipe == "fast" else deadline_callback(end, eval_seconds, clock, log)
+    bundle = DatasetBundle(kind, train, test, val, {"source": "auto-fit"})
+    run = orchestrate.train(cfg, data=bundle, run_dir=run_dir, progress=False, log=log, epoch_callback=callback,
+                            evaluator=scorer(holder, predictor_cls))
+    y_val = val.y
+    val_acc = float((holder["val"].argmax(1) == y_val).mean())
+    test_acc = float((holder["test"].argmax(1) == test.y).mean()) if test is not None and "test" in holder else None
+    m = run.metrics
+    return CandidateResult(kind, Path(run.run_dir), clock() - t0, int(m.get("epochs_run") or 0), m.get("stop_reason"),
+                           holder["val"], holder.get("test"), val_acc, test_acc, holder.get("parameters"),
+                           holder.get("tta", "none"), {"val_eval_seconds": holder.get("val_seconds")})

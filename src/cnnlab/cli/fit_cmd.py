@@ -1,0 +1,56 @@
+"""cnnlab fit: the best model this machine can train from a data source within a time budget."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cnnlab.cli.common import add_json_flag
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="auto-fit: the best model for the data within a time limit",
+                       description="Plan (measure this machine's speed for each candidate), train the chosen "
+                                   "candidates, ensemble them when it helps, and write a fit folder: plan.json, "
+                                   "leaderboard.csv, report.md, fit.json and the models. Ends within the time "
+                                   "limit x 1.05.")
+    p.add_argument("--data", required=True, help="data source: cifar10, a folder, an archive or a CSV file")
+    p.add_argument("--time-limit", required=True, metavar="DURATION", help="the whole fit's budget, e.g. 90s, 10m, 1.5h")
+    p.add_argument("--preset", default="medium_quality",
+                   help="medium_quality (default), high_quality or best_quality (see cnnlab/autofit/presets.py)")
+    p.add_argument("--out", help="the fit folder, new or empty (default: runs/fit-<time>)")
+    p.add_argument("--tuning-data", help="a validation source (default: held out from --data)")
+    p.add_argument("--label-column", default="label", help="CSV source: the label column (default: label, else detected)")
+    p.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
+    add_json_flag(p, "the fit summary (fit.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started_at = time.monotonic()  # the limit counts from the command's start
+    from cnnlab.autofit.fit import auto_fit, time_limit_seconds
+    from cnnlab.autofit.leaderboard import text
+    from cnnlab.autofit.presets import get_preset
+    from cnnlab.cli.common import log_to_stderr, print_json
+    from cnnlab.predictor import ImagePredictor
+
+    log = log_to_stderr if args.json else print
+    limit = time_limit_seconds(args.time_limit)  # refused before anything is loaded or written
+    get_preset(args.preset)
+    pred = ImagePredictor(label=args.label_column, path=args.out, image_column=args.image_column)
+    pred = auto_fit(pred, args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,
+                    started_at=started_at)
+    info = pred.fit_summary()
+    if args.json:
+        print_json(info)
+        return 0
+    print("leaderboard:")
+    for line in text(info["leaderboard"]):
+        print("  " + line)
+    if info.get("test_accuracy") is not None:
+        print(f"test accuracy: {info['test_accuracy']:.4f} ({info['best']})")
+    else:
+        print(f"validation accuracy: {info['val_accuracy']:.4f} ({info['best']}; the source has no test split)")
+    print(f"elapsed: {info['elapsed_seconds']:.1f}s of {info['time_limit']:.0f}s ({info['overrun']:+.1%})")
+    print(f"fit folder: {info['folder']}")
+    return 0
