@@ -119,6 +119,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel training under torchrun (docs/distributed.md). ``train.batch_size`` is the
+    global batch (split evenly over the processes) and the learning rate is set for it, so
+    neither changes with the number of processes."""
+
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (GPUs only); false: per rank
+
+
+@dataclass
 class FinetuneConfig:
     """A second stage after the first: unfreeze the base and continue at a lower learning rate."""
 
@@ -158,6 +167,7 @@ class TrainConfig:
     # recipe_options sets that recipe's own knobs by name (its OPTIONS lists them).
     recipe: Literal["standard", "fast"] = "standard"
     recipe_options: dict[str, Any] = field(default_factory=dict)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # under torchrun only
 
 
 @dataclass

@@ -23,11 +23,11 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import augment_batch
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import TrainingError
-from cnnlab.evaluation.metrics import accuracy
 from cnnlab.evaluation.predict import as_nchw, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.cpu_kernels import optimize_for_cpu
 from cnnlab.models.io import save_model, save_weights
+from cnnlab.training import distributed as ddp
 from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
@@ -96,11 +96,14 @@ def _train_epoch(
                disable=not progress or None, file=sys.stderr, dynamic_ncols=True)
     t0 = time.perf_counter()
     base_lrs = [g["initial_lr"] for g in opt.param_groups]
+    seen = 0
     for i in range(steps):
         if i % 25 == 0:
             rebalance_threads()  # another process may have started or ended on these cores
         step = step0 + i
-        idx = perm[i * bs : (i + 1) * bs]
+        idx = ddp.batch_shard(perm[i * bs : (i + 1) * bs])  # DDP: this rank's strided part of batch i
+        if not len(idx):
+            continue  # DDP: a last batch smaller than the number of processes (every rank skips it)
         xb = x[idx.to(x.device)] if x.device != idx.device else x[idx]
         yb = y[idx.to(y.device)] if y.device != idx.device else y[idx]
         if images and (aug.crop_padding or aug.flip or aug.cutout):
@@ -116,7 +119,8 @@ def _train_epoch(
             logits = model(xb)
         logits = logits.float()
         loss = F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing)
-        penalty = model.l2_penalty() if hasattr(model, "l2_penalty") else None
+        inner = ddp.unwrap(model)  # DDP: the penalty is the model's own, not the wrapper's
+        penalty = inner.l2_penalty() if hasattr(inner, "l2_penalty") else None
         if penalty is not None:
             loss = loss + penalty  # Keras reports the loss with its regularisation terms
         if device.type == "cpu" or i % 50 == 0:
@@ -131,6 +135,7 @@ def _train_epoch(
         opt.step()
         loss_sum += loss.detach() * len(yb)
         correct += (logits.detach().argmax(1) == yb).sum()
+        seen += len(yb)
         if bar.disable is False and (i % 10 == 0 or i == steps - 1):
             done = min(n, (i + 1) * bs)
             rate = done / max(1e-9, time.perf_counter() - t0)
@@ -138,12 +143,13 @@ def _train_epoch(
                             ips=f"{rate:.0f}", refresh=False)
             bar.update(done - bar.n)
     bar.close()
-    if not torch.isfinite(loss_sum):  # off the CPU only every 50th step is checked above
+    loss_total, correct_total, seen_total = ddp.reduce_sums(loss_sum, correct, seen)  # DDP: over all ranks
+    if not math.isfinite(loss_total):  # off the CPU only every 50th step is checked above
         raise TrainingError(
-            f"the loss became {float(loss_sum)} during epoch {epoch + 1}; "
+            f"the loss became {loss_total} during epoch {epoch + 1}; "
             f"training stopped (try a lower learning rate than {tc.optimizer.lr:g})"
         )
-    return float(loss_sum) / n, int(correct) / n, steps
+    return loss_total / max(seen_total, 1), correct_total / max(seen_total, 1), steps
 
 
 def fit(*args: Any, **kwargs: Any) -> FitResult:
@@ -176,6 +182,7 @@ def _fit(
     tc = cfg.train
     images = train.x.ndim == 4
     prior = list(prior_history or [])
+    main = ddp.current().is_main  # DDP: rank 0 alone writes the run directory
     state_dir = run_dir.state / stage if stage else run_dir.state
     device = default_device()
     precision = choose_precision(tc.precision, device)
@@ -188,7 +195,11 @@ def _fit(
         if tc.cpu_kernels and device.type == "cpu":
             optimize_for_cpu(model)
     opt = build_optimizer(model, tc.optimizer)
-    step_model = torch.compile(model) if tc.compile else model
+    if ddp.current().enabled:  # DDP: global batch split over the ranks, gradients averaged by DDP
+        ddp.per_rank_batch(tc.batch_size)
+        log(ddp.describe(tc.batch_size))
+    train_model = ddp.wrap_model(model, device, sync_batchnorm=tc.distributed.sync_batchnorm)
+    step_model = torch.compile(train_model) if tc.compile else train_model
 
     x = as_nchw(train.x) if images else torch.from_numpy(train.x)
     y = torch.from_numpy(train.y)
@@ -203,7 +214,7 @@ def _fit(
     start_epoch, step, stopped, stop_reason = 0, 0, False, ""
     best_restore: dict[str, torch.Tensor] | None = None
     if resume:
-        meta, extra = load_state(state_dir, model, opt)
+        meta, extra = ddp.load_state_from_main(state_dir, model, opt, load_state)  # DDP: rank 0's state
         start_epoch, step = meta["epoch"] + 1, meta["step"]
         history, stopped, stop_reason = meta["history"][len(prior):], meta["stopped"], meta.get("stop_reason", "")
         if es and meta.get("early_stopping"):
@@ -226,13 +237,12 @@ def _fit(
         if stage:
             logs["stage"] = stage
         if val is not None and len(val):
-            vlogits = predict_logits(model, val.x, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
-                                     channels_last=tc.channels_last and images)
-            vy = torch.from_numpy(val.y)
-            vloss = F.cross_entropy(vlogits, vy)
+            # DDP: each rank scores its strided part of the validation split; the sums are reduced
+            vloss, logs["val_accuracy"] = ddp.sharded_eval(
+                lambda xs: predict_logits(model, xs, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
+                                          channels_last=tc.channels_last and images), val.x, val.y)
             penalty = model.l2_penalty()
-            logs["val_loss"] = float(vloss + penalty.detach().cpu()) if penalty is not None else float(vloss)
-            logs["val_accuracy"] = accuracy(vlogits, vy)
+            logs["val_loss"] = vloss + float(penalty.detach().cpu()) if penalty is not None else vloss
             if not math.isfinite(logs["val_loss"]):  # the training loss can stay finite meanwhile
                 raise TrainingError(
                     f"the validation loss became {logs['val_loss']} after epoch {epoch + 1}; "
@@ -243,7 +253,7 @@ def _fit(
         history.append(logs)
         log(_log_line(epoch, tc.epochs, logs))
 
-        if ckpt and ckpt.on_epoch_end(epoch, logs):
+        if ckpt and ckpt.on_epoch_end(epoch, logs) and main:
             save_weights(model, run_dir / "best.safetensors")
         if es:
             improved, stop = es.on_epoch_end(epoch, logs)
@@ -261,12 +271,14 @@ def _fit(
             except StopTraining as exc:
                 if not stopped:
                     stopped, stop_reason = True, str(exc) or "stopped by a callback"
-        run_dir.write_history(prior + history)
-        save_state(state_dir, model, opt, {
-            "epoch": epoch, "step": step, "history": prior + history, "stopped": stopped, "stop_reason": stop_reason,
-            "early_stopping": es.state_dict() if es else None,
-            "checkpoint": ckpt.state_dict() if ckpt else None,
-        }, extra_tensors={f"best.{k}": v for k, v in (best_restore or {}).items()})
+        stopped, stop_reason = ddp.broadcast_object((stopped, stop_reason))  # DDP: rank 0's decision holds
+        if main:
+            run_dir.write_history(prior + history)
+            save_state(state_dir, model, opt, {
+                "epoch": epoch, "step": step, "history": prior + history, "stopped": stopped,
+                "stop_reason": stop_reason, "early_stopping": es.state_dict() if es else None,
+                "checkpoint": ckpt.state_dict() if ckpt else None,
+            }, extra_tensors={f"best.{k}": v for k, v in (best_restore or {}).items()})
         if stopped:
             log(stop_reason)
             break

@@ -45,11 +45,11 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import random_crop
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import TrainingError
-from cnnlab.evaluation.metrics import accuracy
 from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
 from cnnlab.models.io import save_weights
+from cnnlab.training import distributed as ddp
 from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining
 from cnnlab.training.loop import EpochCallback, FitResult
 from cnnlab.training.recipes import fast_plan
@@ -123,9 +123,11 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
          log: Callable[[str], None], started_at: float, resume: bool) -> FitResult:
     t_setup = time.perf_counter()
     eval_split = test if test is not None else val
-    cfg, model, plan, train_deadline = fast_plan.plan_run(
+    # DDP: rank 0 alone plans (it measures, writes plan.json); every rank trains rank 0's plan, and
+    # rank 0's clock is the one the time budget is checked against (its decisions are broadcast).
+    cfg, model, plan, train_deadline = ddp.from_main(lambda: fast_plan.plan_run(
         cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device, precision, workers,
-        started_at, run_dir, log, resume)
+        started_at, run_dir, log, resume))
     dtype = precision.dtype
     tc = cfg.train
     label_smoothing = tc.label_smoothing
@@ -141,6 +143,12 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         x_all, y_all = x_all.to(device), y_all.to(device)
     n = len(y_all)
     batch_size = min(tc.batch_size, n)
+    if ddp.current().enabled:  # DDP: the global batch, split evenly over the ranks
+        ddp.per_rank_batch(batch_size, "train.batch_size (or the planned batch)")
+        if dtype == torch.float16:
+            raise TrainingError("the fast recipe under torchrun trains in fp32 or bf16, not fp16 "
+                                "(set train.precision)")
+        log(ddp.describe(batch_size))
     steps_per_epoch = max(1, n // batch_size)  # the last, partial batch is dropped
     epochs = tc.epochs  # re-planned after each epoch when a time budget is set; the last may be partial
     total_steps = plan.total_steps if plan is not None else steps_per_epoch * epochs
@@ -152,6 +160,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         model.to(memory_format=torch.channels_last)
     pick = torch.randperm(n, generator=gen)[: int(o["whiten_samples"])]
     init_whitening(model, x_all[pick.to(x_all.device)], eps=o["whiten_eps"])
+    ddp.broadcast_module(model)  # DDP: every rank starts from rank 0's weights
     whiten_bias = model.backbone.whiten.bias
     step_model = torch.compile(model) if tc.compile else model
 
@@ -197,10 +206,10 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     ckpt = BestCheckpoint(tc.checkpoint.monitor, tc.checkpoint.mode) if tc.checkpoint else None
     history: list[dict[str, float]] = []
     epoch, step, train_seconds, stopped, stop_reason = 0, 0, 0.0, False, ""
-    if resume and (run_dir.state / STATE_META).is_file():
+    if resume and ddp.from_main(lambda: (run_dir.state / STATE_META).is_file()):
         # Everything an epoch boundary holds: weights, both optimisers, the slow weights, the
         # generator, the flips, the (re-planned) length and the callbacks: the same run goes on.
-        meta, extra = load_state(run_dir.state, model, opts)
+        meta, extra = ddp.load_state_from_main(run_dir.state, model, opts, load_state)  # DDP: rank 0's
         epoch, step, epochs, train_seconds = meta["epoch"] + 1, meta["step"], meta["epochs"], meta["train_seconds"]
         total_steps, history = meta["total_steps"], meta["history"]
         stopped, stop_reason, train_step.loss_scale = meta["stopped"], meta["stop_reason"], meta["loss_scale"]
@@ -240,7 +249,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             if i % 25 == 0 and not o["workers"] and device.type == "cpu":
                 # another process may have started or ended on these cores: use this one's share
                 workers.active = min(workers.n, share_now() or workers.n)
-            idx = perm[i * batch_size : (i + 1) * batch_size]
+            idx = ddp.batch_shard(perm[i * batch_size : (i + 1) * batch_size])  # DDP: this rank's part
             xb = x_all[idx.to(x_all.device)]
             yb = y_all[idx.to(y_all.device)]
             if translate:
@@ -258,6 +267,9 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                 whiten_bias.grad = None
             if not ok:
                 continue  # fp16 overflow: this step is skipped with a smaller loss scale
+            # DDP: the worker threads compute gradients with torch.autograd.grad, which DDP's hooks
+            # never see, so the summed gradients are averaged over the ranks here, before the step.
+            ddp.average_gradients(params)
             for opt in opts:
                 opt.step()
             step += 1
@@ -283,19 +295,21 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         seen = max(1, done) * batch_size
-        logs: dict[str, float] = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "accuracy": int(correct) / seen,
+        loss_total, correct_total = ddp.reduce_sums(loss_sum, correct)  # DDP: over all ranks
+        logs: dict[str, float] = {"epoch": epoch + 1, "loss": loss_total / seen, "accuracy": correct_total / seen,
                                   "lr": opts[0].param_groups[0]["lr"], "seconds": seconds,
                                   "train_seconds_total": train_seconds, "images_per_second": seen / seconds,
                                   "steps": done,
                                   "gflops_per_second": flops_per_image * seen / seconds / 1e9}
+        ddp.broadcast_module(model)  # DDP: rank 0's BatchNorm statistics (kept per rank) on every rank
         if monitor is not None:
-            vlogits = predict_parallel(model, monitor.x, workers, tta=o["monitor_tta"], device=device, dtype=dtype,
-                                       batch_size=tc.eval_batch_size)
-            vy = torch.from_numpy(monitor.y)
-            logs[f"{monitor_name}_loss"] = float(F.cross_entropy(vlogits, vy))
-            logs[f"{monitor_name}_accuracy"] = accuracy(vlogits, vy)
+            # DDP: each rank scores its strided part of the watched split; the sums are reduced
+            logs[f"{monitor_name}_loss"], logs[f"{monitor_name}_accuracy"] = ddp.sharded_eval(
+                lambda xs: predict_parallel(model, xs, workers, tta=o["monitor_tta"], device=device, dtype=dtype,
+                                            batch_size=tc.eval_batch_size), monitor.x, monitor.y)
         history.append(logs)
-        run_dir.write_history(history)
+        if ddp.current().is_main:
+            run_dir.write_history(history)
         log(_log_line(epoch, epochs, logs, monitor_name))
         if epoch_callback is not None:
             try:
@@ -319,7 +333,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                     f"(planned {total_steps / steps_per_epoch:.2f}); training {new} steps")
                 total_steps = new
             epochs = -(-total_steps // steps_per_epoch)
-        if ckpt is not None and ckpt.on_epoch_end(epoch - 1, logs):
+        if ckpt is not None and ckpt.on_epoch_end(epoch - 1, logs) and ddp.current().is_main:
             save_weights(model, run_dir / "best.safetensors")
         if es is not None and es.on_epoch_end(epoch - 1, logs)[1]:
             stopped, stop_reason = True, (f"early stopping: {es.monitor} did not improve for {es.patience} epochs "
@@ -328,13 +342,17 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             stopped = True
             stop_reason = (f"reached target {monitor_name}_accuracy {tc.target_accuracy} after "
                            f"{train_seconds:.1f} s of training (epoch {epoch})")
+        # DDP: rank 0's decisions (stop, re-planned length; its clock) hold for every rank
+        stopped, stop_reason, total_steps, epochs = ddp.broadcast_object((stopped, stop_reason, total_steps, epochs))
         extra_t = {"generator": gen.get_state(), "first_flips": first_flips.to(torch.uint8)}
         extra_t.update({f"slow.{i}": t for i, t in enumerate(slow or [])})
-        save_state(run_dir.state, model, opts, {
-            "epoch": epoch - 1, "step": step, "epochs": epochs, "total_steps": total_steps, "train_seconds": train_seconds, "history": history,
-            "stopped": stopped, "stop_reason": stop_reason, "loss_scale": train_step.loss_scale,
-            "early_stopping": es.state_dict() if es else None, "checkpoint": ckpt.state_dict() if ckpt else None,
-        }, extra_tensors=extra_t)
+        if ddp.current().is_main:
+            save_state(run_dir.state, model, opts, {
+                "epoch": epoch - 1, "step": step, "epochs": epochs, "total_steps": total_steps,
+                "train_seconds": train_seconds, "history": history,
+                "stopped": stopped, "stop_reason": stop_reason, "loss_scale": train_step.loss_scale,
+                "early_stopping": es.state_dict() if es else None, "checkpoint": ckpt.state_dict() if ckpt else None,
+            }, extra_tensors=extra_t)
         if stopped:
             log(stop_reason)
 
