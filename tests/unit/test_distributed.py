@@ -24,6 +24,7 @@ from cnnlab.cli.launch import strip_flags, torchrun_args
 
 pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")
+slow = pytest.mark.slow  # each starts a 2-process torchrun job (~15-30 s on a busy 2-core machine)
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TIMEOUT = 240  # seconds: a bound against hangs, far above the ~20 s these jobs take on a busy 2-core machine
@@ -111,6 +112,7 @@ def test_launcher_strips_its_flags_and_builds_torchrun_args():
     assert {"--nnodes=2", "--node-rank=1", "--rdzv-endpoint=h:1"} <= set(many) and "--standalone" not in many
 
 
+@slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(data, reference, tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(STANDARD))
     proc = _cnnlab("train", "-c", "c.yaml", "--data", str(data), "--run-dir", "two", "--no-progress",
@@ -164,6 +166,7 @@ FAST = {
 }
 
 
+@slow
 def test_fast_recipe_under_two_processes_rank0_alone_writes(data, tmp_path):
     one = api.train(FAST, data=str(data), run_dir=tmp_path / "one", progress=False, log=lambda s: None)
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(FAST))
@@ -195,6 +198,7 @@ KILL_JOB = """
 """
 
 
+@slow
 def test_killed_rank_ends_the_job_and_the_run_resumes_under_ddp(data, reference, tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(STANDARD))
     proc = _launch_script(KILL_JOB, "c.yaml", str(data), "killed", cwd=tmp_path)
@@ -217,17 +221,34 @@ def test_killed_rank_ends_the_job_and_the_run_resumes_under_ddp(data, reference,
     assert diff < REL_TOL
 
 
-def test_launcher_flags_are_checked(tmp_path):
-    proc = _cnnlab("train", "--nnodes", "2", cwd=tmp_path)
-    assert proc.returncode == 2 and "--nnodes goes with --nproc-per-node N" in proc.stderr
-    proc = _cnnlab("train", "--nproc-per-node", "2", "--nnodes", "2", cwd=tmp_path)
-    assert proc.returncode == 2 and "needs --node-rank R and --rdzv-endpoint HOST:PORT" in proc.stderr
+def test_launcher_flags_are_checked(capsys):
+    from cnnlab.cli.main import main
+
+    assert main(["train", "--nnodes", "2"]) == 2
+    assert "--nnodes goes with --nproc-per-node N" in capsys.readouterr().err
+    assert main(["train", "--nproc-per-node", "2", "--nnodes", "2"]) == 2
+    assert "needs --node-rank R and --rdzv-endpoint HOST:PORT" in capsys.readouterr().err
 
 
-def test_global_batch_must_divide_over_the_processes(data, tmp_path):
-    cfg = {**STANDARD, "train": {**STANDARD["train"], "batch_size": 13, "epochs": 1}}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    proc = _cnnlab("train", "-c", "c.yaml", "--data", str(data), "--run-dir", "odd", "--no-progress",
-                   "--nproc-per-node", "2", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "train.batch_size=13 is the global batch and must be a multiple of the 2 processes" in proc.stderr
+def test_global_batch_must_divide_over_the_processes(monkeypatch):
+    from cnnlab.errors import ConfigError
+    from cnnlab.training import distributed as ddp
+    from cnnlab.utils.distributed import Dist
+
+    monkeypatch.setattr(ddp, "current", lambda: Dist(rank=1, world_size=2, local_rank=1))
+    assert ddp.per_rank_batch(12) == 6
+    with pytest.raises(ConfigError, match="train.batch_size=13 is the global batch and must be a multiple of the 2"):
+        ddp.per_rank_batch(13)
+
+
+@slow
+def test_docs_python_example_runs_under_two_processes(make_tree, tmp_path):
+    text = (Path(__file__).resolve().parents[2] / "docs" / "distributed.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    make_tree(tmp_path / "my_images")
+    proc = _launch_script(block, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [line for line in proc.stdout.splitlines() if "'world_size': 2" in line]
+    assert len(printed) == 1  # rank 0 prints the metrics; rank 1 prints {} ... None
+    run_dir = tmp_path / printed[0].split()[0]
+    assert (run_dir / "model.safetensors").is_file()
