@@ -36,9 +36,11 @@ def _pickle_kind(path: Path) -> str | None:
     """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip or a raw pickle)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
     except OSError:
         return None
+    if head[8:9] == b"{":  # safetensors: an 8-byte little-endian header length, then the JSON header
+        return None  # (its first byte is 0x80 whenever that length is 128 mod 256)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "a PyTorch pickle"
     return None
