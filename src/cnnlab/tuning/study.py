@@ -142,6 +142,7 @@ def tune(
     out: str | Path | None = None,
     seed: int | None = None,
     epoch_log: bool = True,
+    nproc_per_trial: int = 1,
     heartbeat: int | None = st.HEARTBEAT_SECONDS,
     grace: int | None = st.GRACE_SECONDS,
     log: Callable[[str], None] = print,
@@ -169,6 +170,11 @@ def tune(
         data = load_data(data, cfg)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if nproc_per_trial < 1:
+        raise ConfigError(f"--nproc-per-trial must be at least 1, got {nproc_per_trial}")
+    if nproc_per_trial > 1 and data is not None:
+        raise ConfigError("--nproc-per-trial: each trial's processes load the data themselves, so give the data "
+                          "as a source (a path or cifar10), not a DataFrame or a loaded bundle")
     settings = parse_search(cfg, trials=trials, sampler=sampler, initial_random=initial_random, pruner=pruner,
                             final_fit=final_fit)
     seconds = parse_duration(timeout)
@@ -185,7 +191,7 @@ def tune(
     spec = WorkerSpec(base=base, settings=settings, storage_url=url, study_name=name, out_dir=str(out_dir),
                       epochs=cfg.train.epochs, deadline=(t0 + seconds) if seconds else None,
                       seed=cfg.seed if seed is None else seed, heartbeat=heartbeat, grace=grace,
-                      epoch_log=epoch_log)
+                      epoch_log=epoch_log, extra={"nproc_per_trial": nproc_per_trial})
     if workers == 1:
         run_worker(spec, data, log)
     else:

@@ -113,6 +113,7 @@ def run_worker(spec: WorkerSpec, data: Any = None, log: Callable[[str], None] = 
         data = api.load_data(cfg.data.source if data is None else data, cfg)
     check_validation(spec, data)
     objective = Objective(spec.base, spec.settings, data, Path(spec.out_dir) / "trials", log, spec.epoch_log)
+    objective.nproc_per_trial = int(spec.extra.get("nproc_per_trial", 1))  # docs/distributed.md
     ran = 0
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
