@@ -145,6 +145,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     batch_size = min(tc.batch_size, n)
     if ddp.current().enabled:  # DDP: the global batch, split evenly over the ranks
         ddp.per_rank_batch(batch_size, "train.batch_size (or the planned batch)")
+        ddp.check_supported(tc.distributed.sync_batchnorm, device, "fast")
         if dtype == torch.float16:
             raise TrainingError("the fast recipe under torchrun trains in fp32 or bf16, not fp16 "
                                 "(set train.precision)")
