@@ -43,14 +43,19 @@ def run_one(recipe: str, procs: int, out: Path) -> dict:
            "--no-progress"]
     if procs > 1:
         cmd += ["--nproc-per-node", str(procs)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # Every process takes its threads without yielding to other cnnlab processes on the machine
+    # (utils/cores.py would give a lone process fewer threads while others run; the launcher
+    # gives each of N processes cores/N through OMP_NUM_THREADS either way).
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "CNNLAB_SHARE_CORES": "0"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"{recipe} x{procs} failed:\n{proc.stderr[-3000:]}")
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {"recipe": recipe, "procs": procs, "img_s": m["train_images_per_second"], "wall_s": wall,
+    threads = m["machine"].rsplit(", ", 1)[-1]  # "N threads": each process's torch threads
+    return {"recipe": recipe, "procs": procs, "threads": threads, "img_s": m["train_images_per_second"], "wall_s": wall,
             "train_s": m["train_seconds"], "accuracy": (m.get("test") or m.get("val") or {}).get("accuracy")}
 
 
@@ -72,13 +77,14 @@ def main() -> None:
                     print(f"  round {rnd + 1}, {recipe} x{procs}: {r['img_s']:.0f} img/s ({r['wall_s']:.0f} s wall, "
                           f"load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.1f}\n")
-    print("| round | recipe | processes | training img/s (median epoch) | vs 1 process | training s | wall s | accuracy |")
+    print("| round | recipe | processes x threads | training img/s (median epoch) | vs 1 process | training s | wall s "
+          "| accuracy |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b["img_s"] for b in rows
                     if b["recipe"] == r["recipe"] and b["procs"] == min(args.procs) and b["round"] == r["round"])
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
-        print(f"| {r['round']} | {r['recipe']} | {r['procs']} | {r['img_s']:,.0f} | {r['img_s'] / base:.2f}x | "
+        print(f"| {r['round']} | {r['recipe']} | {r['procs']} x {r['threads']} | {r['img_s']:,.0f} | {r['img_s'] / base:.2f}x | "
               f"{r['train_s']:.1f} | {r['wall_s']:.0f} | {acc} |")
 
 

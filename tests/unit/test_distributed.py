@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun: 2 CPU processes (gloo) on 127.0.0.1 against 1 process.
 
-Every job goes through cnnlab's launcher (cli/launch.py -> torch.distributed.run, standalone
+Every job goes through cnnlab's launcher (training/launch.py -> torch.distributed.run, standalone
 rendezvous on a free port). The subprocess timeouts are generous bounds so that a hang fails
 the test instead of blocking the suite; nothing asserts on wall time.
 """
@@ -20,7 +20,8 @@ import yaml
 from safetensors.torch import load_file
 
 from cnnlab import api
-from cnnlab.cli.launch import strip_flags, torchrun_args
+from cnnlab.cli.launch import strip_flags
+from cnnlab.training.launch import torchrun_args
 
 pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,7 +63,7 @@ def _launch_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedPr
     (cwd / "job.py").write_text(textwrap.dedent(script))
     driver = textwrap.dedent(f"""
         import sys
-        from cnnlab.cli.launch import launch
+        from cnnlab.training.launch import launch
         from cnnlab.errors import CnnlabError
         try:
             launch(["job.py", *sys.argv[1:]], nproc_per_node=2, module=False)

@@ -1,7 +1,7 @@
 """A tuning trial trained as a data-parallel job (``cnnlab tune --nproc-per-trial N``).
 
 The tuning worker stays one process that talks to Optuna; each trial's training is a torchrun
-job of N processes on this machine, started through cnnlab's launcher (cli/launch.py) in a child
+job of N processes on this machine, started through cnnlab's launcher (training/launch.py) in a child
 process. The worker follows the trial's ``history.csv`` (rank 0 writes a row after each epoch),
 reports each epoch's objective to Optuna and, when the pruner says so, stops the job (SIGTERM to
 the launcher, whose torchrun agent stops the ranks). Run as a module, this file is also the
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     cfg_path, run_dir = argv
     try:
         if "LOCAL_RANK" not in os.environ:
-            from cnnlab.cli.launch import launch
+            from cnnlab.training.launch import launch
 
             return launch(["cnnlab.tuning.ddp_trial", cfg_path, run_dir], nproc_per_node=nproc)
         from cnnlab import api
