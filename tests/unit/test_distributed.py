@@ -61,14 +61,14 @@ def _cnnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def _launch_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``script`` as a 2-process torchrun job through cnnlab's launcher, errors as the CLI prints them."""
     (cwd / "job.py").write_text(textwrap.dedent(script))
-    driver = textwrap.dedent(f"""
+    driver = textwrap.dedent("""
         import sys
         from cnnlab.training.launch import launch
         from cnnlab.errors import CnnlabError
         try:
             launch(["job.py", *sys.argv[1:]], nproc_per_node=2, module=False)
         except CnnlabError as exc:
-            print(f"cnnlab: error: {{exc}}", file=sys.stderr)
+            print(f"cnnlab: error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
     """)
     return subprocess.run([sys.executable, "-c", driver, *args], cwd=cwd, env=_env(), capture_output=True,
