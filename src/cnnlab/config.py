@@ -116,6 +116,9 @@ class EarlyStoppingConfig:
 class CheckpointConfig:
     monitor: str = "val_accuracy"
     mode: Literal["auto", "min", "max"] = "auto"
+    # > 0: also keep the k best epochs' weights by `monitor` as checkpoints/epoch-NNN.safetensors,
+    # listed best first in checkpoints/index.json (for checkpoint soups)
+    save_top_k: int = 0
 
 
 @dataclass
@@ -149,6 +152,9 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig | None = None
     target_accuracy: float | None = None  # stop once val_accuracy reaches this
+    # An exponential moving average of the weights with this decay per step (e.g. 0.999; None: off).
+    # Validation, checkpoints and the final model use the averaged weights (standard recipe).
+    ema: float | None = None
     finetune: FinetuneConfig | None = None  # two-stage fine-tuning (see FinetuneConfig)
     # With a frozen base and no augmentation, compute the base's features once (cached on
     # disk under $CNNLAB_HOME/features) and train the head on them: "auto" | "on" | "off".
@@ -164,7 +170,8 @@ class TrainConfig:
     # test-time augmentation for the final evaluation: none | flip | flip_translate
     tta: Literal["none", "flip", "flip_translate"] = "none"
     # "fast": the fast from-scratch recipe (training/recipes/fast.py) instead of the generic loop;
-    # recipe_options sets that recipe's own knobs by name (its OPTIONS lists them).
+    # recipe_options sets that recipe's own knobs by name (typed per recipe: the fast recipe's
+    # FastOptions in training/recipes/fast_options.py; the standard recipe has none).
     recipe: Literal["standard", "fast"] = "standard"
     recipe_options: dict[str, Any] = field(default_factory=dict)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # under torchrun only

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from cnnlab.data import cifar10
+from cnnlab.data import download as download_mod
 from cnnlab.errors import DataError, DownloadError
 
 # --------------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_fetch_caches_and_skips_second_download(
     def no_rehash(path: Path) -> str:
         raise AssertionError(f"re-hashed {path}")
 
-    monkeypatch.setattr(cifar10, "_file_md5", no_rehash)
+    monkeypatch.setattr(download_mod, "file_md5", no_rehash)
     second = cifar10.fetch_python_format(home, url=server.url("/c.tar.gz"), md5=md5, progress=False)
     assert second == first
     assert server.hits == {"/c.tar.gz": 1}

@@ -95,14 +95,35 @@ def test_time_budget_shortens_training(tiny_tree, tmp_path):
 def test_options_are_checked():
     assert options({})["optimizer"] == "sgd"
     assert options({"muon_lr": 1})["muon_lr"] == 1.0
-    with pytest.raises(ConfigError, match="unknown option 'muon_rate'"):
+    with pytest.raises(ConfigError, match="unknown config key train.recipe_options.muon_rate; did you mean 'muon_lr'"):
         options({"muon_rate": 0.1})
     with pytest.raises(ConfigError, match="optimizer"):
         options({"optimizer": "adam"})
     with pytest.raises(ConfigError, match="expected a number"):
         options({"muon_lr": "fast"})
-    with pytest.raises(ConfigError, match="negative"):
+    with pytest.raises(ConfigError, match=r"train.recipe_options.workers must be an integer >= 0; got -1"):
         options({"workers": -1})
+    with pytest.raises(ConfigError, match=r"train.recipe_options.workers: expected an integer, got 1.5"):
+        options({"workers": 1.5})
+    with pytest.raises(ConfigError, match=r"lookahead_decay must be a number in \[0, 1\); got 1.0"):
+        options({"lookahead_decay": 1.0})
+
+
+def test_the_monitor_tta_choices_are_the_evaluations():
+    import typing
+
+    from cnnlab.evaluation.predict import TTA_MODES
+    from cnnlab.training.recipes.fast_options import FastOptions
+
+    assert typing.get_args(typing.get_type_hints(FastOptions)["monitor_tta"]) == TTA_MODES
+
+
+def test_the_standard_recipe_refuses_recipe_options(tiny_tree, tmp_path):
+    cfg = _cfg(recipe_options={"workers": 1})
+    cfg["train"]["recipe"] = "standard"
+    with pytest.raises(ConfigError, match=r"train.recipe_options.workers: the standard recipe .* has no options"):
+        api.train(cfg, data=str(tiny_tree), run_dir=tmp_path / "r", progress=False, log=lambda s: None)
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_recipe_needs_sgd(tiny_tree, tmp_path):

@@ -14,16 +14,10 @@ folder, are checked for size and MD5, and are renamed into place only once they 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
-import json
 import os
 import pickle
 import re
-import socket
 import tarfile
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +27,8 @@ import numpy as np
 
 from cnnlab.utils.paths import cnnlab_home  # noqa: F401  (re-exported)
 from cnnlab.errors import CnnlabError, DataError, DownloadError
-from cnnlab.utils.io import atomic_path, atomic_write_json
+from cnnlab.data import download as download_mod
+from cnnlab.data.download import download  # noqa: F401  (re-exported)
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -59,9 +54,6 @@ _KNOWN_MEMBERS = {"batches.meta", "test_batch", "readme.html"} | {f"data_batch_{
 #: How many archive members :func:`is_python_format` looks at before giving up.
 _PEEK_MEMBERS = 4
 _IMAGE_BYTES = 3 * 32 * 32
-_CHUNK = 1 << 20
-#: Sidecar next to a verified archive: records the size, mtime and MD5 that were checked.
-_VERIFIED_SUFFIX = ".verified.json"
 
 
 
@@ -326,148 +318,8 @@ def read_python_format(path: str | os.PathLike[str]) -> Cifar10Arrays:
 
 
 # --------------------------------------------------------------------------------------
-# Downloading
+# Cached fetch (the download and the verification: data/download.py)
 # --------------------------------------------------------------------------------------
-
-
-def _offline_hint(url: str, dest: Path) -> str:
-    return (
-        f"could not reach {url}; if you are offline, download {dest.name} elsewhere and point "
-        f"CNNLAB_CIFAR10 at it, or copy it to {dest.parent}"
-    )
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n:,} bytes"
-
-
-def download(
-    url: str,
-    dest: str | os.PathLike[str],
-    *,
-    md5: str | None = None,
-    expected_size: int | None = None,
-    progress: bool = True,
-    timeout: float = 60.0,
-) -> Path:
-    """Download ``url`` to ``dest``, verifying size and MD5; return ``dest``.
-
-    The body streams into a temporary file next to ``dest`` and is renamed into place only
-    after it verifies. On any failure (unreachable host, HTTP error, dropped connection,
-    wrong size or checksum, Ctrl-C) the temporary file is removed and nothing new appears at
-    ``dest``; a file already there is left as it was.
-    """
-    from tqdm import tqdm
-
-    dest = Path(dest)
-    request = urllib.request.Request(url, headers={"User-Agent": "cnnlab"})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the open response
-        raise DownloadError(f"downloading {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise DownloadError(f"{_offline_hint(url, dest)} ({exc.reason})") from None
-    except (TimeoutError, socket.timeout):
-        raise DownloadError(f"{_offline_hint(url, dest)} (timed out after {timeout:g} s)") from None
-    except (http.client.HTTPException, OSError) as exc:
-        raise DownloadError(f"{_offline_hint(url, dest)} ({type(exc).__name__}: {exc})") from None
-
-    with response:
-        length_header = response.headers.get("Content-Length")
-        content_length = int(length_header) if length_header and length_header.strip().isdigit() else None
-        if content_length is not None and expected_size is not None and content_length != expected_size:
-            raise DownloadError(
-                f"{url} has {_fmt_bytes(content_length)} but {_fmt_bytes(expected_size)} were expected; "
-                "the server is not serving the expected file"
-            )
-        total = content_length if content_length is not None else expected_size
-        digest = hashlib.md5()
-        got = 0
-        with atomic_path(dest) as tmp, open(tmp, "wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress, leave=False
-        ) as bar:
-            of_total = f" of {_fmt_bytes(total)}" if total is not None else ""
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (TimeoutError, socket.timeout):
-                    raise DownloadError(
-                        f"downloading {url} stalled: no data for {timeout:g} s after {_fmt_bytes(got)}{of_total}"
-                    ) from None
-                except (http.client.HTTPException, OSError) as exc:
-                    raise DownloadError(
-                        f"connection dropped while downloading {url}: got {_fmt_bytes(got)}{of_total} "
-                        f"({type(exc).__name__}); try again"
-                    ) from None
-                if not chunk:
-                    break
-                try:
-                    out.write(chunk)
-                except OSError as exc:
-                    raise DownloadError(
-                        f"cannot write to {dest.parent} while downloading {url}: {exc.strerror or exc}"
-                    ) from None
-                digest.update(chunk)
-                got += len(chunk)
-                bar.update(len(chunk))
-            for expected, what in ((content_length, "Content-Length"), (expected_size, "expected size")):
-                if expected is not None and got != expected:
-                    raise DownloadError(
-                        f"connection dropped while downloading {url}: got {_fmt_bytes(got)} "
-                        f"but {what} is {_fmt_bytes(expected)}; try again"
-                    )
-            if md5 is not None and digest.hexdigest() != md5.lower():
-                raise DownloadError(
-                    f"checksum mismatch for {url}: expected MD5 {md5.lower()}, got {digest.hexdigest()}; "
-                    "the file was not saved"
-                )
-    return dest
-
-
-# --------------------------------------------------------------------------------------
-# Cached fetch
-# --------------------------------------------------------------------------------------
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + _VERIFIED_SUFFIX)
-
-
-def _stamp(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _verified(path: Path, md5: str) -> bool:
-    """True if ``path`` has MD5 ``md5``; remembered in a sidecar keyed by size and mtime."""
-    sidecar = _sidecar(path)
-    stamp = _stamp(path)
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
-        if record.get("md5") == md5 and {k: record.get(k) for k in stamp} == stamp:
-            return True
-    try:
-        actual = _file_md5(path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read cached archive ({exc.strerror or exc})") from None
-    if actual != md5:
-        return False
-    _remember(path, md5, stamp)
-    return True
-
-
-def _remember(path: Path, md5: str, stamp: dict[str, int] | None = None) -> None:
-    with contextlib.suppress(OSError):  # the sidecar only saves time; never fail because of it
-        atomic_write_json(_sidecar(path), {"md5": md5, **(stamp or _stamp(path))})
 
 
 def fetch_python_format(
@@ -486,9 +338,9 @@ def fetch_python_format(
     home = Path(home) if home is not None else cnnlab_home()
     dest = home / ARCHIVE_NAME
     if dest.is_file():
-        if md5 is None or _verified(dest, md5.lower()):
+        if md5 is None or download_mod.verified(dest, md5.lower()):
             return dest
-        for stale in (dest, _sidecar(dest)):
+        for stale in (dest, download_mod.sidecar(dest)):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
     expected_size = ARCHIVE_SIZE if url == URL and md5 is not None and md5.lower() == MD5 else None
@@ -498,5 +350,5 @@ def fetch_python_format(
         raise DownloadError(f"cannot create cache folder {home} ({exc.strerror or exc}); set CNNLAB_HOME") from None
     download(url, dest, md5=md5, expected_size=expected_size, progress=progress)
     if md5 is not None:
-        _remember(dest, md5.lower())
+        download_mod.remember(dest, md5.lower())
     return dest

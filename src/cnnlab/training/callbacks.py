@@ -1,15 +1,28 @@
-"""Callbacks with Keras's meaning: EarlyStopping and keep-best checkpointing.
+"""Callbacks with Keras's meaning, on the one epoch loop of training/core.py.
 
-Both watch a metric in the epoch's logs (``val_loss``, ``val_accuracy``, ``loss`` ...).
-Their state is plain data (``state_dict``), so a resumed run continues them exactly.
+A :class:`Callback` sees ``on_train_begin()``, ``on_epoch_end(epoch, logs)`` after every epoch
+and ``on_train_end()``; it reaches the trainer through ``self.trainer`` (set by the core) to
+stop training (``trainer.stop(reason)``) or to write files (``trainer.save_weights``,
+``trainer.write_json``, ``trainer.remove``: only the data-parallel rank 0 writes, checked once
+in the core). Its state is plain data (``state_dict``) plus optional tensors
+(``state_tensors``), saved with the resumable state after every epoch, so a resumed run
+continues it exactly.
+
+The monitors (EarlyStopping, BestCheckpoint, TopKCheckpoints) watch a metric in the epoch's
+logs (``val_loss``, ``val_accuracy``, ``loss`` ...); ``mode: auto`` maximises accuracies and F1.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import ConfigError
+import torch
+
+from cnnlab.errors import ConfigError, TrainingError
 
 
 class StopTraining(Exception):
@@ -20,13 +33,47 @@ class StopTraining(Exception):
     """
 
 
+class Callback:
+    """The base: every hook does nothing. ``name`` keys the callback's saved state."""
+
+    trainer: Any = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def set_trainer(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> Any:
+        pass
+
+    def on_train_end(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+
 def _mode(monitor: str, mode: str) -> str:
     if mode in ("min", "max"):
         return mode
     return "max" if ("acc" in monitor or monitor.endswith("f1")) else "min"
 
 
-class _Monitor:
+class _Monitor(Callback):
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
         self.monitor = monitor
         self.mode = _mode(monitor, mode)
@@ -51,7 +98,8 @@ class EarlyStopping(_Monitor):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
     Epochs before ``start_from_epoch`` (0-based, as in Keras) are not watched at all.
-    With ``restore_best_weights`` the trainer restores the best epoch's weights at the end.
+    With ``restore_best_weights`` the best epoch's weights (the trainer's ``weights_model``: the
+    checkpointed ones) are kept, in the resumable state too, and put back at the end of training.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 1e-4,
@@ -62,9 +110,22 @@ class EarlyStopping(_Monitor):
         self.restore_best_weights = restore_best_weights
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.restored = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> tuple[bool, bool]:
-        """Returns (improved, stop)."""
+        """Returns (improved, stop); on a trainer, also keeps the best weights and stops it."""
+        improved, stop = self._decide(epoch, logs)
+        if self.trainer is not None:
+            if improved and self.restore_best_weights:
+                self.best_weights = {k: v.detach().cpu().clone()
+                                     for k, v in self.trainer.weights_model.state_dict().items()}
+            if stop:
+                self.trainer.stop(f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
+                                  f"(best {self.best:.4f} at epoch {self.best_epoch + 1})")
+        return improved, stop
+
+    def _decide(self, epoch: int, logs: dict[str, float]) -> tuple[bool, bool]:
         if epoch < self.start_from_epoch:
             return False, False
         current = self.value(logs)
@@ -77,6 +138,12 @@ class EarlyStopping(_Monitor):
             return False, True
         return False, False
 
+    def on_train_end(self) -> None:
+        if self.restore_best_weights and self.best_weights is not None and self.trainer is not None:
+            self.trainer.weights_model.load_state_dict(self.best_weights)
+            self.restored = True
+            self.trainer.log(f"restored the weights of epoch {self.best_epoch + 1} (best {self.monitor})")
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
                 "stopped_epoch": self.stopped_epoch}
@@ -85,14 +152,27 @@ class EarlyStopping(_Monitor):
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.best_weights or {})
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.best_weights = dict(tensors) or None
+
 
 class BestCheckpoint(_Monitor):
-    """Keras's ``ModelCheckpoint(save_best_only=True)``: tells the trainer when to save."""
+    """Keras's ``ModelCheckpoint(save_best_only=True)``: ``best.safetensors`` in the run directory.
+
+    ``on_epoch_end`` returns whether this epoch is the best so far (and, on a trainer, saves it).
+    """
+
+    FILE = "best.safetensors"
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
         current = self.value(logs)
         if self.improved(current):
             self.best, self.best_epoch = current, epoch
+            if self.trainer is not None:
+                self.trainer.save_weights(self.trainer.run_dir / self.FILE)
             return True
         return False
 
@@ -101,3 +181,149 @@ class BestCheckpoint(_Monitor):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+class TopKCheckpoints(_Monitor):
+    """The ``k`` best epochs' weights by ``monitor``: ``checkpoints/epoch-NNN.safetensors`` (NNN: the
+    run's 1-based epoch number) and ``checkpoints/index.json`` = [{"epoch", "path" (relative to the
+    run directory), "monitor", "value"}], best first (ties: the earlier epoch first).
+
+    A checkpoint that drops out of the top k is deleted at the next epoch's end (or at the end of
+    training), once the resumable state no longer lists it, so a run killed at any moment resumes
+    with every file its state names. A later stage of the same run continues the index on disk.
+    """
+
+    FOLDER = "checkpoints"
+    INDEX = "index.json"
+
+    def __init__(self, monitor: str, mode: str, k: int):
+        super().__init__(monitor, mode)
+        self.k = k
+        self.entries: list[dict[str, Any]] = []
+        self._loaded = False
+
+    def _folder(self) -> Path:
+        return self.trainer.run_dir.path / self.FOLDER
+
+    def on_train_begin(self) -> None:
+        index = self._folder() / self.INDEX
+        if not self._loaded and index.is_file():  # a later stage: the first stage's checkpoints count
+            import json
+
+            try:
+                self.entries = [e for e in json.loads(index.read_text(encoding="utf-8"))
+                                if e.get("monitor") == self.monitor]
+            except (ValueError, AttributeError, TypeError):
+                raise TrainingError(f"{index}: not a checkpoint index (a JSON list); remove it") from None
+
+    def _better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+    def _sweep(self) -> None:
+        """Delete the checkpoint files that no entry names (at most one per epoch, or a killed epoch's)."""
+        keep = {Path(e["path"]).name for e in self.entries}
+        for f in self._folder().glob("epoch-*.safetensors"):
+            if f.name not in keep:
+                self.trainer.remove(f)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        self._sweep()  # the state saved after the previous epoch names only self.entries
+        value = self.value(logs)
+        if not math.isfinite(value):
+            return
+        number = int(logs.get("epoch", epoch + 1))
+        if len(self.entries) >= self.k and not self._better(value, self.entries[-1]["value"]):
+            return
+        rel = f"{self.FOLDER}/epoch-{number:03d}.safetensors"
+        self.trainer.save_weights(self._folder().parent / rel)
+        self.entries = [e for e in self.entries if e["epoch"] != number]
+        self.entries.append({"epoch": number, "path": rel, "monitor": self.monitor, "value": value})
+        # best first; among equal values the earlier epoch first
+        self.entries.sort(key=lambda e: (-e["value"] if self.mode == "max" else e["value"], e["epoch"]))
+        self.entries = self.entries[: self.k]
+        self.trainer.write_json(self._folder() / self.INDEX, self.entries)
+
+    def on_train_end(self) -> None:
+        self._sweep()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"entries": self.entries}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.entries = list(state["entries"])
+        self._loaded = True
+
+
+class TargetAccuracy(Callback):
+    """Stop once ``logs[key]`` (``val_accuracy``; the fast recipe may watch ``test_accuracy``) reaches ``target``."""
+
+    def __init__(self, target: float, key: str = "val_accuracy"):
+        self.target, self.key = target, key
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if logs.get(self.key, -1.0) >= self.target:
+            self.trainer.stop(f"reached target {self.key} {self.target} after {self.trainer.train_seconds():.1f} s "
+                              f"of training (epoch {int(logs.get('epoch', epoch + 1))})")
+
+
+class NonFiniteValidationLoss(Callback):
+    """A TrainingError when the validation loss is NaN or inf (the training loss can stay finite meanwhile)."""
+
+    def __init__(self, lr: float, key: str = "val_loss"):
+        self.lr, self.key = lr, key
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.key in logs and not math.isfinite(logs[self.key]):
+            raise TrainingError(f"the validation loss became {logs[self.key]} after epoch {epoch + 1}; "
+                                f"training stopped (try a lower learning rate than {self.lr:g})")
+
+
+class TimeBudget(Callback):
+    """Stop after an epoch when the next one, at the mean speed so far, would not end by ``deadline``.
+
+    ``deadline`` is a ``clock()`` value (default ``time.monotonic``); the speed is measured with
+    the same clock from the start of training, so it counts validation and callbacks too.
+    """
+
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic):
+        self.deadline, self.clock = deadline, clock
+        self.started: float | None = None
+        self.epochs = 0
+
+    def on_train_begin(self) -> None:
+        self.started, self.epochs = self.clock(), 0
+
+    def should_stop(self) -> str | None:
+        """Count one finished epoch; the stop reason when the next one would not fit (None: go on)."""
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+            return None
+        self.epochs += 1
+        per_epoch = (now - self.started) / self.epochs
+        if now + per_epoch > self.deadline:
+            return (f"time budget: the next epoch (about {per_epoch:.1f} s) would end after the deadline "
+                    f"({max(0.0, self.deadline - now):.1f} s left)")
+        return None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        reason = self.should_stop()
+        if reason and self.trainer.has_next(epoch):  # after the last epoch there is nothing to stop
+            self.trainer.stop(reason)
+
+
+class EpochFunction(Callback):
+    """The caller's ``epoch_callback(epoch, logs)`` (Optuna's pruning ...): raising StopTraining ends
+    training after this epoch with ``str(exc)`` as the reason; any other exception aborts the run."""
+
+    def __init__(self, fn: Callable[[int, dict[str, float]], None]):
+        self.fn = fn
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        try:
+            self.fn(epoch, logs)
+        except StopTraining as exc:
+            self.trainer.stop(str(exc) or "stopped by a callback")
+        except Exception:
+            self.trainer.commit(epoch)  # the epoch itself finished: keep its state, the run can resume
+            raise

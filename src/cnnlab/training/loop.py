@@ -1,8 +1,10 @@
-"""The training loop: in-memory uint8 batches -> augmentation -> model -> optimiser.
+"""The standard recipe: in-memory uint8 batches -> augmentation -> model -> optimiser.
 
-Reads top to bottom: ``fit`` builds the pieces, ``_train_epoch`` runs one epoch, and after each
-epoch the logs go to the history, the callbacks and the resumable state. Everything is seeded
-per epoch (shuffling, augmentation, dropout), so a resumed run is the same run.
+Reads top to bottom: ``_train_epoch`` runs one epoch's steps, ``_Standard`` is this recipe's
+part of the trainer (model set-up, optimiser, schedule, validation), and ``fit`` runs it on the
+trainer core (training/core.py), which owns the epoch loop, the history, the checkpoints, early
+stopping, the resumable state and the other callbacks. Everything is seeded per epoch
+(shuffling, augmentation, dropout), so a resumed run is the same run.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,44 +27,17 @@ from cnnlab.errors import TrainingError
 from cnnlab.evaluation.predict import as_nchw, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.cpu_kernels import optimize_for_cpu
-from cnnlab.models.io import save_model, save_weights
+from cnnlab.models.io import save_model
 from cnnlab.training import distributed as ddp
-from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining
+from cnnlab.training.core import EpochCallback, FitResult, Trainer, config_callbacks
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.sanity import MIN_STEPS, check_finite_weights, check_not_collapsed
 from cnnlab.training.schedules import lr_factor
-from cnnlab.training.state import load_state, save_state
 from cnnlab.utils.cores import compute_threads, rebalance_threads
 from cnnlab.utils.hardware import autocast, choose_precision, default_device
 
-#: Called after each epoch with (epoch, logs). Raising StopTraining ends training after this epoch
-#: (the run finishes normally); any other exception aborts the run (Optuna's pruning).
-EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-@dataclass
-class FitResult:
-    model: ImageClassifier
-    history: list[dict[str, float]]
-    run_dir: RunDir
-    epochs_run: int
-    best_epoch: int | None = None
-    stopped_early: bool = False
-    stop_reason: str = ""
-    train_seconds: float = 0.0
-    images_per_second: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _log_line(epoch: int, epochs: int, logs: dict[str, float]) -> str:
-    parts = [f"Epoch {epoch + 1}/{epochs}", f"{logs['seconds']:.0f}s"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in logs and not math.isnan(logs[key]):
-            parts.append(f"{key}: {logs[key]:.4f}")
-    parts.append(f"lr: {logs['lr']:.2e}")
-    parts.append(f"{logs['images_per_second']:.0f} img/s")
-    return " - ".join(parts)
+__all__ = ["EpochCallback", "FitResult", "fit", "finish"]
 
 
 def _train_epoch(
@@ -79,8 +53,10 @@ def _train_epoch(
     dtype: torch.dtype | None,
     progress: bool,
     images: bool = True,
+    after_step: Callable[[int], None] | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the data; returns (mean loss, accuracy, steps done)."""
+    """One pass over the data; returns (mean loss, accuracy, steps done). ``after_step(step)``
+    runs after every optimiser step (the weight average)."""
     tc = cfg.train
     bs = tc.batch_size
     n = x.shape[0]
@@ -133,6 +109,8 @@ def _train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step(step + 1)
         loss_sum += loss.detach() * len(yb)
         correct += (logits.detach().argmax(1) == yb).sum()
         seen += len(yb)
@@ -159,6 +137,86 @@ def fit(*args: Any, **kwargs: Any) -> FitResult:
         return _fit(*args, **kwargs)
 
 
+class _Standard:
+    """The standard recipe's part of the trainer (core.EpochRecipe): its optimiser, its schedule,
+    its per-epoch step loop and validation, and the step count as its resumable state."""
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, train: ImageArrays, val: ImageArrays | None,
+                 progress: bool):
+        tc = self.tc = cfg.train
+        self.cfg, self.model, self.val, self.progress = cfg, model, val, progress
+        self.images = train.x.ndim == 4
+        self.device = default_device()
+        self.precision = choose_precision(tc.precision, self.device)
+        model.to(self.device)
+        if tc.channels_last and self.images:
+            model.to(memory_format=torch.channels_last)
+            if tc.cpu_kernels and self.device.type == "cpu":
+                optimize_for_cpu(model)
+        # The weight average (timm's ModelEmaV3; its first update copies the weights): validation,
+        # checkpoints and the final model use it.
+        self.ema = None
+        if tc.ema is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=tc.ema)
+        self.eval_model = self.ema.module if self.ema is not None else model
+        self.opt = build_optimizer(model, tc.optimizer)
+        self.optimizers = [self.opt]
+        if ddp.current().enabled:  # DDP: the global batch split over the ranks, gradients averaged by DDP
+            ddp.per_rank_batch(tc.batch_size)
+        train_model = ddp.wrap_model(model, self.device, sync_batchnorm=tc.distributed.sync_batchnorm)
+        self.step_model = torch.compile(train_model) if tc.compile else train_model
+        x = as_nchw(train.x) if self.images else torch.from_numpy(train.x)
+        y = torch.from_numpy(train.y)
+        if self.device.type != "cpu":
+            x, y = x.to(self.device), y.to(self.device)  # the whole uint8 set lives on the GPU
+        self.x, self.y = x, y
+        self.total_steps = math.ceil(len(y) / tc.batch_size) * tc.epochs
+        self.step = 0
+
+    def more(self, epoch: int) -> bool:
+        return epoch < self.tc.epochs
+
+    def planned_epochs(self) -> int:
+        return self.tc.epochs
+
+    def predict(self, model: nn.Module, xs: Any) -> torch.Tensor:
+        return predict_logits(model, xs, batch_size=self.tc.eval_batch_size, device=self.device,
+                              dtype=self.precision.dtype, channels_last=self.tc.channels_last and self.images)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        loss, acc, steps = _train_epoch(self.step_model, self.opt, self.x, self.y, self.cfg, epoch, self.step,
+                                        self.total_steps, self.device, self.precision.dtype, self.progress,
+                                        self.images, self._update_ema if self.ema is not None else None)
+        self.step += steps
+        train_seconds = time.perf_counter() - t0
+        logs = {"loss": loss, "accuracy": acc}
+        if self.val is not None and len(self.val):
+            # DDP: each rank scores its strided part of the validation split; the sums are reduced
+            vloss, logs["val_accuracy"] = ddp.sharded_eval(lambda xs: self.predict(self.eval_model, xs),
+                                                           self.val.x, self.val.y)
+            penalty = self.eval_model.l2_penalty()
+            logs["val_loss"] = vloss + float(penalty.detach().cpu()) if penalty is not None else vloss
+        logs["lr"] = self.opt.param_groups[-1]["lr"]
+        logs["seconds"] = time.perf_counter() - t0
+        logs["images_per_second"] = len(self.y) / train_seconds
+        return logs
+
+    def _update_ema(self, step: int) -> None:
+        self.ema.update(self.model, step=step)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        ema = {f"ema.{k}": v for k, v in self.ema.module.state_dict().items()} if self.ema is not None else {}
+        return {"step": self.step}, ema
+
+    def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.step = int(meta["step"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+
+
 def _fit(
     cfg: ExperimentConfig,
     model: ImageClassifier,
@@ -172,145 +230,39 @@ def _fit(
     log: Callable[[str], None] = print,
     stage: str = "",
     prior_history: list[dict[str, float]] | None = None,
+    deadline: float | None = None,
+    weights_model: nn.Module | None = None,
 ) -> FitResult:
     """Train ``model`` as ``cfg.train`` says, writing history, checkpoints and state to ``run_dir``.
 
     ``train``/``val`` hold uint8 images, or pre-computed feature vectors (``x`` of shape (N, D))
-    when only a head is trained on cached features. ``stage`` names a later training stage
-    (its resume state lives in ``state/<stage>``); ``prior_history`` holds earlier stages' rows.
+    when only a head is trained on cached features (``weights_model``: the whole classifier, whose
+    weights the checkpoints hold). ``stage`` names a later training stage (its resume state lives
+    in ``state/<stage>``); ``prior_history`` holds earlier stages' rows. ``deadline``: see
+    :class:`~cnnlab.training.callbacks.TimeBudget`.
     """
     tc = cfg.train
-    images = train.x.ndim == 4
-    prior = list(prior_history or [])
-    main = ddp.current().is_main  # DDP: rank 0 alone writes the run directory
-    state_dir = run_dir.state / stage if stage else run_dir.state
-    device = default_device()
-    precision = choose_precision(tc.precision, device)
-    if precision.downgraded:
-        log(precision.note())
-    dtype = precision.dtype
-    model.to(device)
-    if tc.channels_last and images:
-        model.to(memory_format=torch.channels_last)
-        if tc.cpu_kernels and device.type == "cpu":
-            optimize_for_cpu(model)
-    opt = build_optimizer(model, tc.optimizer)
-    if ddp.current().enabled:  # DDP: global batch split over the ranks, gradients averaged by DDP
-        ddp.per_rank_batch(tc.batch_size)
-        log(ddp.describe(tc.batch_size))
-    train_model = ddp.wrap_model(model, device, sync_batchnorm=tc.distributed.sync_batchnorm)
-    step_model = torch.compile(train_model) if tc.compile else train_model
-
-    x = as_nchw(train.x) if images else torch.from_numpy(train.x)
-    y = torch.from_numpy(train.y)
-    if device.type != "cpu":
-        x, y = x.to(device), y.to(device)  # the whole uint8 set lives on the GPU
-    steps_per_epoch = math.ceil(len(y) / tc.batch_size)
-    total_steps = steps_per_epoch * tc.epochs
-
-    es = EarlyStopping(**vars(tc.early_stopping)) if tc.early_stopping else None
-    ckpt = BestCheckpoint(tc.checkpoint.monitor, tc.checkpoint.mode) if tc.checkpoint else None
-    history: list[dict[str, float]] = []
-    start_epoch, step, stopped, stop_reason = 0, 0, False, ""
-    best_restore: dict[str, torch.Tensor] | None = None
-    if resume:
-        meta, extra = ddp.load_state_from_main(state_dir, model, opt, load_state)  # DDP: rank 0's state
-        start_epoch, step = meta["epoch"] + 1, meta["step"]
-        history, stopped, stop_reason = meta["history"][len(prior):], meta["stopped"], meta.get("stop_reason", "")
-        if es and meta.get("early_stopping"):
-            es.load_state_dict(meta["early_stopping"])
-        if ckpt and meta.get("checkpoint"):
-            ckpt.load_state_dict(meta["checkpoint"])
-        best_restore = {k[5:]: v for k, v in extra.items() if k.startswith("best.")} or None
-        log(f"resuming {run_dir.path} after epoch {start_epoch} of {tc.epochs}")
-
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, tc.epochs):
-        if stopped:
-            break
-        t0 = time.perf_counter()
-        loss, acc, steps = _train_epoch(step_model, opt, x, y, cfg, epoch, step, total_steps,
-                                        device, dtype, progress, images)
-        step += steps
-        train_seconds = time.perf_counter() - t0
-        logs = {"epoch": len(prior) + epoch + 1, "loss": loss, "accuracy": acc}
-        if stage:
-            logs["stage"] = stage
-        if val is not None and len(val):
-            # DDP: each rank scores its strided part of the validation split; the sums are reduced
-            vloss, logs["val_accuracy"] = ddp.sharded_eval(
-                lambda xs: predict_logits(model, xs, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
-                                          channels_last=tc.channels_last and images), val.x, val.y)
-            penalty = model.l2_penalty()
-            logs["val_loss"] = vloss + float(penalty.detach().cpu()) if penalty is not None else vloss
-            if not math.isfinite(logs["val_loss"]):  # the training loss can stay finite meanwhile
-                raise TrainingError(
-                    f"the validation loss became {logs['val_loss']} after epoch {epoch + 1}; "
-                    f"training stopped (try a lower learning rate than {tc.optimizer.lr:g})")
-        logs["lr"] = opt.param_groups[-1]["lr"]
-        logs["seconds"] = time.perf_counter() - t0
-        logs["images_per_second"] = len(y) / train_seconds
-        history.append(logs)
-        log(_log_line(epoch, tc.epochs, logs))
-
-        if ckpt and ckpt.on_epoch_end(epoch, logs) and main:
-            save_weights(model, run_dir / "best.safetensors")
-        if es:
-            improved, stop = es.on_epoch_end(epoch, logs)
-            if improved and es.restore_best_weights:
-                best_restore = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if stop:
-                stopped, stop_reason = True, (
-                    f"early stopping: {es.monitor} did not improve for {es.patience} epochs "
-                    f"(best {es.best:.4f} at epoch {es.best_epoch + 1})")
-        if tc.target_accuracy is not None and logs.get("val_accuracy", -1) >= tc.target_accuracy:
-            stopped, stop_reason = True, f"reached target val_accuracy {tc.target_accuracy}"
-        if epoch_callback is not None:
-            try:
-                epoch_callback(epoch, logs)
-            except StopTraining as exc:
-                if not stopped:
-                    stopped, stop_reason = True, str(exc) or "stopped by a callback"
-        stopped, stop_reason = ddp.broadcast_object((stopped, stop_reason))  # DDP: rank 0's decision holds
-        if main:
-            run_dir.write_history(prior + history)
-            save_state(state_dir, model, opt, {
-                "epoch": epoch, "step": step, "history": prior + history, "stopped": stopped,
-                "stop_reason": stop_reason, "early_stopping": es.state_dict() if es else None,
-                "checkpoint": ckpt.state_dict() if ckpt else None,
-            }, extra_tensors={f"best.{k}": v for k, v in (best_restore or {}).items()})
-        if stopped:
-            log(stop_reason)
-            break
-
-    if es and es.restore_best_weights and best_restore is not None:
-        model.load_state_dict(best_restore)
-        log(f"restored the weights of epoch {es.best_epoch + 1} (best {es.monitor})")
-    model.eval()
+    recipe = _Standard(cfg, model, train, val, progress)
+    if recipe.precision.downgraded:
+        log(recipe.precision.note())
+    if ddp.current().enabled:
+        log(ddp.describe(tc.batch_size))  # DDP: the global batch, the per-rank batch, the learning-rate rule
+    if recipe.ema is not None:
+        weights_model = recipe.ema.module  # (orchestrate.py trains no head on cached features with an EMA)
+    trainer = Trainer(recipe, run_dir, config_callbacks(tc, deadline=deadline, epoch_callback=epoch_callback),
+                      state_dir=run_dir.state / stage if stage else run_dir.state, log=log, stage=stage,
+                      prior_history=prior_history, weights_model=weights_model)
+    result = trainer.fit(resume=resume)
+    if recipe.ema is not None:
+        model.load_state_dict(recipe.ema.module.state_dict())  # the final model is the average
+        log(f"the model holds the weights' moving average (decay {tc.ema:g})")
     check_finite_weights(model, tc.optimizer.lr)
     # The training accuracy of the epoch whose weights the model holds (restore_best_weights: an earlier one).
-    held = len(prior) + (es.best_epoch if es and es.restore_best_weights and best_restore is not None
-                         else epoch) + 1
-    train_acc = next((h["accuracy"] for h in history if h["epoch"] == held), None)
+    train_acc = next((h["accuracy"] for h in result.history if h["epoch"] == result.weights_epoch), None)
     if train_acc is not None:
-        check_not_collapsed(
-            model, train.x, train.y, train_acc, class_names=train.class_names, seed=cfg.seed,
-            predict=lambda m, xs: predict_logits(m, xs, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
-                                                 channels_last=tc.channels_last and images),
-            warn_only=step < MIN_STEPS, log=log)
-    seconds = sum(h["seconds"] for h in history)
-    rates = sorted(h["images_per_second"] for h in history)
-    return FitResult(
-        model=model,
-        history=history,
-        run_dir=run_dir,
-        epochs_run=len(history),
-        best_epoch=(ckpt.best_epoch + 1) if ckpt else ((es.best_epoch + 1) if es and es.best_epoch >= 0 else None),
-        stopped_early=stopped,
-        stop_reason=stop_reason,
-        train_seconds=seconds,
-        images_per_second=rates[len(rates) // 2] if rates else 0.0,  # median epoch
-    )
+        check_not_collapsed(model, train.x, train.y, train_acc, class_names=train.class_names, seed=cfg.seed,
+                            predict=recipe.predict, warn_only=recipe.step < MIN_STEPS, log=log)
+    return result
 
 
 def finish(result: FitResult, extra_card: dict[str, Any] | None = None) -> None:

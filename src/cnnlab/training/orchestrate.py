@@ -26,7 +26,7 @@ from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.dataset import DatasetBundle, ImageArrays
 from cnnlab.data.sources import load_source
 from cnnlab.data.split import limit_samples, split_train_val
-from cnnlab.errors import DataError
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
 from cnnlab.training import distributed as ddp
@@ -120,8 +120,13 @@ def train(
     epoch_callback: EpochCallback | None = None,
     log: Callable[[str], None] = print,
     evaluator: Evaluator | None = None,
+    deadline: float | None = None,
 ) -> RunResult:
     """Train a model from a config (file, dict or object); ``evaluator`` scores it (None: not scored).
+
+    ``deadline`` (a ``time.monotonic()`` value) bounds the training: after an epoch, training
+    stops when the next epoch, at the mean speed so far, would not end before it (the run then
+    finishes normally: final model, evaluation). ``stop_reason`` in metrics.json says so.
 
     ``data`` overrides ``config.data.source`` (a source string, a DataFrame or a loaded bundle).
     The run directory (default ``runs/<name>-<time>``) receives everything; see rundir.py.
@@ -138,6 +143,9 @@ def train(
         from cnnlab.training.recipes.fast import check_config
 
         check_config(cfg)
+    elif cfg.train.recipe_options:  # options are per recipe, and the standard one has none
+        raise ConfigError(f"train.recipe_options.{sorted(cfg.train.recipe_options)[0]}: the standard recipe "
+                          f"(train.recipe: standard) has no options; they belong to train.recipe: fast")
     if run_dir:
         check_run_dir(run_dir)
     # DDP: run directories are named by time, so rank 0 names it; rank 0 alone writes it.
@@ -149,12 +157,14 @@ def train(
     log, progress = ddp.main_log(log), progress and ddp.current().is_main
     with _caller_threads_restored():
         return _run(cfg, rd, data, resume=False, progress=progress, epoch_callback=epoch_callback, log=log,
-                    evaluator=evaluator, started_at=started_at)
+                    evaluator=evaluator, started_at=started_at, deadline=deadline)
 
 
 def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log: Callable[[str], None] = print,
-           epoch_callback: EpochCallback | None = None, evaluator: Evaluator | None = None) -> RunResult:
-    """Finish a run that was interrupted (even by SIGKILL), from its last finished epoch."""
+           epoch_callback: EpochCallback | None = None, evaluator: Evaluator | None = None,
+           deadline: float | None = None) -> RunResult:
+    """Finish a run that was interrupted (even by SIGKILL), from its last finished epoch
+    (``deadline``: as for :func:`train`)."""
     rd = RunDir(run_dir)
     # DDP: rank 0 reads the run directory; the other ranks need no copy of it.
     cfg, finished, has_state = ddp.from_main(
@@ -167,12 +177,12 @@ def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log:
         ddp.announce_run_dir(rd.path)
     with _caller_threads_restored():
         return _run(cfg, rd, data, resume=has_state, progress=progress, epoch_callback=epoch_callback, log=log,
-                    evaluator=evaluator)
+                    evaluator=evaluator, deadline=deadline)
 
 
 def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress: bool,
          epoch_callback: EpochCallback | None, log: Callable[[str], None], evaluator: Evaluator | None,
-         started_at: float | None = None) -> RunResult:
+         started_at: float | None = None, deadline: float | None = None) -> RunResult:
     from cnnlab import figures
 
     torch.manual_seed(cfg.seed)
@@ -191,10 +201,11 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
         from cnnlab.training.recipes.fast import fit as fast_fit
 
         result = fast_fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
-                          epoch_callback=epoch_callback, log=log, test=prep.test, started_at=started_at)
+                          epoch_callback=epoch_callback, log=log, test=prep.test, started_at=started_at,
+                          deadline=deadline)
     else:
         result = _fit_stages(cfg, model, prep, rd, resume=resume, progress=progress,
-                             epoch_callback=epoch_callback, log=log)
+                             epoch_callback=epoch_callback, log=log, deadline=deadline)
     if not ddp.current().is_main:
         return RunResult(rd.path, cfg, {}, result)  # DDP: rank 0 evaluates and writes the results
     metrics: dict[str, Any] = {
@@ -246,6 +257,11 @@ def use_feature_cache(cfg: ExperimentConfig) -> bool:
     frozen = cfg.model.freeze_base
     if cfg.train.cache_features == "off" or not frozen:
         return False
+    if cfg.train.ema is not None:  # the average would be of a head alone: train on images instead
+        if cfg.train.cache_features == "on":
+            raise ConfigError("train.cache_features: 'on' does not combine with train.ema (the average needs "
+                              "the whole model); set train.cache_features to 'auto' or 'off'")
+        return False
     if cfg.train.cache_features == "on":
         return True
     return not (aug.crop_padding or aug.flip or aug.cutout) and not cfg.train.compile
@@ -256,7 +272,8 @@ def compile_features(cfg: ExperimentConfig) -> bool | None:
 
 
 def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, rd: RunDir, *, resume: bool,
-                progress: bool, epoch_callback: EpochCallback | None, log: Callable[[str], None]) -> FitResult:
+                progress: bool, epoch_callback: EpochCallback | None, log: Callable[[str], None],
+                deadline: float | None = None) -> FitResult:
     """Stage 1 (frozen base, partly or fully trainable), then the optional fine-tuning stage."""
     from cnnlab.training.features import FeatureArrays, HeadOnly, cached_features
 
@@ -285,13 +302,14 @@ def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, r
             f"{ftrain.shape} in {time.perf_counter() - t0:.1f}s; training the head on them")
         result = fit(cfg, HeadOnly(model), FeatureArrays(ftrain, prep.train.y, prep.train.class_names),
                      FeatureArrays(fval, prep.val.y, prep.val.class_names) if fval is not None else None,
-                     rd, resume=resume, progress=progress, epoch_callback=epoch_callback, log=log)
+                     rd, resume=resume, progress=progress, epoch_callback=epoch_callback, log=log,
+                     deadline=deadline, weights_model=model)
         result.extra["feature_seconds"] = time.perf_counter() - t0 - result.train_seconds
         result.extra["feature_cache"] = "hit" if hit else "miss"
         result.model = model
     else:
         result = fit(cfg, model, prep.train, prep.val, rd, resume=resume, progress=progress,
-                     epoch_callback=epoch_callback, log=log)
+                     epoch_callback=epoch_callback, log=log, deadline=deadline)
     if ft is None:
         return result  # type: ignore[return-value]
     prior = result.history if result is not None else [h for h in rd.read_history() if not h.get("stage")]
@@ -304,7 +322,8 @@ def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, r
     log(f"fine-tuning: base unfrozen ({'all blocks' if ft.unfreeze_last is None else f'last {ft.unfreeze_last} blocks'}), "
         f"lr {ft.lr:g} for {ft.epochs} epochs")
     result2 = fit(cfg2, model, prep.train, prep.val, rd, resume=stage2_started, progress=progress,
-                  epoch_callback=epoch_callback, log=log, stage="finetune", prior_history=prior)
+                  epoch_callback=epoch_callback, log=log, stage="finetune", prior_history=prior,
+                  deadline=deadline)
     first_seconds = result.train_seconds if result is not None else sum(h.get("seconds", 0) for h in prior)
     result2.train_seconds += first_seconds
     result2.history = prior + result2.history

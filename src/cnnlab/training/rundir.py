@@ -4,6 +4,7 @@
     history.csv          one row per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds
     model.safetensors    final weights (the best epoch's when restore_best_weights is on)
     best.safetensors     keep-best checkpoint (when train.checkpoint is set)
+    checkpoints/         the k best epochs (train.checkpoint.save_top_k): epoch-NNN.safetensors, index.json
     model.json           the model card: architecture, preprocessing, class names, parameters
     metrics.json         test-set evaluation, training time and speed
     state/               what `cnnlab train --resume` needs (last finished epoch)

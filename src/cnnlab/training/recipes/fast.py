@@ -48,10 +48,9 @@ from cnnlab.errors import TrainingError
 from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
-from cnnlab.models.io import save_weights
 from cnnlab.training import distributed as ddp
-from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping, StopTraining
-from cnnlab.training.loop import EpochCallback, FitResult
+from cnnlab.training.callbacks import EarlyStopping
+from cnnlab.training.core import EpochCallback, EpochFunctions, FitResult, Trainer, config_callbacks
 from cnnlab.training.recipes import fast_plan
 from cnnlab.training.recipes.fast_options import IGNORED_KEYS, OPTIONS, check_config, options
 from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, alternating_flip, heap_for_large_tensors,
@@ -61,7 +60,6 @@ from cnnlab.training.rundir import RunDir
 from cnnlab.training.sanity import check_trained_model
 from cnnlab.training.schedules import lr_factor
 from cnnlab.training.state import META as STATE_META
-from cnnlab.training.state import load_state, save_state
 from cnnlab.utils.cores import compute_threads, share_now
 from cnnlab.utils.hardware import choose_precision, default_device
 
@@ -87,6 +85,7 @@ def fit(
     log: Callable[[str], None] = print,
     test: ImageArrays | None = None,
     started_at: float | None = None,
+    deadline: float | None = None,
 ) -> FitResult:
     """Train ``model`` with the fast recipe. Writes ``history.csv`` to ``run_dir`` after each epoch.
 
@@ -111,7 +110,7 @@ def fit(
         try:
             with heap_for_large_tensors():
                 return _fit(cfg, model, train, val, test, run_dir, o, device, precision, workers, progress,
-                            epoch_callback, log, started_at, resume)
+                            epoch_callback, log, started_at, resume, deadline)
         finally:
             workers.close()
             set_thread_updates_bn_stats(True)
@@ -120,7 +119,8 @@ def fit(
 def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val: ImageArrays | None,
          test: ImageArrays | None, run_dir: RunDir, o: dict[str, Any], device: torch.device,
          precision: Any, workers: Workers, progress: bool, epoch_callback: EpochCallback | None,
-         log: Callable[[str], None], started_at: float, resume: bool) -> FitResult:
+         log: Callable[[str], None], started_at: float, resume: bool, deadline: float | None = None
+         ) -> FitResult:
     t_setup = time.perf_counter()
     eval_split = test if test is not None else val
     # DDP: rank 0 alone plans (it measures, writes plan.json); every rank trains rank 0's plan, and
@@ -203,38 +203,14 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             "(as in published time-to-accuracy results)")
 
     train_step = TrainStep(step_model, workers, device, dtype, label_smoothing)
-    es = EarlyStopping(**vars(tc.early_stopping)) if tc.early_stopping else None
-    ckpt = BestCheckpoint(tc.checkpoint.monitor, tc.checkpoint.mode) if tc.checkpoint else None
-    history: list[dict[str, float]] = []
-    epoch, step, train_seconds, stopped, stop_reason = 0, 0, 0.0, False, ""
-    if resume and ddp.from_main(lambda: (run_dir.state / STATE_META).is_file()):
-        # Everything an epoch boundary holds: weights, both optimisers, the slow weights, the
-        # generator, the flips, the (re-planned) length and the callbacks: the same run goes on.
-        meta, extra = ddp.load_state_from_main(run_dir.state, model, opts, load_state)  # DDP: rank 0's
-        epoch, step, epochs, train_seconds = meta["epoch"] + 1, meta["step"], meta["epochs"], meta["train_seconds"]
-        total_steps, history = meta["total_steps"], meta["history"]
-        stopped, stop_reason, train_step.loss_scale = meta["stopped"], meta["stop_reason"], meta["loss_scale"]
-        gen.set_state(extra["generator"])
-        first_flips = extra["first_flips"].bool()
-        if slow is not None:
-            torch._foreach_copy_(slow, [extra[f"slow.{i}"] for i in range(len(slow))])
-        for cb, key in ((es, "early_stopping"), (ckpt, "checkpoint")):
-            if cb is not None and meta.get(key):
-                cb.load_state_dict(meta[key])
-        log(f"resuming {run_dir.path} after epoch {epoch} of {epochs}")
-    if resume or plan is None:  # a resumed run's budget counts what it trained before
-        train_deadline, _ = fast_plan.deadlines(o, started_at, trained_seconds=train_seconds)
-    train_budget_s = max(0.0, train_deadline - time.monotonic()) if train_deadline is not None else 0.0
-    log(f"fast recipe: {n:,} images, batch {batch_size}, {total_steps} steps ({total_steps / steps_per_epoch:.2f} "
-        f"epochs of {steps_per_epoch}), "
-        f"{flops_per_image / 1e9:.3f} GFLOP per training image, {workers.n} worker(s), "
-        f"{precision.name} on {device.type}"
-        + (f", training budget {train_budget_s / 60:.1f} min" if train_budget_s else ""))
-    setup_seconds = time.perf_counter() - t_setup  # planning, whitening, FLOP count, optimisers
-    beat = o["heartbeat_seconds"]
+    step, train_seconds = 0, 0.0
     max_steps = max(total_steps, fast_plan.MAX_EPOCHS * steps_per_epoch) if plan is not None else total_steps
-    averaged_at = step
-    while step < total_steps and not stopped:
+    beat = o["heartbeat_seconds"]
+    averaged_at = 0
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        """One epoch's steps, then the monitor's accuracy and the time-budget re-planning."""
+        nonlocal step, train_seconds, total_steps, epochs, averaged_at
         model.train()
         train_bias = epoch < o["whiten_bias_epochs"]
         whiten_bias.requires_grad_(train_bias)  # frozen, the first conv needs no input gradient
@@ -297,35 +273,23 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         train_seconds += seconds
         seen = max(1, done) * batch_size
         loss_total, correct_total = ddp.reduce_sums(loss_sum, correct)  # DDP: over all ranks
-        logs: dict[str, float] = {"epoch": epoch + 1, "loss": loss_total / seen, "accuracy": correct_total / seen,
+        logs: dict[str, float] = {"loss": loss_total / seen, "accuracy": correct_total / seen,
                                   "lr": opts[0].param_groups[0]["lr"], "seconds": seconds,
                                   "train_seconds_total": train_seconds, "images_per_second": seen / seconds,
-                                  "steps": done,
-                                  "gflops_per_second": flops_per_image * seen / seconds / 1e9}
+                                  "steps": done, "gflops_per_second": flops_per_image * seen / seconds / 1e9}
         ddp.broadcast_module(model)  # DDP: rank 0's BatchNorm statistics (kept per rank) on every rank
         if monitor is not None:
             # DDP: each rank scores its strided part of the watched split; the sums are reduced
             logs[f"{monitor_name}_loss"], logs[f"{monitor_name}_accuracy"] = ddp.sharded_eval(
                 lambda xs: predict_parallel(model, xs, workers, tta=o["monitor_tta"], device=device, dtype=dtype,
                                             batch_size=tc.eval_batch_size), monitor.x, monitor.y)
-        history.append(logs)
-        if ddp.current().is_main:
-            run_dir.write_history(history)
-        log(_log_line(epoch, epochs, logs, monitor_name))
-        if epoch_callback is not None:
-            try:
-                epoch_callback(epoch, logs)
-            except StopTraining as exc:
-                if not stopped:
-                    stopped, stop_reason = True, str(exc) or "stopped by a callback"
-        epoch += 1
         if train_deadline is not None:
             # The time budget: the last two epochs' speed says how many more steps fit (a single
             # slow epoch, e.g. another job on the cores, is not taken for the machine's speed); a
             # planned run may also grow again, up to the planner's cap, when the machine is fast
             # again. The schedule, a function of step / total_steps, is re-planned for that many.
-            recent = history[-2:]
-            per_step = sum(h["seconds"] for h in recent) / sum(h["steps"] for h in recent)
+            recent = [*trainer.history[-1:], logs]
+            per_step = sum(h["seconds"] for h in recent) / max(1, sum(h["steps"] for h in recent))
             fits = step + int(max(0.0, train_deadline - time.monotonic()) // per_step)
             cap = max_steps if plan is not None else total_steps  # a fixed-size run only shrinks
             new = max(step, min(fits, cap))
@@ -334,49 +298,64 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                     f"(planned {total_steps / steps_per_epoch:.2f}); training {new} steps")
                 total_steps = new
             epochs = -(-total_steps // steps_per_epoch)
-        if ckpt is not None and ckpt.on_epoch_end(epoch - 1, logs) and ddp.current().is_main:
-            save_weights(model, run_dir / "best.safetensors")
-        if es is not None and es.on_epoch_end(epoch - 1, logs)[1]:
-            stopped, stop_reason = True, (f"early stopping: {es.monitor} did not improve for {es.patience} epochs "
-                                          f"(best {es.best:.4f} at epoch {es.best_epoch + 1})")
-        if tc.target_accuracy is not None and logs.get(f"{monitor_name}_accuracy", -1.0) >= tc.target_accuracy:
-            stopped = True
-            stop_reason = (f"reached target {monitor_name}_accuracy {tc.target_accuracy} after "
-                           f"{train_seconds:.1f} s of training (epoch {epoch})")
-        # DDP: rank 0's decisions (stop, re-planned length; its clock) hold for every rank
-        stopped, stop_reason, total_steps, epochs = ddp.broadcast_object((stopped, stop_reason, total_steps, epochs))
-        extra_t = {"generator": gen.get_state(), "first_flips": first_flips.to(torch.uint8)}
-        extra_t.update({f"slow.{i}": t for i, t in enumerate(slow or [])})
-        if ddp.current().is_main:
-            save_state(run_dir.state, model, opts, {
-                "epoch": epoch - 1, "step": step, "epochs": epochs, "total_steps": total_steps,
-                "train_seconds": train_seconds, "history": history,
-                "stopped": stopped, "stop_reason": stop_reason, "loss_scale": train_step.loss_scale,
-                "early_stopping": es.state_dict() if es else None, "checkpoint": ckpt.state_dict() if ckpt else None,
-            }, extra_tensors=extra_t)
-        if stopped:
-            log(stop_reason)
+            total_steps, epochs = ddp.broadcast_object((total_steps, epochs))  # DDP: rank 0's clock decides
+        return logs
 
-    if slow is not None and averaged_at != step:  # the budget moved the end: average there too
+    def state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        # Everything an epoch boundary holds besides the weights, the optimisers and the callbacks
+        # (the core saves those): the generator, the flips, the slow weights, the (re-planned) length.
+        tensors = {"generator": gen.get_state(), "first_flips": first_flips.to(torch.uint8)}
+        tensors.update({f"slow.{i}": t for i, t in enumerate(slow or [])})
+        return {"step": step, "epochs": epochs, "total_steps": total_steps, "train_seconds": train_seconds,
+                "loss_scale": train_step.loss_scale}, tensors
+
+    def load(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        nonlocal step, epochs, total_steps, train_seconds, first_flips, averaged_at
+        step, epochs, total_steps, train_seconds = meta["step"], meta["epochs"], meta["total_steps"], meta["train_seconds"]
+        train_step.loss_scale, averaged_at = meta["loss_scale"], meta["step"]
+        gen.set_state(tensors["generator"])
+        first_flips = tensors["first_flips"].bool()
+        if slow is not None:
+            torch._foreach_copy_(slow, [tensors[f"slow.{i}"] for i in range(len(slow))])
+
+    trainer = Trainer(
+        EpochFunctions(model, opts, more=lambda epoch: step < total_steps, planned_epochs=lambda: epochs,
+                       train_epoch=train_epoch, state=state, load_state=load),
+        run_dir, config_callbacks(tc, target_key=f"{monitor_name}_accuracy" if monitor_name else "",
+                                  epoch_callback=epoch_callback), log=log)
+    resume = resume and ddp.from_main(lambda: (run_dir.state / STATE_META).is_file())  # DDP: rank 0's view
+    if resume:
+        trainer.resume()  # the same run goes on: weights, optimisers, the state above, the callbacks
+    if resume or plan is None:  # a resumed run's budget counts what it trained before
+        train_deadline, _ = fast_plan.deadlines(o, started_at, trained_seconds=train_seconds)
+    if deadline is not None:  # the caller's bound: the time-budget re-planning ends training by then
+        train_deadline = deadline if train_deadline is None else min(train_deadline, deadline)
+    train_budget_s = max(0.0, train_deadline - time.monotonic()) if train_deadline is not None else 0.0
+    log(f"fast recipe: {n:,} images, batch {batch_size}, {total_steps} steps ({total_steps / steps_per_epoch:.2f} "
+        f"epochs of {steps_per_epoch}), "
+        f"{flops_per_image / 1e9:.3f} GFLOP per training image, {workers.n} worker(s), "
+        f"{precision.name} on {device.type}"
+        + (f", training budget {train_budget_s / 60:.1f} min" if train_budget_s else ""))
+    setup_seconds = time.perf_counter() - t_setup  # planning, whitening, FLOP count, optimisers
+    result = trainer.fit()
+
+    es = trainer.find(EarlyStopping)
+    if slow is not None and averaged_at != step and not (es and es.restored):  # the budget moved the end
         _average(slow, averaged, o["lookahead_decay"] ** la_every)
-    model.eval()
     whiten_bias.requires_grad_(True)
-    check_trained_model(model, train, history, lr)  # training/sanity.py: finite weights, no one-class collapse
-    rates = sorted(h["images_per_second"] for h in history)
+    # training/sanity.py: finite weights, no one-class collapse (against the epoch whose weights the model holds)
+    check_trained_model(model, train, [h for h in result.history if h["epoch"] <= (result.weights_epoch or 0)], lr)
     images = step * batch_size
-    extra = {"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
-             "train_gflops_per_second": flops_per_image * images / max(train_seconds, 1e-9) / 1e9,
-             "precision": precision.name, "monitor": monitor_name or None, "options": o, "tta": tc.tta,
-             "setup_seconds": setup_seconds}
+    result.extra = {"recipe": "fast", "workers": workers.n, "train_gflop_per_image": flops_per_image / 1e9,
+                    "train_gflops_per_second": flops_per_image * images / max(train_seconds, 1e-9) / 1e9,
+                    "precision": precision.name, "monitor": monitor_name or None, "options": o, "tta": tc.tta,
+                    "setup_seconds": setup_seconds}
     if plan is not None:
-        extra["plan"] = {"widths": plan.widths, "epochs": plan.epochs, "batch_size": plan.batch_size,
-                         "tta": plan.tta, "estimated_train_seconds": round(plan.estimated_train_seconds, 1),
-                         "probe_seconds": round(plan.probe_seconds, 1)}
-    return FitResult(
-        model=model, history=history, run_dir=run_dir, epochs_run=len(history), stopped_early=stopped,
-        stop_reason=stop_reason, train_seconds=train_seconds, extra=extra,
-        best_epoch=(ckpt.best_epoch + 1) if ckpt else ((es.best_epoch + 1) if es and es.best_epoch >= 0 else None),
-        images_per_second=rates[len(rates) // 2] if rates else 0.0)
+        result.extra["plan"] = {"widths": plan.widths, "epochs": plan.epochs, "batch_size": plan.batch_size,
+                                "tta": plan.tta, "estimated_train_seconds": round(plan.estimated_train_seconds, 1),
+                                "probe_seconds": round(plan.probe_seconds, 1)}
+    result.train_seconds = train_seconds
+    return result
 
 
 def _average(slow: list[torch.Tensor], averaged: list[torch.Tensor], keep: float) -> None:
@@ -385,12 +364,3 @@ def _average(slow: list[torch.Tensor], averaged: list[torch.Tensor], keep: float
         torch._foreach_lerp_(slow, [t.detach() for t in averaged], 1.0 - keep)
         torch._foreach_copy_([t.detach() for t in averaged], slow)
 
-
-def _log_line(epoch: int, epochs: int, logs: dict[str, float], monitor: str) -> str:
-    parts = [f"Epoch {epoch + 1}/{epochs}", f"{logs['seconds']:.0f}s", f"loss: {logs['loss']:.4f}",
-             f"accuracy: {logs['accuracy']:.4f}"]
-    if monitor:
-        parts.append(f"{monitor}_accuracy: {logs[f'{monitor}_accuracy']:.4f}")
-    parts += [f"lr: {logs['lr']:.2e}", f"{logs['images_per_second']:.0f} img/s",
-              f"{logs['gflops_per_second']:.0f} GFLOP/s"]
-    return " - ".join(parts)
