@@ -377,6 +377,7 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
     """The trainer's evaluator: the fresh model on the test split (else validation) -> metrics.json entries."""
     from cnnlab import figures
     from cnnlab.models.io import load_weights
+    from cnnlab.reports.error_analysis import run_error_analysis
     from cnnlab.training.orchestrate import card_extra, compile_features
 
     split = prep.test if prep.test is not None else prep.val
@@ -395,6 +396,8 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
         bpred = ImagePredictor.from_model(best, config=cfg, card=card, path=rd.path, weights="best")
         out[f"{split_name}_best_checkpoint"] = _summary(bpred.evaluate(split))
     report = ev.report
+    out["error_analysis"] = run_error_analysis(ev.probabilities, ev.y, split, report["class_names"], rd.path,
+                                               split_name)  # the study's 20 lowest-p(true) images
     figures.confusion_heatmap(np.array(report["confusion_matrix"]), report["class_names"],
                               rd.figures / "confusion_matrix.png")
     log(f"{split_name} accuracy: {report['accuracy']:.4f} (top-5 {report['top5_accuracy']:.4f}, "

@@ -275,3 +275,22 @@ def test_cnnlabs_own_architectures_are_timm_models():
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["NASNetMobile", "7", "FastNet", "True"]
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    # Seen in a tuning test: a model file whose header was 128 + 256k bytes long was refused as a pickle.
+    from safetensors.torch import save_file
+
+    from cnnlab.models.io import _pickle_kind
+
+    for pad in range(1, 400):
+        path = tmp_path / "w.safetensors"
+        save_file({"w" * pad: torch.zeros(1)}, str(path))
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert _pickle_kind(path) is None
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    assert _pickle_kind(tmp_path / "w.pt") == "a PyTorch pickle"
+    (tmp_path / "raw.pkl").write_bytes(b"\x80\x02}q\x00.")
+    assert _pickle_kind(tmp_path / "raw.pkl") == "a PyTorch pickle"

@@ -74,21 +74,6 @@ def report(trained):
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def test_worst_indices_orders_by_probability_of_the_true_class():
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95]])
-    y = np.array([0, 0, 0, 1])
-    # p(true) = 0.9, 0.2, 0.6, 0.95 -> worst first: 1, 2, 0
-    assert gallery.worst_indices(probs, y, 3).tolist() == [1, 2, 0]
-    assert gallery.worst_indices(probs, y, 0).tolist() == []
-
-
-def test_gallery_titles_flag_wrong_predictions():
-    probs = np.array([[0.7, 0.3], [0.4, 0.6]])
-    titles, wrong = gallery.gallery_titles(probs, np.array([0, 0]), np.array([0, 1]), ["cat", "dog"])
-    assert wrong == [False, True]
-    assert "true: cat" in titles[1] and "pred: dog (0.60)" in titles[1]
-
-
 def test_label_error_rows_keep_only_confident_wrong_predictions(tmp_path):
     probs = np.array([[0.05, 0.95], [0.2, 0.8], [0.97, 0.03], [0.5, 0.5]])
     y = np.array([0, 0, 0, 1])
@@ -118,7 +103,7 @@ def test_report_files_and_sections(report):
     path, rep = report
     out = path.parent
     assert path.name == "report.html" and out.name == "report"
-    for name in ("example_images", "curves", "confusion_matrix", "reliability", "worst_misclassified"):
+    for name in ("example_images", "curves", "confusion_matrix", "reliability", "errors"):
         png = Path(rep["figures"][name])
         assert png.parent == out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     text = path.read_text()
@@ -128,6 +113,7 @@ def test_report_files_and_sections(report):
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 5
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     assert "Keep-best checkpoint" in text  # the run kept best.safetensors
+    assert '<a href="errors.csv">errors.csv</a>' in text and (out / "errors.csv").is_file()
 
 
 def test_report_numbers_match_the_data_and_model(report, trained):
@@ -164,6 +150,20 @@ def test_worst_gallery_and_planted_label_errors(report):
                for r in planted)
     # The planted images are among the worst: a red image labelled green is as wrong as it gets.
     assert {w["image"] for w in worst[:PLANTED]} == {r["image"] for r in planted}
+    errors = list(csv.DictReader((path.parent / "errors.csv").open()))
+    assert [r["path"] for r in errors] == [w["image"] for w in worst]
+    assert [float(r["p_true"]) for r in errors] == pytest.approx(p_true, abs=1e-6)
+
+
+def test_the_run_written_by_training_has_the_error_analysis(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    ea = metrics["error_analysis"]
+    assert ea == {"png": "figures/errors.png", "csv": "figures/errors.csv", "split": "test"}
+    assert (trained / ea["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((trained / ea["csv"]).open()))
+    assert len(rows) == 20  # 32 test images, k = 20
+    planted = {r["path"] for r in rows[:PLANTED]}
+    assert all("planted_" in p for p in planted), rows[:PLANTED]
 
 
 def test_overfitting_warning_appears_only_when_flagged(report):

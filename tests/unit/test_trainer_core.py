@@ -354,3 +354,4 @@ def test_the_fast_recipe_keeps_top_k_checkpoints_and_honours_a_deadline(tiny_tre
     run = orchestrate.train(_fast_cfg(), data=str(tiny_tree), run_dir=tmp_path / "late", progress=False,
                             log=logs.append, deadline=time.monotonic() - 1.0)
     assert run.fit.epochs_run == 1 and any(line.startswith("time budget:") for line in logs)
+

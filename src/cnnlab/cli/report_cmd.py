@@ -11,13 +11,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write an HTML report of a trained run",
                        description="Config, data summary and example images, model summary (layers, "
                                    "parameters, FLOPs), learning curves with overfitting warning, confusion "
-                                   "matrix and per-class P/R/F1, the worst-misclassified gallery and a CSV of "
+                                   "matrix and per-class P/R/F1, the error analysis (errors.png: the images with "
+                                   "the lowest probability for their true class, errors.csv beside it), a CSV of "
                                    "likely label errors, calibration, and speed: one HTML file (figures "
                                    "embedded, opens offline) with the PNGs beside it.")
     p.add_argument("run_dir", help="a run directory written by `cnnlab train`")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.add_argument("--worst", type=int, default=20, metavar="N",
-                   help="images in the worst-misclassified gallery (default 20, a 4x5 grid)")
+                   help="images in the error analysis, errors.png and errors.csv (default 20, a 4x5 grid)")
     p.add_argument("--label-error-confidence", type=float, default=0.9, metavar="P",
                    help="list wrong predictions at least this confident as likely label errors (default 0.9)")
     p.add_argument("--data", help="data source (default: the one the run trained on)")

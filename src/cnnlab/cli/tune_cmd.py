@@ -8,6 +8,7 @@ _EPILOG = """\
 examples:
   cnnlab tune --config experiments/mobilenet/II.5.yaml --epochs 10 --trials 20
   cnnlab tune -c experiments/mobilenet/II.5.yaml --workers 2 --timeout 2h
+  cnnlab tune -c experiments/mobilenet/II.5.yaml --time-limit 20m
   cnnlab tune -c II.5.yaml --storage postgresql+psycopg2://user:pw@db-host/cnnlab --study-name ii5
 
 Run the same command again to resume after a crash or kill; run it on other machines with the
@@ -25,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", "-c", required=True, help="experiment config (YAML) with a search: section")
     p.add_argument("--trials", type=int, help="number of trials in the study (default: search.trials)")
     p.add_argument("--timeout", help="start no new trial after this long, e.g. 600, 45m, 2h, 1h30m")
+    p.add_argument("--time-limit", metavar="DURATION",
+                   help="end the whole search (trials, final fit, summary) within this, e.g. 90s, 20m, 1.5h: "
+                        "a running trial is stopped after an epoch and still counts")
     p.add_argument("--sampler", choices=("tpe", "gp", "random"), help="tpe (default), gp or random")
     p.add_argument("--initial-random", type=int, metavar="N", help="random trials before the sampler's model")
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), help="early stopping of trials")
@@ -51,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab import tuning
+    from cnnlab.tuning.budget import process_start_time
     from cnnlab.cli.common import print_json, print_table
     from cnnlab.config import parse_override
 
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     overrides.update(dict(parse_override(o) for o in args.overrides))
     result = tuning.tune(args.config, data=args.data, overrides=overrides, trials=args.trials, timeout=args.timeout,
+                         time_limit=args.time_limit, started_at=process_start_time() if args.time_limit else None,
                          sampler=args.sampler, initial_random=args.initial_random, pruner=args.pruner,
                          storage=args.storage, study_name=args.study_name, workers=args.workers,
                          final_fit=args.final_fit, out=args.out, seed=args.seed, epoch_log=not args.quiet,

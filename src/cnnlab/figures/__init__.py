@@ -162,18 +162,3 @@ def reliability_diagram(bins: list[dict[str, float]], ece: float, path: str | Pa
     ax.set_title(f"reliability diagram (ECE {ece:.3f})")
     ax.legend(fontsize=8)
     return save(fig, path)
-
-
-def image_gallery(images: np.ndarray, titles: Sequence[str], wrong: Sequence[bool], path: str | Path,
-                  cols: int = 5) -> Path:
-    """A grid of images, each titled (red when ``wrong``): the worst-misclassified gallery."""
-    n = len(images)
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(images[i], interpolation="nearest")
-            ax.set_title(titles[i], fontsize=7, color="red" if wrong[i] else "black")
-    fig.tight_layout()
-    return save(fig, path)

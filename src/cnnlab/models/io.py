@@ -33,14 +33,21 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def _pickle_kind(path: Path) -> str | None:
-    """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip or a raw pickle)."""
+    """"a PyTorch pickle" when the file starts like ``torch.save``'s output (a zip, or a raw pickle:
+    PROTO opcode 0x80 and a protocol number 2-5).
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian), whose first
+    byte may be 0x80 too (a header of 8,576 bytes), then ``{``: that is never taken for a pickle."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(9)
+        size = path.stat().st_size
     except OSError:
         return None
-    if head[8:9] == b"{":  # safetensors: an 8-byte little-endian header length, then the JSON header
-        return None  # (its first byte is 0x80 whenever that length is 128 mod 256)
+    # A safetensors file starts with its JSON header's length (8 bytes, little-endian), then "{":
+    # a length whose first byte is 0x80 (one in 256) must not be taken for a pickle's opcode.
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return None
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "a PyTorch pickle"
     return None

@@ -3,7 +3,9 @@
 :func:`write_run_report` reloads the run's data and model, evaluates it again on the test split
 (the validation split when the source has no test split), draws every figure as a PNG in the
 output folder, and writes ``report.html`` (figures embedded, opens offline), ``report.json``
-(the numbers) and ``label_errors.csv`` (confidently wrong predictions) beside them.
+(the numbers), the error analysis (``errors.png``: the 20 images with the lowest probability for
+their true class; ``errors.csv``: the same list, see error_analysis.py) and ``label_errors.csv``
+(confidently wrong predictions) beside them.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def write_run_report(
     from cnnlab import figures
     from cnnlab.predictor import ImagePredictor
     from cnnlab.reports import gallery
+    from cnnlab.reports.error_analysis import write_error_analysis
     from cnnlab.reports.run_report_html import render
     from cnnlab.reports.speed import batch1_latency, speed_summary
     from cnnlab.training.orchestrate import prepare_data
@@ -148,13 +151,12 @@ def write_run_report(
 
     probs = evaluation.probabilities
     if n_worst > 0:
-        path, index = gallery.worst_gallery(split.x, probs, y, names, out_dir / "worst_misclassified.png",
-                                            n=n_worst)
-        rep["figures"]["worst_misclassified"] = str(path)
-        rep["worst"] = [{"index": int(i), "image": split.paths[i] if split.paths else f"#{int(i)}",
-                         "true_label": names[int(y[i])], "predicted_label": names[int(probs[i].argmax())],
-                         "confidence": float(probs[i].max()), "p_true": float(probs[i, int(y[i])])}
-                        for i in index]
+        ea = write_error_analysis(probs, y, split.x, names, out_dir, k=n_worst, split=split_name, paths=split.paths)
+        rep["figures"]["errors"] = str(ea["png"])
+        rep["error_analysis"] = {"png": str(ea["png"]), "csv": str(ea["csv"]), "k": n_worst, "split": split_name}
+        rep["worst"] = [{"index": r["index"], "image": r["path"] or f"#{r['index']}", "true_label": r["true"],
+                         "predicted_label": r["predicted"], "confidence": r["p_pred"], "p_true": r["p_true"]}
+                        for r in ea["rows"]]
     errors = gallery.label_error_rows(probs, y, names, split.paths, label_error_confidence)
     gallery.write_csv(errors, out_dir / "label_errors.csv", gallery.LABEL_ERROR_COLUMNS)
     rep["label_errors"] = {"min_confidence": label_error_confidence, "count": len(errors), "rows": errors,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from cnnlab.reports import html as h
@@ -111,11 +112,14 @@ def _evaluation(rep: dict[str, Any]) -> str:
 
 def _errors(rep: dict[str, Any]) -> str:
     body = ""
-    if "worst_misclassified" in rep["figures"]:
+    if "errors" in rep["figures"]:
         n = len(rep.get("worst", []))
-        body += h.figure(rep["figures"]["worst_misclassified"],
+        body += h.figure(rep["figures"]["errors"],
                          f"The {n} {rep['eval_split']} images with the lowest probability for their true class: "
                          "true label, predicted label and its confidence (red: wrong).")
+        body += (f'<p>The same images as a table: <a href="{h.esc(Path(rep["error_analysis"]["csv"]).name)}">'
+                 f'{h.esc(Path(rep["error_analysis"]["csv"]).name)}</a> (index, path, true, predicted, p_true, '
+                 "p_pred; candidates for label errors).</p>")
     le = rep["label_errors"]
     body += "<h3>Likely label errors</h3>"
     body += h.para(f"{le['count']} images are predicted wrong with confidence >= {le['min_confidence']:g}; "

@@ -8,7 +8,7 @@
     model.json           the model card: architecture, preprocessing, class names, parameters
     metrics.json         test-set evaluation, training time and speed
     state/               what `cnnlab train --resume` needs (last finished epoch)
-    figures/             curves.png, confusion_matrix.png ...
+    figures/             curves.png, confusion_matrix.png, errors.png + errors.csv (error analysis) ...
 
 Every file is written atomically (temporary file, then rename).
 """

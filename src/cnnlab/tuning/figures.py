@@ -6,9 +6,10 @@ trials with different values) is recorded with the reason instead of failing the
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -23,8 +24,14 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if not st.is_surplus_marked(t)]
 
 
-def draw(study: optuna.Study, out_dir: str | Path, objective: str = "value") -> dict[str, str]:
-    """Draw every figure into ``out_dir``; returns {name: path or 'skipped: reason'}."""
+def draw(study: optuna.Study, out_dir: str | Path, objective: str = "value", *, until: float | None = None,
+         clock: Callable[[], float] = time.time) -> dict[str, str]:
+    """Draw every figure into ``out_dir``; returns {name: path or 'skipped: reason'}.
+
+    ``until`` (on ``clock``'s scale; the study's time limit): a figure not started by then is skipped."""
+    late = "skipped: the time limit is reached"
+    if until is not None and clock() >= until:
+        return {name: late for name in FIGURES}
     import matplotlib.pyplot as plt  # optuna's plots draw through pyplot; each is closed once saved
 
     from cnnlab import figures
@@ -50,6 +57,9 @@ def draw(study: optuna.Study, out_dir: str | Path, objective: str = "value") -> 
     for name in FIGURES:
         if reasons[name]:
             result[name] = f"skipped: {reasons[name]}"
+            continue
+        if until is not None and clock() >= until:
+            result[name] = late
             continue
         try:
             with warnings.catch_warnings():

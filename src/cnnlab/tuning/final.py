@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cnnlab.config import apply_overrides, config_from_dict
 from cnnlab.errors import CnnlabError
 from cnnlab.tuning import storage as st
+from cnnlab.tuning.budget import EpochGuard
 from cnnlab.utils.io import atomic_write_json
 
 MARKER = "tune_final.json"
@@ -82,8 +84,12 @@ def _test_metrics(run_dir: Path, bundle: Any) -> dict[str, Any] | None:
 
 
 def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str | Path, data: Any = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or reuse) the final fit; returns what the summary records about it."""
+              log: Callable[[str], None] = print, *, deadline: float | None = None,
+              clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Run (or reuse) the final fit; returns what the summary records about it.
+
+    ``deadline`` (on ``clock``'s scale, the study's time limit): training stops after the epoch
+    after which the next would end later; none starts when no time is left."""
     from cnnlab import api
 
     best = best_trial(study)
@@ -108,6 +114,9 @@ def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str
         log(f"best trial {best.number}'s own model" + (f": test accuracy {test['accuracy']:.4f}" if test else
                                                        " (the source has no test split)"))
         return info
+    if deadline is not None and clock() >= deadline:
+        log("final fit skipped: the time limit is reached")
+        return {"mode": mode, "status": "skipped", "trial": best.number, "reason": "time limit reached"}
     cfg_dict = final_config(base, best, mode)
     if mode == "train+val" and data is not None and getattr(data, "val", None) is not None:
         data = _merge_val(data)
@@ -115,7 +124,8 @@ def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str
         shutil.rmtree(final_dir)  # an unfinished or outdated final fit
     log(f"final fit ({mode}) of trial {best.number}'s setting for {cfg_dict['train']['epochs']} epochs")
     try:
-        result = api.train(cfg_dict, data=data, run_dir=final_dir, progress=False, log=log)
+        guard = EpochGuard(deadline, clock, "final fit") if deadline is not None else None
+        result = api.train(cfg_dict, data=data, run_dir=final_dir, progress=False, log=log, epoch_callback=guard)
     except CnnlabError as exc:  # e.g. a NaN loss: the search's results stand, the summary says why
         log(f"final fit failed: {exc}")
         return {"mode": mode, "status": "failed", "trial": best.number, "reason": str(exc)}
@@ -123,5 +133,7 @@ def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str
     info = {"mode": mode, "status": "done", "trial": best.number, "params": dict(best.params),
             "epochs": result.metrics.get("epochs_run"), "train_samples": result.metrics.get("train_samples"),
             "train_seconds": result.metrics.get("train_seconds"), "run_dir": str(final_dir), "test": test}
+    if guard is not None and guard.stopped:
+        info["stopped_by_time_limit"] = True
     atomic_write_json(marker, info)
     return info

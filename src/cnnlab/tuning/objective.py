@@ -17,6 +17,7 @@ import optuna
 from cnnlab.config import apply_overrides, config_from_dict
 from cnnlab.errors import ConfigError
 from cnnlab.tuning import storage as st
+from cnnlab.tuning.budget import EpochGuard
 from cnnlab.tuning.space import SearchSettings
 
 
@@ -45,8 +46,13 @@ class Objective:
     """Callable Optuna objective over a fixed dataset (loaded once per worker)."""
 
     def __init__(self, base: dict[str, Any], settings: SearchSettings, data: Any, trials_dir: str | Path,
-                 log: Callable[[str], None] = print, epoch_log: bool = True):
+                 log: Callable[[str], None] = print, epoch_log: bool = True, *, deadline: float | None = None,
+                 clock: Callable[[], float] = time.time, started: float | None = None):
         self.base = base
+        self.deadline = deadline  # clock() by which a trial's training must end (the study's time limit)
+        self.clock = clock
+        self.started = started  # clock() at the study's start (recorded per trial)
+        self.first_epoch_seconds = 0.0  # the longest first epoch (set-up included) of this worker's trials
         self.settings = settings
         self.data = data
         self.trials_dir = Path(trials_dir)
@@ -91,6 +97,9 @@ class Objective:
         retry = f" (attempt {attempt}, retrying trial {trial.user_attrs['retry_of']})" if attempt > 1 else ""
         self.log(f"trial {trial.number}{retry}: {_fmt(params)}")
         t0 = time.perf_counter()
+        if self.started is not None:
+            trial.set_user_attr("started_after_seconds", round(self.clock() - self.started, 3))
+        guard = EpochGuard(self.deadline, self.clock, f"trial {trial.number}") if self.deadline is not None else None
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             if s.objective not in logs:
@@ -100,6 +109,11 @@ class Objective:
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"{s.objective} {value:.4f} after epoch {epoch + 1}")
+            if guard is not None:
+                try:
+                    guard(epoch, logs)  # StopTraining when the next epoch would end after the time limit
+                finally:
+                    self.first_epoch_seconds = max(self.first_epoch_seconds, guard.first_epoch or 0.0)
 
         def log(line: str) -> None:
             if self.epoch_log and line.startswith("Epoch"):
@@ -123,6 +137,9 @@ class Objective:
         pick = max if s.direction == "maximize" else min
         value = pick(values)
         trial.set_user_attr("epochs_run", len(history))
+        if guard is not None and guard.stopped:
+            trial.set_user_attr("stopped_by_time_limit", True)
+            self.log(f"trial {trial.number}: {result.fit.stop_reason}")
         trial.set_user_attr("best_epoch", values.index(value) + 1)
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
         self.log(f"trial {trial.number} done: {s.objective} {value:.4f} (epoch {values.index(value) + 1} "

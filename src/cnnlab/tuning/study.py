@@ -23,6 +23,7 @@ import optuna
 from cnnlab.data.dataset import DatasetBundle
 from cnnlab.errors import ConfigError
 from cnnlab.tuning import storage as st
+from cnnlab.tuning.budget import StudyBudget, parse_time_limit
 from cnnlab.tuning.space import SearchSettings, parse_search
 from cnnlab.tuning.worker import WorkerSpec, quiet_optuna, run_worker, worker_process_main
 
@@ -61,6 +62,11 @@ def parse_duration(text: str | float | int | None) -> float | None:
     if seconds <= 0:
         raise ConfigError(f"--timeout {text!r}: must be positive")
     return seconds
+
+
+def _first_end(timeout_end: float | None, budget: StudyBudget | None) -> float | None:
+    ends = [e for e in (timeout_end, budget.trials_end if budget else None) if e is not None]
+    return min(ends) if ends else None
 
 
 def open_study(url: str, name: str, settings: SearchSettings, heartbeat: int | None = st.HEARTBEAT_SECONDS,
@@ -132,6 +138,7 @@ def tune(
     overrides: dict[str, Any] | list[str] | None = None,
     trials: int | None = None,
     timeout: str | float | None = None,
+    time_limit: str | float | None = None,
     sampler: str | None = None,
     initial_random: int | None = None,
     pruner: str | None = None,
@@ -146,12 +153,18 @@ def tune(
     heartbeat: int | None = st.HEARTBEAT_SECONDS,
     grace: int | None = st.GRACE_SECONDS,
     log: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.time,
+    started_at: float | None = None,
 ) -> TuneResult:
     """Search the config's ``search:`` space; keyword arguments override the section's values.
 
     ``data``: a source string or a loaded DatasetBundle (else ``config.data.source``).
     ``storage``: an SQLAlchemy URL (default: SQLite in ``out``); ``out`` defaults to
     ``runs/tune/<study name>``; ``workers``: worker processes on this machine.
+    ``timeout``: start no trial after this long. ``time_limit`` ("20m", "90s" or seconds): the
+    whole call (data, trials, final fit, summary) ends within it; a running trial is stopped
+    after an epoch (see budget.py). ``clock``: time.time (a fake one in tests; one worker only).
+    ``started_at``: the clock() the limit counts from (default: now; the CLI: the process's start).
     """
     from cnnlab.api import resolve_config
     from cnnlab.tuning import figures
@@ -160,7 +173,8 @@ def tune(
     from cnnlab.utils.hardware import machine_summary
     from cnnlab.utils.io import atomic_write_text
 
-    t0 = time.time()
+    t0 = clock() if started_at is None else min(started_at, clock())
+    limit = parse_time_limit(time_limit)  # refused before anything is loaded or written
     cfg = resolve_config(config, overrides)
     if isinstance(data, (str, Path)):
         cfg.data.source, data = str(data), None
@@ -172,12 +186,18 @@ def tune(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if nproc_per_trial < 1:
         raise ConfigError(f"--nproc-per-trial must be at least 1, got {nproc_per_trial}")
+    if nproc_per_trial > 1 and limit is not None:  # the time limit stops a trial from inside its training
+        raise ConfigError("--nproc-per-trial does not combine with --time-limit yet (use --timeout: no new "
+                          "trial after that long)")
     if nproc_per_trial > 1 and data is not None:
         raise ConfigError("--nproc-per-trial: each trial's processes load the data themselves, so give the data "
                           "as a source (a path or cifar10), not a DataFrame or a loaded bundle")
     settings = parse_search(cfg, trials=trials, sampler=sampler, initial_random=initial_random, pruner=pruner,
                             final_fit=final_fit)
     seconds = parse_duration(timeout)
+    budget = StudyBudget.plan(t0, limit, settings.final_fit != "none") if limit is not None else None
+    if budget is not None and workers > 1 and clock is not time.time:
+        raise ConfigError("a fake clock works with one worker only")
     name = study_name or cfg.name
     out_dir = Path(out) if out else Path("runs") / "tune" / name
     url = storage or st.default_storage_url(out_dir)
@@ -189,11 +209,16 @@ def tune(
         f"storage {st.mask_url(url)}; output {out_dir}")
     base = cfg.to_dict()
     spec = WorkerSpec(base=base, settings=settings, storage_url=url, study_name=name, out_dir=str(out_dir),
-                      epochs=cfg.train.epochs, deadline=(t0 + seconds) if seconds else None,
+                      epochs=cfg.train.epochs, deadline=_first_end(t0 + seconds if seconds else None, budget),
+                      trial_deadline=budget.trials_end if budget else None, started=t0,
                       seed=cfg.seed if seed is None else seed, heartbeat=heartbeat, grace=grace,
                       epoch_log=epoch_log, extra={"nproc_per_trial": nproc_per_trial})
+    if budget is not None:
+        log(f"time limit {limit:.0f} s: trials until {budget.trials_end - t0:.0f} s"
+            + (f", final fit training until {budget.final_end - t0:.0f} s" if settings.final_fit != "none" else "")
+            + ", then the summary")
     if workers == 1:
-        run_worker(spec, data, log)
+        run_worker(spec, data, log, clock=clock)
     else:
         _run_processes(spec, workers, data, log)
 
@@ -205,10 +230,12 @@ def tune(
                            "run the same command again when they are done"}
         log(f"final fit {final['status']}: {final['reason']}")
     else:
-        final = run_final_fit(study, base, settings.final_fit, out_dir, data, log)
-    figs = figures.draw(study, out_dir / "figures", settings.objective)
+        final = run_final_fit(study, base, settings.final_fit, out_dir, data, log,
+                              deadline=budget.final_end if budget else None, clock=clock)
+    figs = figures.draw(study, out_dir / "figures", settings.objective, until=budget.end if budget else None,
+                        clock=clock)
     summary = build_summary(study, settings, url, cfg.train.epochs, final, figs,
-                            {"wall_seconds": round(time.time() - t0, 1), "machine": machine_summary(),
-                             "out_dir": str(out_dir)})
+                            {"wall_seconds": round(clock() - t0, 1), "machine": machine_summary(),
+                             "out_dir": str(out_dir), **({"time_budget": budget.describe()} if budget else {})})
     write_summary(summary, out_dir)
     return TuneResult(name, st.mask_url(url), out_dir, summary)

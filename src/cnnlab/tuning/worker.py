@@ -37,6 +37,8 @@ class WorkerSpec:
     out_dir: str
     epochs: int
     deadline: float | None = None  # time.time() after which no new trial starts
+    trial_deadline: float | None = None  # time.time() by which a trial's training must end (--time-limit)
+    started: float | None = None  # time.time() at the study's start
     seed: int = 0
     index: int = 0  # worker number on this machine
     threads: int | None = None  # torch threads (None: cnnlab's default, one per physical core)
@@ -96,9 +98,10 @@ def _sigterm_as_interrupt() -> None:
         pass
 
 
-def run_worker(spec: WorkerSpec, data: Any = None, log: Callable[[str], None] = print) -> int:
+def run_worker(spec: WorkerSpec, data: Any = None, log: Callable[[str], None] = print, *,
+               clock: Callable[[], float] = time.time) -> int:
     """Run trials until the study has ``settings.trials`` slots filled (or the deadline); returns
-    how many trials this worker ran."""
+    how many trials this worker ran. ``clock``: time.time, or a fake one in tests."""
     from cnnlab import api
     from cnnlab.config import config_from_dict
 
@@ -112,12 +115,17 @@ def run_worker(spec: WorkerSpec, data: Any = None, log: Callable[[str], None] = 
         cfg = config_from_dict(spec.base)
         data = api.load_data(cfg.data.source if data is None else data, cfg)
     check_validation(spec, data)
-    objective = Objective(spec.base, spec.settings, data, Path(spec.out_dir) / "trials", log, spec.epoch_log)
+    objective = Objective(spec.base, spec.settings, data, Path(spec.out_dir) / "trials", log, spec.epoch_log,
+                          deadline=spec.trial_deadline, clock=clock, started=spec.started)
     objective.nproc_per_trial = int(spec.extra.get("nproc_per_trial", 1))  # docs/distributed.md
     ran = 0
     while True:
-        if spec.deadline is not None and time.time() >= spec.deadline:
+        if spec.deadline is not None and clock() >= spec.deadline:
             log(f"worker {spec.index}: time is up; no new trials")
+            break
+        if spec.trial_deadline is not None and clock() + objective.first_epoch_seconds >= spec.trial_deadline:
+            log(f"worker {spec.index}: {max(spec.trial_deadline - clock(), 0):.0f} s left for trials, less than "
+                f"a first epoch ({objective.first_epoch_seconds:.0f} s); no new trials")
             break
         if ran:
             st.recover_dead_local_trials(study, log)  # a sibling worker on this host may have died
