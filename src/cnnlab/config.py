@@ -122,6 +122,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel training under torchrun (docs/distributed.md). ``train.batch_size`` is the
+    global batch (split evenly over the processes) and the learning rate is set for it, so
+    neither changes with the number of processes."""
+
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (GPUs only); false: per rank
+
+
+@dataclass
 class FinetuneConfig:
     """A second stage after the first: unfreeze the base and continue at a lower learning rate."""
 
@@ -165,6 +174,7 @@ class TrainConfig:
     # FastOptions in training/recipes/fast_options.py; the standard recipe has none).
     recipe: Literal["standard", "fast"] = "standard"
     recipe_options: dict[str, Any] = field(default_factory=dict)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # under torchrun only
 
 
 @dataclass

@@ -83,3 +83,39 @@ def test_two_cnnlab_tune_processes_share_a_postgres_study(tmp_path):
         assert "***" in last["storage"] and url.split("@")[0].split(":")[-1] not in last["storage"]
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+def test_two_workers_whose_trials_are_data_parallel_jobs_share_a_postgres_study(tmp_path):
+    """As on two machines, each worker training its trials as 2-process torchrun jobs (gloo)."""
+    url = _postgres_url()
+    from optuna.trial import TrialState
+    from test_tuning_support import cli_env, cnnlab_cmd, tiny_config, write_color_tree, write_config
+
+    name = f"cnnlab-test-ddp-{uuid.uuid4().hex[:10]}"
+    data = write_color_tree(tmp_path / "data")
+    cfg = tiny_config(trials=2)
+    config = write_config(tmp_path / "tiny.yaml", cfg)
+    procs = []
+    for machine in ("a", "b"):
+        args = ["tune", "--config", str(config), "--data", str(data), "--storage", url, "--study-name", name,
+                "--out", str(tmp_path / f"machine-{machine}"), "--quiet", "--nproc-per-trial", "2"]
+        procs.append(subprocess.Popen(cnnlab_cmd(*args), env=cli_env(tmp_path / f"home-{machine}"),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT))
+    try:
+        outputs = [p.communicate(timeout=480)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    try:
+        trials = optuna.load_study(study_name=name, storage=url).get_trials()
+        counted = [t for t in trials if not t.user_attrs.get("surplus")]
+        assert len(counted) == 2 and all(t.state == TrialState.COMPLETE for t in counted)
+        for t in counted:
+            metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+            assert metrics["distributed"]["world_size"] == 2
+            assert sorted(t.intermediate_values) == [0, 1]
+    finally:
+        optuna.delete_study(study_name=name, storage=url)

@@ -431,3 +431,25 @@ def test_hub_download_switches_no_process_wide_state(monkeypatch):
         load_pretrained(backbone, "resnet18", "hub")
     assert seen == [(None, offline_before, True, hub.HUB_SOCKET_TIMEOUT_S)]
     assert socket.getdefaulttimeout() is None
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors file starts with its header's length (8 bytes, little-endian): a length of
+    128 mod 256 makes the first byte 0x80, a pickle's first byte; it must still load."""
+    import struct
+
+    import torch
+    from safetensors.torch import save_file
+
+    from cnnlab.models.io import load_weights
+
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "w.safetensors"
+    for pad in range(300):
+        save_file(dict(model.state_dict()), str(path), metadata={"pad": "x" * pad})
+        if struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 128:
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    other = torch.nn.Linear(3, 2)
+    load_weights(other, path)
+    assert torch.equal(other.weight, model.weight)

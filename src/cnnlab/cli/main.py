@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(argv) if argv is not None else None  # the launcher (cli/launch.py) re-runs it
     try:
         return int(args.func(args) or 0)
     except CnnlabError as exc:

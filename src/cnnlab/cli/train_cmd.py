@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override any config key, e.g. --set train.optimizer.lr=0.01 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     add_json_flag(p, "the run's metrics and run directory")
+    from cnnlab.cli.launch import add_flags
+
+    add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +45,18 @@ _NOT_WITH_RESUME = ("config", "preset", "epochs", "batch_size", "max_train_sampl
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.cli.launch import relaunch, wants_launch
+    from cnnlab.training.distributed import session
+
+    if wants_launch(args):  # --nproc-per-node N: the same command again, as a torchrun job
+        return relaunch(args, args.raw_argv)
+    with session():  # under torchrun (WORLD_SIZE > 1): this rank joins the job; else a no-op
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from cnnlab import api
+    from cnnlab.utils.distributed import current
     from cnnlab.cli.common import log_to_stderr, print_json
     from cnnlab.errors import ConfigError
 
@@ -58,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         if args.discard_state:
             _discard_state(args.resume, log)
         run = api.resume(args.resume, data=args.data, progress=not args.no_progress, log=log)
-        if args.json:
+        if args.json and current().is_main:
             print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
         return 0
     if args.config and args.preset:
@@ -89,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         config = preset_path(args.preset)
     run = api.train(config, overrides=overrides, run_dir=args.run_dir, progress=not args.no_progress, log=log)
-    if args.json:
+    if args.json and current().is_main:
         print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
     return 0
 

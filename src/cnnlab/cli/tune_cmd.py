@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                      "(default: sqlite:///OUT/study.db)")
     p.add_argument("--study-name", help="name of the study in the storage (default: the config's name)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--nproc-per-trial", type=int, default=1, metavar="N",
+                   help="train each trial as a data-parallel torchrun job of N processes on this machine "
+                        "(default 1; see docs/distributed.md)")
     p.add_argument("--data", help="data source: cifar10, a folder, an archive or a CSV file")
     p.add_argument("--epochs", type=int, help="epochs per trial (the upper bound; pruning stops trials earlier)")
     p.add_argument("--max-train-samples", type=int, help="train every trial on a class-balanced subset")
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                          time_limit=args.time_limit, started_at=process_start_time() if args.time_limit else None,
                          sampler=args.sampler, initial_random=args.initial_random, pruner=args.pruner,
                          storage=args.storage, study_name=args.study_name, workers=args.workers,
-                         final_fit=args.final_fit, out=args.out, seed=args.seed, epoch_log=not args.quiet)
+                         final_fit=args.final_fit, out=args.out, seed=args.seed, epoch_log=not args.quiet,
+                         nproc_per_trial=args.nproc_per_trial)
     s = result.summary
     if args.json:
         print_json({k: v for k, v in s.items() if k != "trials"})

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.models.io import save_weights
+from cnnlab.training import distributed as ddp
 from cnnlab.training.callbacks import (BestCheckpoint, Callback, EarlyStopping, EpochFunction,
                                        NonFiniteValidationLoss, TargetAccuracy, TimeBudget, TopKCheckpoints)
 from cnnlab.training.rundir import RunDir
@@ -215,6 +216,8 @@ class Trainer:
             self.log(log_line(epoch, self.recipe.planned_epochs(), logs))
             for cb in self.callbacks:
                 cb.on_epoch_end(epoch, logs)
+            # DDP: rank 0's decision holds on every rank (its clock for the time budget, its callbacks)
+            self.stopped, self.stop_reason = ddp.broadcast_object((self.stopped, self.stop_reason))
             self.commit(epoch)
             if self.stopped:
                 self.log(self.stop_reason)
@@ -240,7 +243,8 @@ class Trainer:
         }, extra_tensors={**{f"recipe.{k}": v for k, v in tensors.items()}, **cb_tensors})
 
     def _load(self) -> int:
-        meta, extra = load_state(self.state_dir, self.model, list(self.recipe.optimizers))
+        # DDP: rank 0 reads the state and sends it (the other ranks need no copy of the run directory)
+        meta, extra = ddp.load_state_from_main(self.state_dir, self.model, list(self.recipe.optimizers), load_state)
         self.history = list(meta["history"])[len(self.prior):]
         self.stopped, self.stop_reason = bool(meta["stopped"]), meta.get("stop_reason", "")
         saved = meta.get("callbacks") or {}

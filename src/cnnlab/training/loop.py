@@ -24,11 +24,11 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import augment_batch
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import TrainingError
-from cnnlab.evaluation.metrics import accuracy
 from cnnlab.evaluation.predict import as_nchw, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.cpu_kernels import optimize_for_cpu
 from cnnlab.models.io import save_model
+from cnnlab.training import distributed as ddp
 from cnnlab.training.core import EpochCallback, FitResult, Trainer, config_callbacks
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
@@ -72,11 +72,14 @@ def _train_epoch(
                disable=not progress or None, file=sys.stderr, dynamic_ncols=True)
     t0 = time.perf_counter()
     base_lrs = [g["initial_lr"] for g in opt.param_groups]
+    seen = 0
     for i in range(steps):
         if i % 25 == 0:
             rebalance_threads()  # another process may have started or ended on these cores
         step = step0 + i
-        idx = perm[i * bs : (i + 1) * bs]
+        idx = ddp.batch_shard(perm[i * bs : (i + 1) * bs])  # DDP: this rank's strided part of batch i
+        if not len(idx):
+            continue  # DDP: a last batch smaller than the number of processes (every rank skips it)
         xb = x[idx.to(x.device)] if x.device != idx.device else x[idx]
         yb = y[idx.to(y.device)] if y.device != idx.device else y[idx]
         if images and (aug.crop_padding or aug.flip or aug.cutout):
@@ -92,7 +95,8 @@ def _train_epoch(
             logits = model(xb)
         logits = logits.float()
         loss = F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing)
-        penalty = model.l2_penalty() if hasattr(model, "l2_penalty") else None
+        inner = ddp.unwrap(model)  # DDP: the penalty is the model's own, not the wrapper's
+        penalty = inner.l2_penalty() if hasattr(inner, "l2_penalty") else None
         if penalty is not None:
             loss = loss + penalty  # Keras reports the loss with its regularisation terms
         if device.type == "cpu" or i % 50 == 0:
@@ -109,6 +113,7 @@ def _train_epoch(
             after_step(step + 1)
         loss_sum += loss.detach() * len(yb)
         correct += (logits.detach().argmax(1) == yb).sum()
+        seen += len(yb)
         if bar.disable is False and (i % 10 == 0 or i == steps - 1):
             done = min(n, (i + 1) * bs)
             rate = done / max(1e-9, time.perf_counter() - t0)
@@ -116,12 +121,13 @@ def _train_epoch(
                             ips=f"{rate:.0f}", refresh=False)
             bar.update(done - bar.n)
     bar.close()
-    if not torch.isfinite(loss_sum):  # off the CPU only every 50th step is checked above
+    loss_total, correct_total, seen_total = ddp.reduce_sums(loss_sum, correct, seen)  # DDP: over all ranks
+    if not math.isfinite(loss_total):  # off the CPU only every 50th step is checked above
         raise TrainingError(
-            f"the loss became {float(loss_sum)} during epoch {epoch + 1}; "
+            f"the loss became {loss_total} during epoch {epoch + 1}; "
             f"training stopped (try a lower learning rate than {tc.optimizer.lr:g})"
         )
-    return float(loss_sum) / n, int(correct) / n, steps
+    return loss_total / max(seen_total, 1), correct_total / max(seen_total, 1), steps
 
 
 def fit(*args: Any, **kwargs: Any) -> FitResult:
@@ -157,7 +163,10 @@ class _Standard:
         self.eval_model = self.ema.module if self.ema is not None else model
         self.opt = build_optimizer(model, tc.optimizer)
         self.optimizers = [self.opt]
-        self.step_model = torch.compile(model) if tc.compile else model
+        if ddp.current().enabled:  # DDP: the global batch split over the ranks, gradients averaged by DDP
+            ddp.per_rank_batch(tc.batch_size)
+        train_model = ddp.wrap_model(model, self.device, sync_batchnorm=tc.distributed.sync_batchnorm)
+        self.step_model = torch.compile(train_model) if tc.compile else train_model
         x = as_nchw(train.x) if self.images else torch.from_numpy(train.x)
         y = torch.from_numpy(train.y)
         if self.device.type != "cpu":
@@ -185,12 +194,11 @@ class _Standard:
         train_seconds = time.perf_counter() - t0
         logs = {"loss": loss, "accuracy": acc}
         if self.val is not None and len(self.val):
-            vlogits = self.predict(self.eval_model, self.val.x)
-            vy = torch.from_numpy(self.val.y)
-            vloss = F.cross_entropy(vlogits, vy)
+            # DDP: each rank scores its strided part of the validation split; the sums are reduced
+            vloss, logs["val_accuracy"] = ddp.sharded_eval(lambda xs: self.predict(self.eval_model, xs),
+                                                           self.val.x, self.val.y)
             penalty = self.eval_model.l2_penalty()
-            logs["val_loss"] = float(vloss + penalty.detach().cpu()) if penalty is not None else float(vloss)
-            logs["val_accuracy"] = accuracy(vlogits, vy)
+            logs["val_loss"] = vloss + float(penalty.detach().cpu()) if penalty is not None else vloss
         logs["lr"] = self.opt.param_groups[-1]["lr"]
         logs["seconds"] = time.perf_counter() - t0
         logs["images_per_second"] = len(self.y) / train_seconds
@@ -237,6 +245,8 @@ def _fit(
     recipe = _Standard(cfg, model, train, val, progress)
     if recipe.precision.downgraded:
         log(recipe.precision.note())
+    if ddp.current().enabled:
+        log(ddp.describe(tc.batch_size))  # DDP: the global batch, the per-rank batch, the learning-rate rule
     if recipe.ema is not None:
         weights_model = recipe.ema.module  # (orchestrate.py trains no head on cached features with an EMA)
     trainer = Trainer(recipe, run_dir, config_callbacks(tc, deadline=deadline, epoch_callback=epoch_callback),

@@ -29,6 +29,7 @@ from cnnlab.data.split import limit_samples, split_train_val
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
+from cnnlab.training import distributed as ddp
 from cnnlab.training.loop import EpochCallback, FitResult, finish, fit
 from cnnlab.training.rundir import RunDir, check_run_dir
 from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision
@@ -147,9 +148,13 @@ def train(
                           f"(train.recipe: standard) has no options; they belong to train.recipe: fast")
     if run_dir:
         check_run_dir(run_dir)
-    rd = RunDir(run_dir) if run_dir else RunDir.new(cfg.name)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    rd.write_config(cfg)
+    # DDP: run directories are named by time, so rank 0 names it; rank 0 alone writes it.
+    rd = RunDir(run_dir) if run_dir else ddp.from_main(lambda: RunDir.new(cfg.name))
+    if ddp.current().is_main:
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.write_config(cfg)
+        ddp.announce_run_dir(rd.path)
+    log, progress = ddp.main_log(log), progress and ddp.current().is_main
     with _caller_threads_restored():
         return _run(cfg, rd, data, resume=False, progress=progress, epoch_callback=epoch_callback, log=log,
                     evaluator=evaluator, started_at=started_at, deadline=deadline)
@@ -161,11 +166,15 @@ def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log:
     """Finish a run that was interrupted (even by SIGKILL), from its last finished epoch
     (``deadline``: as for :func:`train`)."""
     rd = RunDir(run_dir)
-    cfg = rd.read_config()
-    if rd.is_finished():
+    # DDP: rank 0 reads the run directory; the other ranks need no copy of it.
+    cfg, finished, has_state = ddp.from_main(
+        lambda: (rd.read_config(), rd.is_finished(), (rd.state / "train_state.json").is_file()))
+    log, progress = ddp.main_log(log), progress and ddp.current().is_main
+    if finished:
         log(f"{rd.path} is already finished")
-        return RunResult(rd.path, cfg, rd.read_metrics())
-    has_state = (rd.state / "train_state.json").is_file()
+        return RunResult(rd.path, cfg, rd.read_metrics() if ddp.current().is_main else {})
+    if ddp.current().is_main:
+        ddp.announce_run_dir(rd.path)
     with _caller_threads_restored():
         return _run(cfg, rd, data, resume=has_state, progress=progress, epoch_callback=epoch_callback, log=log,
                     evaluator=evaluator, deadline=deadline)
@@ -197,6 +206,8 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
     else:
         result = _fit_stages(cfg, model, prep, rd, resume=resume, progress=progress,
                              epoch_callback=epoch_callback, log=log, deadline=deadline)
+    if not ddp.current().is_main:
+        return RunResult(rd.path, cfg, {}, result)  # DDP: rank 0 evaluates and writes the results
     metrics: dict[str, Any] = {
         "name": cfg.name,
         **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.extra.items()},
@@ -210,6 +221,8 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
         "skipped_images": skipped,
         "machine": machine_summary(),
     }
+    if ddp.current().enabled:
+        metrics["distributed"] = ddp.summary(cfg.train.batch_size)
     figures.learning_curves(result.history, rd.figures / "curves.png", title=cfg.name)
     if evaluator is not None and (prep.test is not None or prep.val is not None):
         metrics.update(evaluator(result, prep, cfg, rd, progress=progress, log=log))

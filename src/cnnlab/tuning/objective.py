@@ -59,6 +59,7 @@ class Objective:
         self.log = log
         self.epoch_log = epoch_log
         self.identity = st.worker_identity()
+        self.nproc_per_trial = 1  # > 1: each trial trains as a torchrun job of that many processes
 
     def __call__(self, trial: optuna.Trial) -> float:
         for key, value in self.identity.items():
@@ -119,12 +120,17 @@ class Objective:
                 self.log(f"  trial {trial.number}: {line}")
 
         try:
-            result = api.train(cfg, data=self.data, run_dir=run_dir, progress=False, epoch_callback=on_epoch,
-                               log=log, evaluate_test=False)
+            if self.nproc_per_trial > 1:  # a data-parallel job of N processes (tuning/ddp_trial.py)
+                from cnnlab.tuning.ddp_trial import train_trial
+
+                history = train_trial(cfg, run_dir, self.nproc_per_trial, on_epoch, log)
+            else:
+                result = api.train(cfg, data=self.data, run_dir=run_dir, progress=False, epoch_callback=on_epoch,
+                                   log=log, evaluate_test=False)
+                history = result.fit.history if result.fit else []
         except optuna.TrialPruned as exc:
             self.log(f"trial {trial.number} pruned: {exc} ({time.perf_counter() - t0:.0f} s)")
             raise
-        history = result.fit.history if result.fit else []
         values = [float(h[s.objective]) for h in history if s.objective in h and not math.isnan(h[s.objective])]
         if not values:
             raise ConfigError(f"trial {trial.number}: no {s.objective} was logged")

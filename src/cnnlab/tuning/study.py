@@ -149,6 +149,7 @@ def tune(
     out: str | Path | None = None,
     seed: int | None = None,
     epoch_log: bool = True,
+    nproc_per_trial: int = 1,
     heartbeat: int | None = st.HEARTBEAT_SECONDS,
     grace: int | None = st.GRACE_SECONDS,
     log: Callable[[str], None] = print,
@@ -183,6 +184,14 @@ def tune(
         data = load_data(data, cfg)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if nproc_per_trial < 1:
+        raise ConfigError(f"--nproc-per-trial must be at least 1, got {nproc_per_trial}")
+    if nproc_per_trial > 1 and limit is not None:  # the time limit stops a trial from inside its training
+        raise ConfigError("--nproc-per-trial does not combine with --time-limit yet (use --timeout: no new "
+                          "trial after that long)")
+    if nproc_per_trial > 1 and data is not None:
+        raise ConfigError("--nproc-per-trial: each trial's processes load the data themselves, so give the data "
+                          "as a source (a path or cifar10), not a DataFrame or a loaded bundle")
     settings = parse_search(cfg, trials=trials, sampler=sampler, initial_random=initial_random, pruner=pruner,
                             final_fit=final_fit)
     seconds = parse_duration(timeout)
@@ -203,7 +212,7 @@ def tune(
                       epochs=cfg.train.epochs, deadline=_first_end(t0 + seconds if seconds else None, budget),
                       trial_deadline=budget.trials_end if budget else None, started=t0,
                       seed=cfg.seed if seed is None else seed, heartbeat=heartbeat, grace=grace,
-                      epoch_log=epoch_log)
+                      epoch_log=epoch_log, extra={"nproc_per_trial": nproc_per_trial})
     if budget is not None:
         log(f"time limit {limit:.0f} s: trials until {budget.trials_end - t0:.0f} s"
             + (f", final fit training until {budget.final_end - t0:.0f} s" if settings.final_fit != "none" else "")

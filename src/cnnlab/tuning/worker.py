@@ -117,6 +117,7 @@ def run_worker(spec: WorkerSpec, data: Any = None, log: Callable[[str], None] = 
     check_validation(spec, data)
     objective = Objective(spec.base, spec.settings, data, Path(spec.out_dir) / "trials", log, spec.epoch_log,
                           deadline=spec.trial_deadline, clock=clock, started=spec.started)
+    objective.nproc_per_trial = int(spec.extra.get("nproc_per_trial", 1))  # docs/distributed.md
     ran = 0
     while True:
         if spec.deadline is not None and clock() >= spec.deadline:

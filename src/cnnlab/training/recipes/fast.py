@@ -45,10 +45,10 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import random_crop
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import TrainingError
-from cnnlab.evaluation.metrics import accuracy
 from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
+from cnnlab.training import distributed as ddp
 from cnnlab.training.callbacks import EarlyStopping
 from cnnlab.training.core import EpochCallback, EpochFunctions, FitResult, Trainer, config_callbacks
 from cnnlab.training.recipes import fast_plan
@@ -123,9 +123,11 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
          ) -> FitResult:
     t_setup = time.perf_counter()
     eval_split = test if test is not None else val
-    cfg, model, plan, train_deadline = fast_plan.plan_run(
+    # DDP: rank 0 alone plans (it measures, writes plan.json); every rank trains rank 0's plan, and
+    # rank 0's clock is the one the time budget is checked against (its decisions are broadcast).
+    cfg, model, plan, train_deadline = ddp.from_main(lambda: fast_plan.plan_run(
         cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device, precision, workers,
-        started_at, run_dir, log, resume)
+        started_at, run_dir, log, resume))
     dtype = precision.dtype
     tc = cfg.train
     label_smoothing = tc.label_smoothing
@@ -141,6 +143,13 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         x_all, y_all = x_all.to(device), y_all.to(device)
     n = len(y_all)
     batch_size = min(tc.batch_size, n)
+    if ddp.current().enabled:  # DDP: the global batch, split evenly over the ranks
+        ddp.per_rank_batch(batch_size, "train.batch_size (or the planned batch)")
+        ddp.check_supported(tc.distributed.sync_batchnorm, device, "fast")
+        if dtype == torch.float16:
+            raise TrainingError("the fast recipe under torchrun trains in fp32 or bf16, not fp16 "
+                                "(set train.precision)")
+        log(ddp.describe(batch_size))
     steps_per_epoch = max(1, n // batch_size)  # the last, partial batch is dropped
     epochs = tc.epochs  # re-planned after each epoch when a time budget is set; the last may be partial
     total_steps = plan.total_steps if plan is not None else steps_per_epoch * epochs
@@ -152,6 +161,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         model.to(memory_format=torch.channels_last)
     pick = torch.randperm(n, generator=gen)[: int(o["whiten_samples"])]
     init_whitening(model, x_all[pick.to(x_all.device)], eps=o["whiten_eps"])
+    ddp.broadcast_module(model)  # DDP: every rank starts from rank 0's weights
     whiten_bias = model.backbone.whiten.bias
     step_model = torch.compile(model) if tc.compile else model
 
@@ -216,7 +226,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
             if i % 25 == 0 and not o["workers"] and device.type == "cpu":
                 # another process may have started or ended on these cores: use this one's share
                 workers.active = min(workers.n, share_now() or workers.n)
-            idx = perm[i * batch_size : (i + 1) * batch_size]
+            idx = ddp.batch_shard(perm[i * batch_size : (i + 1) * batch_size])  # DDP: this rank's part
             xb = x_all[idx.to(x_all.device)]
             yb = y_all[idx.to(y_all.device)]
             if translate:
@@ -234,6 +244,9 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                 whiten_bias.grad = None
             if not ok:
                 continue  # fp16 overflow: this step is skipped with a smaller loss scale
+            # DDP: the worker threads compute gradients with torch.autograd.grad, which DDP's hooks
+            # never see, so the summed gradients are averaged over the ranks here, before the step.
+            ddp.average_gradients(params)
             for opt in opts:
                 opt.step()
             step += 1
@@ -259,16 +272,17 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         seen = max(1, done) * batch_size
-        logs: dict[str, float] = {"loss": float(loss_sum) / seen, "accuracy": int(correct) / seen,
+        loss_total, correct_total = ddp.reduce_sums(loss_sum, correct)  # DDP: over all ranks
+        logs: dict[str, float] = {"loss": loss_total / seen, "accuracy": correct_total / seen,
                                   "lr": opts[0].param_groups[0]["lr"], "seconds": seconds,
                                   "train_seconds_total": train_seconds, "images_per_second": seen / seconds,
                                   "steps": done, "gflops_per_second": flops_per_image * seen / seconds / 1e9}
+        ddp.broadcast_module(model)  # DDP: rank 0's BatchNorm statistics (kept per rank) on every rank
         if monitor is not None:
-            vlogits = predict_parallel(model, monitor.x, workers, tta=o["monitor_tta"], device=device, dtype=dtype,
-                                       batch_size=tc.eval_batch_size)
-            vy = torch.from_numpy(monitor.y)
-            logs[f"{monitor_name}_loss"] = float(F.cross_entropy(vlogits, vy))
-            logs[f"{monitor_name}_accuracy"] = accuracy(vlogits, vy)
+            # DDP: each rank scores its strided part of the watched split; the sums are reduced
+            logs[f"{monitor_name}_loss"], logs[f"{monitor_name}_accuracy"] = ddp.sharded_eval(
+                lambda xs: predict_parallel(model, xs, workers, tta=o["monitor_tta"], device=device, dtype=dtype,
+                                            batch_size=tc.eval_batch_size), monitor.x, monitor.y)
         if train_deadline is not None:
             # The time budget: the last two epochs' speed says how many more steps fit (a single
             # slow epoch, e.g. another job on the cores, is not taken for the machine's speed); a
@@ -284,6 +298,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                     f"(planned {total_steps / steps_per_epoch:.2f}); training {new} steps")
                 total_steps = new
             epochs = -(-total_steps // steps_per_epoch)
+            total_steps, epochs = ddp.broadcast_object((total_steps, epochs))  # DDP: rank 0's clock decides
         return logs
 
     def state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -308,7 +323,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                        train_epoch=train_epoch, state=state, load_state=load),
         run_dir, config_callbacks(tc, target_key=f"{monitor_name}_accuracy" if monitor_name else "",
                                   epoch_callback=epoch_callback), log=log)
-    resume = resume and (run_dir.state / STATE_META).is_file()
+    resume = resume and ddp.from_main(lambda: (run_dir.state / STATE_META).is_file())  # DDP: rank 0's view
     if resume:
         trainer.resume()  # the same run goes on: weights, optimisers, the state above, the callbacks
     if resume or plan is None:  # a resumed run's budget counts what it trained before
