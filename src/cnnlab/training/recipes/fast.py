@@ -29,7 +29,11 @@ Sizing: with ``size: auto`` and a time budget the width, epochs, batch and TTA v
 chosen from this machine's measured speed (fast_plan.py); the pieces (workers, the parallel
 step, parameter groups) live in fast_parts.py.
 
-Reads top to bottom: the options and their defaults, then :func:`fit`.
+Reads top to bottom: :func:`fit` sets up the worker threads; ``_fit`` the data, the model, the
+optimisers and the averaging, then ``train_epoch`` (one epoch's steps, the monitor's accuracy and
+the time-budget re-planning) and the recipe's resumable state, run on the trainer core
+(training/core.py), which owns the history, checkpoints, early stopping, target accuracy, the
+caller's epoch callback and the resumable state. The options: fast_options.py.
 """
 
 from __future__ import annotations
@@ -204,7 +208,6 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
 
     train_step = TrainStep(step_model, workers, device, dtype, label_smoothing)
     step, train_seconds = 0, 0.0
-    max_steps = max(total_steps, fast_plan.MAX_EPOCHS * steps_per_epoch) if plan is not None else total_steps
     beat = o["heartbeat_seconds"]
     averaged_at = 0
 
@@ -331,6 +334,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     if deadline is not None:  # the caller's bound: the time-budget re-planning ends training by then
         train_deadline = deadline if train_deadline is None else min(train_deadline, deadline)
     train_budget_s = max(0.0, train_deadline - time.monotonic()) if train_deadline is not None else 0.0
+    max_steps = max(total_steps, fast_plan.MAX_EPOCHS * steps_per_epoch) if plan is not None else total_steps
     log(f"fast recipe: {n:,} images, batch {batch_size}, {total_steps} steps ({total_steps / steps_per_epoch:.2f} "
         f"epochs of {steps_per_epoch}), "
         f"{flops_per_image / 1e9:.3f} GFLOP per training image, {workers.n} worker(s), "
