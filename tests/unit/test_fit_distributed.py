@@ -42,7 +42,30 @@ if _root and os.environ.get("RANK", "0") != "0":
 
     os.replace = _guarded(os.replace, 1)  # (src, dst)
     os.mkdir = _guarded(os.mkdir, 0)
+
+_kill_at = int(os.environ.get("CNNLAB_TEST_KILL_AT", "0"))
+if _kill_at and os.environ.get("RANK") == "1":  # rank 1 dies by SIGKILL in its n-th broadcast
+    import signal
+
+    import torch.distributed as dist
+
+    _real, _calls = dist.broadcast_object_list, [0]
+
+    def _broadcast(*a, **k):
+        _calls[0] += 1
+        if _calls[0] == _kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _real(*a, **k)
+
+    dist.broadcast_object_list = _broadcast
 """
+
+
+def _guard(tmp_path: Path) -> Path:
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(textwrap.dedent(GUARD))
+    return guard
 
 
 def _env(guard_dir: Path, watched: Path) -> dict[str, str]:
@@ -60,9 +83,7 @@ def test_two_process_fit_rank0_alone_writes_the_fit_folder(make_tree, tmp_path):
     from cnnlab.predictor import ImagePredictor
 
     data = make_tree(tmp_path / "tree", per_class=16)
-    guard = tmp_path / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(textwrap.dedent(GUARD))
+    guard = _guard(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     proc = subprocess.run([sys.executable, "-m", "cnnlab", "fit", "--data", str(data), "--time-limit", f"{LIMIT}s",
@@ -84,6 +105,23 @@ def test_two_process_fit_rank0_alone_writes_the_fit_folder(make_tree, tmp_path):
     pred = ImagePredictor.load(fit)
     labels = pred.predict(str(data))
     assert len(labels) == 48 and set(labels) <= set(info["class_names"])
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_fit_with_the_launchers_line(make_tree, tmp_path):
+    data = make_tree(tmp_path / "tree", per_class=16)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = _env(_guard(tmp_path), work)
+    env["CNNLAB_TEST_KILL_AT"] = "10"  # after the plan (4th) and the first share (5th): in training
+    proc = subprocess.run([sys.executable, "-m", "cnnlab", "fit", "--data", str(data), "--time-limit", f"{LIMIT}s",
+                           "--out", "fit", "--nproc-per-node", "2"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cnnlab: error: data-parallel job failed: rank 1 (pid ")
+    assert last.endswith("was killed by SIGKILL, so torchrun stopped the others")  # no resume hint for a fit
+    assert not (work / "fit" / "fit.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -142,3 +180,15 @@ def test_candidates_whose_batch_does_not_divide_are_left_out(monkeypatch):
         planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=19, elapsed=lambda: 0.0,
                           measure=lambda k: 1.0, precision="fp32", device="cpu", machine="test",
                           log=lines.append, world_size=3, excluded={"fastnet": "x", "frozen": "y"})
+
+
+def test_the_data_check_tells_splits_apart_and_is_a_no_op_for_one_process(make_tree, tmp_path):
+    from cnnlab.autofit.profile import load_bundle, with_validation
+
+    bundle, _ = load_bundle(str(make_tree(tmp_path / "t", per_class=8)), log=lambda s: None)
+    same = with_validation(bundle, None, seed=0)[:3]
+    other = with_validation(bundle, None, seed=1)[:3]
+    assert ranks._fingerprint(*same) == ranks._fingerprint(*with_validation(bundle, None, seed=0)[:3])
+    assert ranks._fingerprint(*same) != ranks._fingerprint(*other)
+    ranks.check_same_data(*same)  # one process: nothing to compare
+    assert ranks.synced_start(12.5, lambda: 99.0) == 12.5
