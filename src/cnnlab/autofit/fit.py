@@ -3,6 +3,10 @@
 The whole fit (loading, planning, training, soup, ensembling, the final evaluation and the
 report) is timed from the moment it is called; ``fit.json`` records ``elapsed_seconds`` and
 the overrun against ``time_limit`` (the contract: at most +5%).
+
+Under torchrun (``cnnlab fit --nproc-per-node N``) every rank loads the data and trains each
+candidate with the others; rank 0 alone measures, plans (broadcast) and writes the fit folder,
+and its clock is the fit's (ranks.py).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from cnnlab.autofit import leaderboard as lb
+from cnnlab.autofit import ranks
 from cnnlab.autofit.candidates import build_config, ema_decay
 from cnnlab.autofit.planner import EPOCHS, INFER_FACTOR, FitPlan, make_plan
 from cnnlab.autofit.presets import get_preset
 from cnnlab.autofit.profile import load_bundle, profile_data, with_validation
 from cnnlab.data.dataset import DatasetBundle
 from cnnlab.errors import ConfigError
+from cnnlab.training import distributed as ddp
 
 MIN_SHARE_S = 2.0  #: a candidate left with less than this is skipped
 ENSEMBLE_MIN_S = 1.0  #: the ensemble is built only when at least this much time is left
@@ -77,7 +83,8 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
              started_at: float | None = None) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
-    ``started_at``: the ``clock()`` value the time limit counts from (default: now)."""
+    ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
+    torchrun, rank 0's)."""
     from cnnlab.autofit import speed
     from cnnlab.autofit.runner import run_candidate
     from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
@@ -85,7 +92,9 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     start = clock() if started_at is None else started_at
     limit = time_limit_seconds(time_limit)
     preset = get_preset(presets)
-    out = _out_dir(predictor.path)
+    log = ddp.main_log(log)  # DDP: rank 0 logs, and alone writes the fit folder
+    out = ddp.from_main(lambda: _out_dir(predictor.path))
+    start = ranks.synced_start(start, clock)  # DDP: every rank counts the limit from rank 0's start
     source = _source_name(train_data)
     bundle, mixed = load_bundle(train_data, label_column=_label_column(train_data, predictor.label),
                                 image_column=predictor.image_column, log=log)
@@ -97,6 +106,7 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
                              label_column=_label_column(tuning_data, predictor.label),
                              image_column=predictor.image_column)
     train, val, test, where = with_validation(bundle, tuning, seed)
+    ranks.check_same_data(train, val, test)  # DDP: the same seed held out the same split on every rank
     profile = profile_data(train, val, test, mixed_sizes=mixed, validation=where)
     log(profile.describe())
     device = default_device()
@@ -108,17 +118,24 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         cfg = build_config(kind, seconds=60, epochs=1, seed=seed)
         return speed.measure(kind, cfg, train.x[sample], train.y[sample], train.class_names)
 
-    plan = make_plan(profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
-                     precision=precision.name, device=str(device), machine=machine_summary(), log=log)
-    plan.write(out / "plan.json")
+    world = ranks.world_size()
+    # DDP: rank 0 measures and plans (the other ranks wait for its plan)
+    plan = ddp.from_main(lambda: make_plan(
+        profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
+        precision=precision.name, device=str(device), machine=machine_summary(), log=log, world_size=world,
+        global_batch=ranks.global_batches(preset.kinds, len(train)) if world > 1 else None,
+        excluded=ranks.unsupported(preset.kinds, len(train))))
+    main = ddp.current().is_main
+    if main:
+        plan.write(out / "plan.json")
     results = []
     end_models = start + limit - plan.reserve_seconds
     for i, kind in enumerate(plan.order):
         c = plan.candidate(kind)
         later = sum(plan.candidate(k).share_seconds for k in plan.order[i + 1:])
         now = clock()
-        share_end = end_models - later
-        seconds = share_end - now
+        seconds = ddp.broadcast_object(end_models - later - now)  # DDP: rank 0's clock decides
+        share_end = now + seconds
         if seconds < MIN_SHARE_S:
             c.status, c.why = "skipped", f"only {max(seconds, 0):.1f}s left for it"
             log(f"{kind}: skipped, only {max(seconds, 0):.1f}s left for it")
@@ -146,6 +163,8 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
         res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,
                             predictor_cls=type(predictor), clock=clock, log=log)
+        if res is None:
+            continue  # DDP: a rank other than 0 trained with rank 0, which scores and records the model
         # the soup scores up to k averages on validation, then the souped model is scored again
         val_s = res.extra.get("val_eval_seconds") or 1.0
         if preset.soup_top_k and clock() + (preset.soup_top_k + 3) * val_s < share_end:
@@ -161,9 +180,14 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         log(f"{kind}: done in {res.seconds:.0f}s, val {res.val_accuracy:.4f}"
             + (f", test {res.test_accuracy:.4f}" if res.test_accuracy is not None else "")
             + f"; {start + limit - clock():.0f}s of the fit left")
-    if not results:
-        raise ConfigError(f"time_limit {limit:.0f}s: no model could be trained in it; give more time")
-    return _finish(predictor, out, plan, results, preset, profile, val, test, source, limit, start, clock, log)
+
+    def finish() -> None:  # rank 0 alone; an error there is raised on every rank
+        if not results:
+            raise ConfigError(f"time_limit {limit:.0f}s: no model could be trained in it; give more time")
+        _finish(predictor, out, plan, results, preset, profile, val, test, source, limit, start, clock, log)
+
+    ddp.from_main(finish)
+    return predictor
 
 
 def run_candidate_rescore(predictor_cls: Any, res: Any, val: Any, test: Any) -> Any:

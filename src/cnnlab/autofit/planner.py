@@ -82,6 +82,9 @@ class FitPlan:
     candidates: list[CandidatePlan] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
     actual: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  #: data-parallel processes (cnnlab fit --nproc-per-node); each trains every candidate
+    global_batch: dict[str, int] = field(default_factory=dict)  #: per candidate, split evenly over the processes
+    excluded: dict[str, str] = field(default_factory=dict)  #: candidates left out under data parallelism, why
 
     def candidate(self, kind: str) -> CandidatePlan:
         return next(c for c in self.candidates if c.kind == kind)
@@ -95,12 +98,17 @@ class FitPlan:
     def describe(self) -> list[str]:
         lines = [f"plan ({self.preset}, {self.precision} on {self.device}; {self.probe_seconds:.1f}s measuring, "
                  f"{self.available_seconds:.0f}s for the models, {self.reserve_seconds:.0f}s kept for the end):"]
+        if self.world_size > 1:
+            batches = ", ".join(f"{k} {b}" for k, b in self.global_batch.items() if k not in self.excluded)
+            lines.append(f"  data-parallel: world size {self.world_size}; global batch {batches} "
+                         f"(each split evenly over the {self.world_size} processes)")
         for c in self.candidates:
             mark = "*" if c.chosen else " "
             speed = f"{c.images_per_second:.0f} img/s {'measured' if c.measured else 'estimated'}"
             lines.append(f" {mark} {c.kind:<14} {speed:<24} " + (
                 f"{c.share_seconds:5.0f}s, {c.epochs:.1f} epochs, predicted val {c.predicted_val_accuracy:.3f}"
                 if c.chosen else c.why))
+        lines += [f"   {k:<14} left out: {why}" for k, why in self.excluded.items()]
         return lines
 
 
@@ -199,11 +207,25 @@ def run_order(cands: list[CandidatePlan]) -> list[str]:
 
 def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapsed: Callable[[], float],
               measure: Callable[[str], float], precision: str, device: str, machine: str,
-              log: Callable[[str], None] = print) -> FitPlan:
+              log: Callable[[str], None] = print, world_size: int = 1, global_batch: dict[str, int] | None = None,
+              excluded: dict[str, str] | None = None) -> FitPlan:
     """Measure (within PROBE_SHARE of the budget), predict, choose. ``elapsed()``: seconds since the
-    fit began (the caller's clock: tests pass a fake one). ``measure(kind)`` -> images/s."""
-    from cnnlab.autofit.priors import predicted_accuracy as prior
+    fit began (the caller's clock: tests pass a fake one). ``measure(kind)`` -> images/s.
 
+    ``excluded``: candidates that cannot train here (data parallelism: ranks.unsupported), and
+    why; they are neither measured nor chosen."""
+    import dataclasses
+
+    from cnnlab.autofit.priors import predicted_accuracy as prior
+    from cnnlab.errors import ConfigError
+
+    excluded = {k: why for k, why in (excluded or {}).items() if k in preset.kinds}
+    if excluded:
+        kinds = tuple(k for k in preset.kinds if k not in excluded)
+        if not kinds:
+            raise ConfigError(f"preset {preset.name}: no candidate can train with {world_size} processes ("
+                              + "; ".join(f"{k}: {w}" for k, w in excluded.items()) + ")")
+        preset = dataclasses.replace(preset, kinds=kinds)
     t0 = elapsed()
     # the cheapest probe first (a speed ratio for the rest as early as possible), then the best prior
     order = sorted(preset.kinds, key=lambda k: (PROBE_COST_S[k], -prior(
@@ -224,7 +246,8 @@ def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapse
     cands = choose(profile, preset, speeds, available, views)
     plan = FitPlan(time_limit=time_limit, preset=preset.name, precision=precision, device=device, machine=machine,
                    profile=profile.to_dict(), probe_seconds=round(probe, 2), available_seconds=round(available, 1),
-                   reserve_seconds=round(reserve, 1), candidates=cands, order=run_order(cands))
+                   reserve_seconds=round(reserve, 1), candidates=cands, order=run_order(cands),
+                   world_size=world_size, global_batch=dict(global_batch or {}), excluded=excluded)
     for line in plan.describe():
         log(line)
     return plan

@@ -92,9 +92,12 @@ def scorer(holder: dict[str, Any], predictor_cls: Any) -> Any:
 
 def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: ImageArrays, test: ImageArrays | None,
                   run_dir: Path, *, predictor_cls: Any, end: float, eval_seconds: float, clock: Clock = time.monotonic,
-                  log: Callable[[str], None] = print) -> CandidateResult:
-    """Train candidate ``kind`` (config ``cfg``) so that it ends by ``end`` (a ``clock()`` value)."""
+                  log: Callable[[str], None] = print) -> CandidateResult | None:
+    """Train candidate ``kind`` (config ``cfg``) so that it ends by ``end`` (a ``clock()`` value).
+
+    Under torchrun every rank trains it (DDP) and rank 0 alone scores it: the other ranks get None."""
     from cnnlab.training import orchestrate
+    from cnnlab.utils.distributed import current
 
     t0 = clock()
     holder: dict[str, Any] = {}
@@ -102,6 +105,8 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
     bundle = DatasetBundle(kind, train, test, val, {"source": "auto-fit"})
     run = orchestrate.train(cfg, data=bundle, run_dir=run_dir, progress=False, log=log, epoch_callback=callback,
                             evaluator=scorer(holder, predictor_cls))
+    if not current().is_main:
+        return None
     y_val = val.y
     val_acc = float((holder["val"].argmax(1) == y_val).mean())
     test_acc = float((holder["test"].argmax(1) == test.y).mean()) if test is not None and "test" in holder else None

@@ -23,16 +23,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default="label", help="CSV source: the label column (default: label, else detected)")
     p.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
     add_json_flag(p, "the fit summary (fit.json)")
+    from cnnlab.cli.launch import add_flags
+
+    add_flags(p, "data-parallel fit")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    started_at = time.monotonic()  # the limit counts from the command's start
+    started_at = time.monotonic()  # the limit counts from the command's start (under torchrun: rank 0's)
+    from cnnlab.cli.launch import relaunch, wants_launch
+    from cnnlab.training.distributed import session
+
+    if wants_launch(args):  # --nproc-per-node N: the same command again, as a torchrun job
+        from cnnlab.autofit.fit import time_limit_seconds
+        from cnnlab.autofit.presets import get_preset
+
+        time_limit_seconds(args.time_limit)  # refused before any process starts
+        get_preset(args.preset)
+        return relaunch(args, args.raw_argv, resumable=False)
+    with session():  # under torchrun (WORLD_SIZE > 1): this rank joins the job; else a no-op
+        return _run(args, started_at)
+
+
+def _run(args: argparse.Namespace, started_at: float) -> int:
     from cnnlab.autofit.fit import auto_fit, time_limit_seconds
     from cnnlab.autofit.leaderboard import text
     from cnnlab.autofit.presets import get_preset
     from cnnlab.cli.common import log_to_stderr, print_json
     from cnnlab.predictor import ImagePredictor
+    from cnnlab.utils.distributed import current
 
     log = log_to_stderr if args.json else print
     limit = time_limit_seconds(args.time_limit)  # refused before anything is loaded or written
@@ -40,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     pred = ImagePredictor(label=args.label_column, path=args.out, image_column=args.image_column)
     pred = auto_fit(pred, args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,
                     started_at=started_at)
+    if not current().is_main:
+        return 0  # DDP: rank 0 wrote the fit folder and prints its summary
     info = pred.fit_summary()
     if args.json:
         print_json(info)

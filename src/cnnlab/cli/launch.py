@@ -1,4 +1,4 @@
-"""`cnnlab train ... --nproc-per-node N`: a thin launcher over PyTorch's torch.distributed.run.
+"""`cnnlab train|fit ... --nproc-per-node N`: a thin launcher over PyTorch's torch.distributed.run.
 
 The command is started again through torchrun's Python API, without the launcher flags, as N
 processes on this machine (``-m cnnlab train ...``; training/launch.py starts the job).
@@ -17,8 +17,8 @@ from cnnlab.errors import ConfigError
 FLAGS = {"--nproc-per-node": True, "--nnodes": True, "--node-rank": True, "--rdzv-endpoint": True}
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data-parallel training (torchrun; see docs/distributed.md)")
+def add_flags(p: argparse.ArgumentParser, title: str = "data-parallel training") -> None:
+    g = p.add_argument_group(f"{title} (torchrun; see docs/distributed.md)")
     g.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="train with N processes on this machine (one per GPU; on a CPU each gets cores/N threads)")
     g.add_argument("--nnodes", type=int, metavar="M", help="with --nproc-per-node: the number of machines (default 1)")
@@ -70,10 +70,12 @@ def strip_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def relaunch(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    """``cnnlab train ... --nproc-per-node N`` -> torchrun ``-m cnnlab train ...`` (same flags, minus the launcher's)."""
+def relaunch(args: argparse.Namespace, argv: Sequence[str] | None, *, resumable: bool = True) -> int:
+    """``cnnlab train ... --nproc-per-node N`` -> torchrun ``-m cnnlab train ...`` (same flags, minus the
+    launcher's). ``resumable``: a failure names the run directory to resume (train; a fit is not resumed)."""
     from cnnlab.training.launch import launch
 
     program = ["cnnlab", *strip_flags(list(sys.argv[1:] if argv is None else argv))]
     return launch(program, nproc_per_node=args.nproc_per_node, nnodes=args.nnodes or 1, node_rank=args.node_rank,
-                  rdzv_endpoint=args.rdzv_endpoint, resume_hint=getattr(args, "resume", None) or "")
+                  rdzv_endpoint=args.rdzv_endpoint, resume_hint=getattr(args, "resume", None) or "",
+                  resumable=resumable)

@@ -45,9 +45,10 @@ def _env(**values: str) -> Iterator[None]:
 
 
 def launch(program: Sequence[str], *, nproc_per_node: int, nnodes: int = 1, node_rank: int | None = None,
-           rdzv_endpoint: str | None = None, module: bool = True, resume_hint: str = "") -> int:
+           rdzv_endpoint: str | None = None, module: bool = True, resume_hint: str = "",
+           resumable: bool = True) -> int:
     """Run ``program`` as a torchrun job; returns 0, or raises TrainingError with one line naming
-    the failed rank and how it ended (and what to resume) when any rank fails."""
+    the failed rank and how it ended (and, when ``resumable``, what to resume) when any rank fails."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -63,7 +64,8 @@ def launch(program: Sequence[str], *, nproc_per_node: int, nnodes: int = 1, node
             with _env(OMP_NUM_THREADS=threads, **{RUN_DIR_FILE_ENV: str(run_dir_file)}):
                 run(parse_args(argv))
         except ChildFailedError as exc:
-            run_dir = run_dir_file.read_text() if run_dir_file.is_file() else ""
+            run_dir = run_dir_file.read_text() if run_dir_file.is_file() and resumable else ""
+            resume_hint = resume_hint if resumable else ""
             raise TrainingError(failure_line(exc, run_dir, resume_hint, nproc_per_node)) from None
     return 0
 
