@@ -4,7 +4,8 @@ Fixtures (names are stable; other test modules rely on them):
 
 ``isolated_home`` (autouse)
     Points ``CNNLAB_HOME`` (downloads, decoded-pixel cache, feature cache) at a fresh temporary
-    folder for every test and removes ``CNNLAB_NO_CACHE``. It also removes ``CNNLAB_CIFAR10``
+    folder for every test (integration tests share one for the session, so CIFAR-10 is decoded
+    once) and removes ``CNNLAB_NO_CACHE``. It also removes ``CNNLAB_CIFAR10``
     so that nothing reads a real CIFAR-10 copy by accident; a test that needs it sets it with
     ``monkeypatch.setenv`` (which wins, as it runs after this fixture). Tests marked
     ``integration`` keep the caller's ``CNNLAB_CIFAR10``. Returns the home folder's path.
@@ -53,7 +54,13 @@ TINY_SIZE = 16
 def isolated_home(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    home = tmp_path_factory.mktemp("cnnlab_home")
+    if request.node.get_closest_marker("integration") is not None:
+        # One home for every integration test of the session: CIFAR-10's decoded-pixel cache is
+        # built once (decoding the 60,000 JPEGs takes ~18 s on 2 cores), not once per module.
+        home = tmp_path_factory.getbasetemp() / "cnnlab_home_integration"
+        home.mkdir(exist_ok=True)
+    else:
+        home = tmp_path_factory.mktemp("cnnlab_home")
     monkeypatch.setenv("CNNLAB_HOME", str(home))
     monkeypatch.delenv("CNNLAB_NO_CACHE", raising=False)
     if request.node.get_closest_marker("integration") is None:
