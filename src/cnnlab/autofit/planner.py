@@ -227,18 +227,25 @@ def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapse
                               + "; ".join(f"{k}: {w}" for k, w in excluded.items()) + ")")
         preset = dataclasses.replace(preset, kinds=kinds)
     t0 = elapsed()
+    # The fast net's work grows with the pixels it trains on: REFERENCE_IPS and PROBE_COST_S are for
+    # CIFAR's 32 px, and photos decoded at 224 px cost it 49 times that (the pretrained candidates
+    # run at their own fixed resolutions). Without this, a 224-px fast-net probe ate the whole
+    # probe share and the frozen base was estimated from it at 1 img/s (measured: about 30).
+    area = max(1.0, (profile.image_size / 32) ** 2)
+    cost = {k: PROBE_COST_S[k] * (area if k == "fastnet" else 1.0) for k in preset.kinds}
+    reference = {k: REFERENCE_IPS[k] / (area if k == "fastnet" else 1.0) for k in preset.kinds}
     # the cheapest probe first (a speed ratio for the rest as early as possible), then the best prior
-    order = sorted(preset.kinds, key=lambda k: (PROBE_COST_S[k], -prior(
+    order = sorted(preset.kinds, key=lambda k: (cost[k], -prior(
         k, per_class=profile.per_class_min, epochs=99, num_classes=profile.num_classes,
         image_side=profile.image_size)))
     speeds: dict[str, tuple[float, bool]] = {}
     for k in order:  # measured while the expected cost still fits in PROBE_SHARE of the budget
-        if elapsed() - t0 + PROBE_COST_S[k] > PROBE_SHARE * time_limit:
-            break
+        if elapsed() - t0 + cost[k] > PROBE_SHARE * time_limit:
+            continue  # a cheaper one later in the order may still fit
         speeds[k] = (measure(k), True)
-    ratio = sum(speeds[k][0] / REFERENCE_IPS[k] for k in speeds) / len(speeds) if speeds else 1.0
+    ratio = sum(speeds[k][0] / reference[k] for k in speeds) / len(speeds) if speeds else 1.0
     for k in order:
-        speeds.setdefault(k, (REFERENCE_IPS[k] * ratio, False))
+        speeds.setdefault(k, (reference[k] * ratio, False))
     probe = elapsed() - t0
     reserve = max(END_RESERVE_MIN_S, END_RESERVE * time_limit)
     available = max(1.0, time_limit - elapsed() - reserve)
