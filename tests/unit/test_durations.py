@@ -18,3 +18,25 @@ def test_parses(text, seconds):
 def test_refuses_with_the_flag_named(text):
     with pytest.raises(ConfigError, match="--time-limit"):
         parse_duration(text, "--time-limit")
+
+
+@pytest.mark.parametrize("text,seconds", [("1h30m", 5400), ("2.5m", 150), ("1h 30m 15s", 5415), ("1d", 86400),
+                                          (90, 90), (2.5, 2.5)])
+def test_compound_and_numbers(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["1h30", "m", "1.5.5m", True, float("nan"), -3])
+def test_refuses_malformed(text):
+    with pytest.raises(ConfigError, match="time_limit"):
+        parse_duration(text, "time_limit")
+
+
+def test_every_duration_flag_takes_1h30m():
+    """fit, train and tune (--time-limit and --timeout) share the one parser."""
+    from cnnlab.autofit.fit import time_limit_seconds
+    from cnnlab.tuning.budget import parse_time_limit
+    from cnnlab.utils.durations import parse_optional_duration
+
+    assert time_limit_seconds("1h30m") == parse_time_limit("1h30m") == parse_optional_duration("1h30m") == 5400
+    assert parse_optional_duration(None) is None

@@ -37,16 +37,10 @@ FINISH_SHARE, FINISH_MIN_SECONDS, FINISH_MAX_SECONDS = 0.05, 10.0, 60.0
 
 
 def parse_time_limit(value: str | float | int | None) -> float | None:
-    """Seconds from ``"90s"``, ``"20m"``, ``"1.5h"`` or a number of seconds; None stays None."""
-    from cnnlab.utils.durations import parse_duration
+    """Seconds of ``--time-limit`` (the one duration parser: ``"90s"``, ``"20m"``, ``"1h30m"``, a number); None stays None."""
+    from cnnlab.utils.durations import parse_optional_duration
 
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not value > 0:
-            raise ConfigError(f"--time-limit: must be more than 0, got {value!r}")
-        return float(value)
-    return parse_duration(str(value), "--time-limit")
+    return parse_optional_duration(value, "--time-limit")
 
 
 def process_start_time(max_age: float = 120.0) -> float | None:

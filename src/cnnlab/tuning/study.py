@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,10 @@ from cnnlab.data.dataset import DatasetBundle
 from cnnlab.errors import ConfigError
 from cnnlab.tuning import storage as st
 from cnnlab.tuning.budget import StudyBudget, parse_time_limit
+from cnnlab.utils.durations import parse_optional_duration
 from cnnlab.tuning.space import SearchSettings, parse_search
 from cnnlab.tuning.worker import WorkerSpec, quiet_optuna, run_worker, worker_process_main
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass
@@ -45,23 +43,6 @@ class TuneResult:
     @property
     def best_params(self) -> dict[str, Any]:
         return dict(self.summary["best"]["params"]) if self.summary["best"] else {}
-
-
-def parse_duration(text: str | float | int | None) -> float | None:
-    """Seconds from ``90``, ``45m``, ``2h``, ``1h30m`` or ``1.5d`` (None stays None)."""
-    if text is None:
-        return None
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower().replace(" ", "")
-        parts = _DURATION.findall(s)
-        if not s or "".join(n + u for n, u in parts) != s:
-            raise ConfigError(f"--timeout {text!r}: expected a duration like 600, 45m, 2h or 1h30m")
-        seconds = sum(float(n) * _UNIT[u] for n, u in parts)
-    if seconds <= 0:
-        raise ConfigError(f"--timeout {text!r}: must be positive")
-    return seconds
 
 
 def _first_end(timeout_end: float | None, budget: StudyBudget | None) -> float | None:
@@ -194,7 +175,7 @@ def tune(
                           "as a source (a path or cifar10), not a DataFrame or a loaded bundle")
     settings = parse_search(cfg, trials=trials, sampler=sampler, initial_random=initial_random, pruner=pruner,
                             final_fit=final_fit)
-    seconds = parse_duration(timeout)
+    seconds = parse_optional_duration(timeout, "--timeout")
     budget = StudyBudget.plan(t0, limit, settings.final_fit != "none") if limit is not None else None
     if budget is not None and workers > 1 and clock is not time.time:
         raise ConfigError("a fake clock works with one worker only")
