@@ -237,12 +237,12 @@ def test_error_analysis_is_handed_the_best_models_probabilities(tmp_path, monkey
         seen.update(shape=probs.shape, k=k, split=split, n=len(images))
         return {"png": out_dir / "errors.png", "csv": out_dir / "errors.csv", "rows": []}
 
-    monkeypatch.setitem(sys.modules, "cnnlab.reports.error_analysis",
+    monkeypatch.setitem(sys.modules, "cnnlab.evaluation.error_analysis",
                         types.SimpleNamespace(write_error_analysis=write_error_analysis))
     probs = np.full((5, 2), 0.5, np.float32)
     out = error_analysis(probs, np.zeros(5, int), ["a"] * 5, ["x", "y"], tmp_path, "val", log=lambda s: None)
     assert seen == {"shape": (5, 2), "k": 20, "split": "val", "n": 5} and out["png"].name == "errors.png"
-    monkeypatch.setitem(sys.modules, "cnnlab.reports.error_analysis", None)  # absent: skipped with a line
+    monkeypatch.setitem(sys.modules, "cnnlab.evaluation.error_analysis", None)  # absent: skipped with a line
     lines = []
     assert error_analysis(probs, np.zeros(5, int), ["a"] * 5, ["x", "y"], tmp_path, "val", log=lines.append) is None
     assert "skipped" in lines[0]

@@ -1,5 +1,5 @@
 """The fit report: report.md with the plan against what happened, the leaderboard and the
-error analysis (errors.png / errors.csv from cnnlab.reports.error_analysis, when present)."""
+error analysis (errors.png / errors.csv from cnnlab.evaluation.error_analysis, when present)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ def error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: l
     import inspect
 
     try:
-        from cnnlab.reports.error_analysis import write_error_analysis
+        from cnnlab.evaluation.error_analysis import write_error_analysis
     except ImportError:
-        log("error analysis: cnnlab.reports.error_analysis is not installed on this branch; skipped")
+        log("error analysis: cnnlab.evaluation.error_analysis is not installed on this branch; skipped")
         return None
     kwargs: dict[str, Any] = {"k": 20, "split": split}
     if paths is not None and "paths" in inspect.signature(write_error_analysis).parameters:
@@ -74,7 +74,7 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
         lines += [f"The 20 {split} images with the lowest probability for their true class (candidate label "
                   "errors): `errors.csv`.", "", "![errors](errors.png)"]
     else:
-        lines.append("Not written (cnnlab.reports.error_analysis is not available).")
+        lines.append("Not written (cnnlab.evaluation.error_analysis is not available).")
     path = folder / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -243,13 +243,18 @@ def _caller_threads_restored() -> Iterator[None]:
 
 
 def card_extra(cfg: ExperimentConfig, prep: Prepared, result: FitResult) -> dict[str, Any]:
-    """What the model card records beside the model: the decode size and the TTA the run uses.
+    """What the model card records beside the model: the decode size, the TTA the run uses, the
+    inference precision setting (resolved per machine by cnnlab.inference) and the temperature.
 
     The TTA is the recipe's choice when it made one (``result.extra["tta"]``), else ``train.tta``.
     """
     tta = result.extra.get("tta")
-    return {"data_image_size": prep.train.image_size[0], "tta": tta if isinstance(tta, str) else cfg.train.tta,
+    card = {"data_image_size": prep.train.image_size[0], "tta": tta if isinstance(tta, str) else cfg.train.tta,
+            "inference": {"precision": cfg.train.precision},
             "train": {"epochs_run": result.epochs_run, "data": cfg.data.source, "train_samples": len(prep.train)}}
+    if isinstance(result.extra.get("temperature"), float):  # fitted by the evaluator (cnnlab.inference)
+        card["temperature"] = result.extra["temperature"]
+    return card
 
 
 def use_feature_cache(cfg: ExperimentConfig) -> bool:

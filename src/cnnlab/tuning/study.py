@@ -147,7 +147,7 @@ def tune(
     after an epoch (see budget.py). ``clock``: time.time (a fake one in tests; one worker only).
     ``started_at``: the clock() the limit counts from (default: now; the CLI: the process's start).
     """
-    from cnnlab.api import resolve_config
+    from cnnlab.training.orchestrate import resolve_config
     from cnnlab.tuning import figures
     from cnnlab.tuning.final import final_fit as run_final_fit
     from cnnlab.tuning.report import build_summary, write_summary
@@ -160,7 +160,7 @@ def tune(
     if isinstance(data, (str, Path)):
         cfg.data.source, data = str(data), None
     elif data is not None and not isinstance(data, DatasetBundle):  # a DataFrame: decode it once
-        from cnnlab.api import load_data
+        from cnnlab.training.orchestrate import load_data
 
         data = load_data(data, cfg)
     if workers < 1:

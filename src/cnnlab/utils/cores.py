@@ -114,10 +114,11 @@ _active: contextvars.ContextVar[CoreShare | None] = contextvars.ContextVar("cnnl
 
 
 @contextlib.contextmanager
-def compute_threads() -> Iterator[CoreShare]:
-    """Register this process, run the block with its share of the cores, then restore the
-    caller's thread count. Inside it, :func:`share_now` follows processes that start or end."""
-    with CoreShare() as share, scoped_threads(share.threads()):
+def compute_threads(threads: int | None = None) -> Iterator[CoreShare]:
+    """Register this process, run the block with its share of the cores (``threads`` when given:
+    e.g. ``cnnlab serve --threads``), then restore the caller's thread count. Inside it,
+    :func:`share_now` follows processes that start or end."""
+    with CoreShare() as share, scoped_threads(threads or share.threads()):
         token = _active.set(share)
         try:
             yield share
