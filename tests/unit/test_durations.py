@@ -40,3 +40,18 @@ def test_every_duration_flag_takes_1h30m():
 
     assert time_limit_seconds("1h30m") == parse_time_limit("1h30m") == parse_optional_duration("1h30m") == 5400
     assert parse_optional_duration(None) is None
+
+
+def test_explicit_epochs_win_over_the_fast_planner():
+    """`cnnlab train --preset fast --epochs 3` trains 3 epochs: size: auto would replace them."""
+    from cnnlab.cli.train_cmd import explicit_wins
+    from cnnlab.presets import preset_path
+    from cnnlab.training.orchestrate import resolve_config
+
+    said: list[str] = []
+    overrides = {"train.epochs": 3, "data.max_train_samples": 2000}
+    extra = explicit_wins(preset_path("fast"), overrides, said.append)
+    assert extra == {"train.recipe_options.size": "fixed"} and "--epochs given" in said[0]
+    cfg = resolve_config(preset_path("fast"), {**overrides, **extra})
+    assert cfg.train.epochs == 3 and cfg.train.recipe_options["size"] == "fixed"
+    assert explicit_wins(preset_path("fast"), {"data.max_train_samples": 2000}, said.append) == {}
