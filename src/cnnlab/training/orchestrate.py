@@ -234,10 +234,13 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
 
 @contextlib.contextmanager
 def _caller_threads_restored() -> Iterator[None]:
-    """The trainers set torch's thread count for themselves; the caller gets its own back."""
+    """The trainers set torch's thread count and seed torch's global generator (dropout and other
+    in-model randomness draw from it) for themselves; the caller gets both back as they were."""
     before = torch.get_num_threads()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        yield
+        with torch.random.fork_rng(devices=devices):
+            yield
     finally:
         torch.set_num_threads(before)
 
