@@ -84,15 +84,20 @@ class StudyBudget:
 
 
 class EpochGuard:
-    """An epoch callback: StopTraining once the next epoch (as long as the last) would end after ``end``.
+    """An epoch callback applying the trainer core's one stop rule (:class:`cnnlab.training.callbacks.
+    TimeBudget`: stop once the next epoch, at the mean epoch time so far, would end after ``end``) by
+    raising StopTraining, for trials and the final fit whose deadline is on the study's clock.
 
     The first epoch's duration counts from the guard's creation (set-up included), so its
     estimate errs on the long side.
     """
 
     def __init__(self, end: float, clock: Clock = time.time, what: str = "training"):
+        from cnnlab.training.callbacks import TimeBudget
+
         self.end, self.clock, self.what = end, clock, what
-        self.started = self.last = clock()
+        self.rule = TimeBudget(end, clock)
+        self.rule.started = self.started = self.last = clock()
         self.first_epoch: float | None = None
         self.last_epoch: float | None = None
         self.stopped = False
@@ -103,11 +108,11 @@ class EpochGuard:
         if self.first_epoch is None:
             self.first_epoch = self.last_epoch
         self.last = now
-        left = self.end - now
-        if now + self.last_epoch > self.end:
+        if self.rule.should_stop():
             self.stopped = True
+            per_epoch = (now - self.started) / max(1, self.rule.epochs)
             raise StopTraining(f"time limit: {self.what} stopped after epoch {epoch + 1} "
-                               f"({max(left, 0.0):.0f} s left, an epoch takes {self.last_epoch:.0f} s)")
+                               f"({max(self.end - now, 0.0):.0f} s left, an epoch takes {per_epoch:.0f} s)")
 
 
 __all__ = ["EpochGuard", "StudyBudget", "parse_time_limit", "process_start_time", "FINAL_SHARE"]
