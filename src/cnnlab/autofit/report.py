@@ -17,17 +17,9 @@ def error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: l
                    ) -> dict[str, Any] | None:
     """The 20 images with the lowest probability for their true class (4 x 5 grid + CSV); ``images``:
     the decoded pixels, ``paths``: the files they came from (named in the CSV where supported)."""
-    import inspect
+    from cnnlab.evaluation.error_analysis import write_error_analysis
 
-    try:
-        from cnnlab.evaluation.error_analysis import write_error_analysis
-    except ImportError:
-        log("error analysis: cnnlab.evaluation.error_analysis is not installed on this branch; skipped")
-        return None
-    kwargs: dict[str, Any] = {"k": 20, "split": split}
-    if paths is not None and "paths" in inspect.signature(write_error_analysis).parameters:
-        kwargs["paths"] = paths
-    return write_error_analysis(probs, y, images, class_names, out_dir, **kwargs)
+    return write_error_analysis(probs, y, images, class_names, out_dir, k=20, split=split, paths=paths)
 
 
 def _pct(v: Any) -> str:

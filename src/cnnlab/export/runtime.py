@@ -79,10 +79,10 @@ def check_images(x: np.ndarray, size: int | None) -> np.ndarray:
 def session_options(threads: int | None = None) -> Any:
     import onnxruntime as ort
 
-    from cnnlab.utils.hardware import physical_cores
+    from cnnlab.utils.cores import threads_per_process
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or physical_cores()
+    so.intra_op_num_threads = threads or threads_per_process(1)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

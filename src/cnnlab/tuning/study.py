@@ -83,10 +83,10 @@ def _visible_device(k: int) -> str:
 def _run_processes(spec: WorkerSpec, workers: int, data: Any, log: Callable[[str], None]) -> None:
     import torch
 
-    from cnnlab.utils.hardware import physical_cores
+    from cnnlab.utils.cores import threads_per_process
 
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, physical_cores() // workers)
+    threads = threads_per_process(workers)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     procs = []
     for i in range(workers):
