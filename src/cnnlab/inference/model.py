@@ -12,9 +12,10 @@ with either backend and the ONNX export's parity check. It holds one rule for ea
   process by :func:`cnnlab.utils.hardware.choose_precision`: bf16 where the CPU or GPU runs it
   natively, fp32 elsewhere. The card records the setting, not the dtype, so a model trained in
   bf16 on a Sapphire Rapids runs fp32 on a CPU without bf16 (where bf16 is ~40x slower).
-- **micro-batches**: images go through the model in fixed micro-batches of :attr:`micro_batch`;
-  in reduced precision the last one is padded to full size, so an image's probabilities never
-  depend on how many other images came with it (one request or a whole test set).
+- **micro-batches**: images go through the model in fixed micro-batches of :attr:`micro_batch`
+  (32 in fp32, 8 in reduced precision); in reduced precision the last one is padded to full
+  size, so an image's probabilities never depend on how many other images came with it (one
+  request or a whole test set); fp32 results differ by rounding alone (< 1e-6).
 - **test-time augmentation**: as given, else the card's (what the run chose), else ``train.tta``.
 - **temperature**: the card's ``temperature`` (fitted on the validation split after training,
   Guo et al. 2017; 1.0 when absent) divides every logit this object returns; argmax is unchanged.
@@ -46,8 +47,11 @@ from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.io import load_model, model_card, read_card
 from cnnlab.utils.hardware import choose_precision, default_device
 
-#: Images per micro-batch of inference (padded to it in reduced precision: see the module docstring).
+#: Images per micro-batch of inference in fp32, and in reduced precision, where every micro-batch
+#: (the last one padded) has exactly this many images: see the module docstring. Padding costs a
+#: single-image request 8 images' compute in bf16 (benchmarks/inference_precision.py).
 MICRO_BATCH = 32
+MICRO_BATCH_REDUCED = 8
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -165,7 +169,7 @@ class InferenceModel:
 
     @property
     def micro_batch(self) -> int:
-        return int(self._batch_size or MICRO_BATCH)
+        return int(self._batch_size or (MICRO_BATCH if self.dtype is None else MICRO_BATCH_REDUCED))
 
     @property
     def batch_size(self) -> int:
