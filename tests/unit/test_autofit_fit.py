@@ -131,7 +131,7 @@ def test_fit_refuses_bad_arguments(tiny_tree, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["fit", "--data", "DATA", "--time-limit", "soon"], "time_limit: 'soon' is not a duration"),
-    (["fit", "--data", "DATA", "--time-limit", "20s", "--preset", "fast"], "unknown preset 'fast'"),
+    (["fit", "--data", "DATA", "--time-limit", "20s", "--quality", "fast"], "unknown preset 'fast'"),
     (["fit", "--data", "nowhere/", "--time-limit", "20s"], "data source 'nowhere/': no such file or folder"),
 ])
 def test_cli_fit_errors_are_one_line_and_exit_2(argv, message, tiny_tree, capsys, tmp_path):
