@@ -70,13 +70,13 @@ def scorer(holder: dict[str, Any]) -> Any:
                  log: Callable[[str], None]) -> dict[str, Any]:
         from cnnlab.inference.after_training import fresh_inference
 
-        pred, cached, calibration = fresh_inference(result, prep, cfg, rd, log=log)
+        pred, _, calibration = fresh_inference(result, prep, cfg, rd, log=log)
         out: dict[str, Any] = {"calibration": calibration} if calibration else {}
         for name, split in (("val", prep.val), ("test", prep.test)):
             if split is None:
                 continue
-            ev = pred.evaluate_details(split, where=name, split_name=name, feature_cache=cached, compile=False,
-                                       progress=False, log=log)
+            # the whole model, eager: what ImagePredictor.load(fit).evaluate gives for the same images
+            ev = pred.evaluate_details(split, where=name, split_name=name, progress=False, log=log)
             holder[name] = ev.probabilities
             holder[f"{name}_seconds"] = ev.seconds
             out[name] = {k: ev.report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece")}

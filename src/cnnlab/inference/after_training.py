@@ -29,7 +29,9 @@ def fresh_inference(result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *
                     log: Callable[[str], None] = print) -> tuple[InferenceModel, bool, dict[str, Any]]:
     """The freshly trained model's inference, its temperature fitted on the validation split.
 
-    Returns (inference, whether the frozen base's feature cache applies, calibration figures)."""
+    Returns (inference, whether the frozen base's feature cache applies, calibration figures). The
+    temperature is fitted on cached features when there are (training stored them): it is one
+    fitted number, stored in the card and applied alike on every path afterwards."""
     from cnnlab.training.orchestrate import card_extra
 
     card = model_card(result.model, card_extra(cfg, prep, result))
@@ -54,20 +56,20 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
     from cnnlab import figures
     from cnnlab.evaluation.error_analysis import run_error_analysis
     from cnnlab.models.io import load_weights
-    from cnnlab.training.orchestrate import compile_features
 
     split = prep.test if prep.test is not None else prep.val
     split_name = "test" if prep.test is not None else "val"
-    inf, cached, calibration = fresh_inference(result, prep, cfg, rd, log=log)
-    ev = inf.evaluate_details(split, where=split_name, split_name=split_name, feature_cache=cached,
-                              compile=compile_features(cfg), progress=progress, log=log)
+    inf, _, calibration = fresh_inference(result, prep, cfg, rd, log=log)
+    # The reported figures come from the path every later caller takes (the whole model, eager):
+    # cached or compiled features round differently in bf16 and would report other numbers.
+    ev = inf.evaluate_details(split, where=split_name, split_name=split_name, progress=progress, log=log)
     out: dict[str, Any] = {split_name: summary(ev.report),
                            "inference_images_per_second": round(len(split) / max(ev.seconds, 1e-9), 1),
                            "inference": {"precision": ev.report["precision"], "tta": ev.report["tta"],
                                          "micro_batch": inf.micro_batch}}
     if calibration:
         y = np.asarray(ev.y)
-        raw_probs = inf.raw_logits(split.x, feature_cache=cached, compile=False, log=log).softmax(1).numpy() \
+        raw_probs = inf.raw_logits(split.x, log=log).softmax(1).numpy() \
             if calibration["temperature"] != 1.0 else ev.probabilities
         calibration[f"{split_name}_ece_before"] = ece(raw_probs, y)
         calibration[f"{split_name}_ece_after"] = float(ev.report["ece"])
