@@ -27,7 +27,7 @@ from cnnlab.errors import DataError
 from cnnlab.inference.after_training import evaluate_after_training
 from cnnlab.predictor import ImagePredictor
 from cnnlab.training import orchestrate
-from cnnlab.training.loop import EpochCallback
+from cnnlab.training.recipes.standard import EpochCallback
 from cnnlab.training.orchestrate import (
     DATAFRAME_SOURCE,
     ConfigLike,

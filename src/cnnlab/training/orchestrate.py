@@ -30,7 +30,7 @@ from cnnlab.errors import ConfigError, DataError
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
 from cnnlab.training import distributed as ddp
-from cnnlab.training.loop import EpochCallback, FitResult, finish, fit
+from cnnlab.training.recipes.standard import EpochCallback, FitResult, finish, fit
 from cnnlab.training.rundir import RunDir, check_run_dir
 from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision
 
