@@ -216,12 +216,11 @@ def test_soup_step_applies_a_soup_that_scores_higher(fitted, tmp_path, monkeypat
 
     monkeypatch.setitem(sys.modules, "cnnlab.training.soup", types.SimpleNamespace(greedy_soup=greedy_soup))
     x = np.stack([np.zeros((16, 16, 3), np.uint8)] * 3)
-    out = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.9, predictor_cls=ImagePredictor, log=lambda s: None)
+    out = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.9, log=lambda s: None)
     assert out["applied"] and calls and calls[0][0].endswith("epoch-003.safetensors")
     again = ImagePredictor.load(run).model.state_dict()[bias]
     assert np.allclose(again.numpy(), souped[bias].numpy())
-    worse = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.995, predictor_cls=ImagePredictor,
-                     log=lambda s: None)
+    worse = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.995, log=lambda s: None)
     assert worse is not None and not worse["applied"]  # not better than the final weights: kept
 
 

@@ -93,10 +93,10 @@ def test_parity_check_runs_in_the_precision_the_torch_path_serves_in(tmp_path, m
     bf16 = ImagePredictor.load(run).export_onnx(parity_count=64)["parity"]
     assert bf16["torch_precision"] == "bf16" and bf16["within_tolerance"], bf16
     assert bf16["tolerance"]["max_abs_diff"] == PARITY_TOLERANCE["bf16"][0]
-    assert bf16["max_abs_diff"] > PARITY_TOLERANCE["fp32"][0]  # bf16 really ran: it would fail fp32's bound
     monkeypatch.setenv(hardware.BF16_ENV, "0")
     fp32 = ImagePredictor.load(run).export_onnx(parity_count=64)["parity"]
     assert fp32["torch_precision"] == "fp32" and fp32["within_tolerance"] and fp32["max_abs_diff"] < 1e-3, fp32
+    assert bf16["max_abs_diff"] > 10 * fp32["max_abs_diff"]  # bf16 really ran on the torch side
 
 
 @pytest.mark.parametrize("arch,kwargs", ARCHS)

@@ -192,7 +192,7 @@ def test_predict_and_evaluate_share_the_precision(fitted, monkeypatch):
     paths = sorted(test.rglob("*.png"))
     fp32 = ImagePredictor.load(run_dir, precision="fp32").predict_proba([str(p) for p in paths]).to_numpy()
     monkeypatch.setenv(hardware.BF16_ENV, "force")  # bf16 on any CPU (emulated where it has none)
-    pred = ImagePredictor.load(run_dir)
+    pred = ImagePredictor.load(run_dir, precision="bf16")  # the run's card says fp32: asked for here
     assert pred.precision == "bf16"
     probs = pred.predict_proba([str(p) for p in paths]).to_numpy()
     assert not np.allclose(probs, fp32, rtol=0, atol=1e-7)  # bf16 really ran
