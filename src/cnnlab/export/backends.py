@@ -31,7 +31,7 @@ def create_backend(name: str, run_dir: str | Path, weights: str = "final", *, on
     if name not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "torch":
-        return TorchBackend(run_dir, weights)
+        return TorchBackend(run_dir, weights, threads=threads)
     if onnx_path is None:
         from cnnlab.export.onnx import default_path, export_onnx
         from cnnlab.export.runtime import weights_file

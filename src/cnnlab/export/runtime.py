@@ -91,7 +91,9 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, run_dir: str | Path, weights: str = "final", *, batch_size: int = 256):
+    def __init__(self, run_dir: str | Path, weights: str = "final", *, batch_size: int = 256,
+                 threads: int | None = None):
+        self.threads = threads  # None: this process's share of the cores (utils/cores.py)
         self.card = read_card(run_dir)
         self.model = load_torch_model(run_dir, weights)
         self.image_size = run_image_size(run_dir, self.card)
@@ -104,9 +106,10 @@ class TorchBackend:
         x = check_images(images, self.image_size)
         if len(x) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        from cnnlab.utils.cores import compute_threads
+        from cnnlab.utils.cores import compute_threads, scoped_threads
 
-        with compute_threads():  # this process's share of the cores, the caller's threads restored
+        # the caller's threads (e.g. `cnnlab serve --threads`), else this process's share of the cores
+        with scoped_threads(self.threads) if self.threads else compute_threads():
             out = predict_logits(self.model, x, batch_size=self.batch_size, device=torch.device("cpu"), tta=tta)
         return out.numpy()
 
