@@ -33,13 +33,12 @@ class RunDir:
 
     @classmethod
     def new(cls, name: str, root: str | Path = "runs") -> "RunDir":
+        """A new run directory, created here: ``ROOT/NAME-TIME`` (``-2``, ``-3`` ... when taken; the
+        name is claimed by ``mkdir`` itself, so two runs started in the same second never share one)."""
+        from cnnlab.utils.locks import new_folder
+
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(root) / f"{name}-{stamp}"
-        path, k = base, 1
-        while path.exists():
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
-        return cls(path)
+        return cls(new_folder(Path(root) / f"{name}-{stamp}"))
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
