@@ -24,7 +24,7 @@ from typing import Any
 
 from cnnlab.config import ExperimentConfig, read_run_config
 from cnnlab.errors import ConfigError
-from cnnlab.utils.io import atomic_write_json, atomic_write_text
+from cnnlab.utils.io import atomic_write_json, atomic_write_text, csv_safe_rows
 
 
 class RunDir:
@@ -64,7 +64,7 @@ class RunDir:
         fields = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_safe_rows(rows))
         atomic_write_text(self.path / "history.csv", buf.getvalue())
 
     def read_history(self) -> list[dict[str, Any]]:
