@@ -220,3 +220,30 @@ def test_health_stays_responsive_under_a_pixel_bomb_attack(run_dir, bomb):
     assert statuses and set(statuses) <= {200, 413, 503}
     assert 413 in statuses  # the bombs over the limit were refused
     assert sorted(latencies)[-2] < 0.2, [round(x, 3) for x in latencies]
+
+
+def test_a_slowly_trickled_request_head_is_cut_off(run_dir):
+    import socket
+
+    uvicorn = pytest.importorskip("uvicorn")
+    from cnnlab.serving.guard import uvicorn_options
+
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=0, log_level="error",
+                                           **uvicorn_options(limit_concurrency=8, header_timeout_s=0.3)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+            assert s.recv(100) == b""  # closed by the server (the 10 s socket timeout would raise instead)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # a whole head is answered
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        server.should_exit = True
+        thread.join(10)

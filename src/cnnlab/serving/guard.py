@@ -85,16 +85,41 @@ def default_allowed_hosts(bind_host: str) -> list[str] | None:
 
 
 def header_timeout_protocol(header_timeout_s: float) -> type:
-    """uvicorn's h11 protocol, closing a connection whose first request head is not complete within
-    ``header_timeout_s`` (uvicorn only times out idle keep-alive connections). Later requests on the
-    connection are covered by uvicorn's own keep-alive timeout, which is armed after each response
-    and cancelled when a request head arrives, the same timer used here."""
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request head within
+    ``header_timeout_s`` of connecting, or of its previous response (uvicorn itself only times out
+    idle keep-alive connections, and any byte received resets that timer: a head trickled one byte
+    at a time would hold the connection for ever). Subclassing uvicorn's protocol class is the
+    documented way to change it (``uvicorn.Config(http=...)``)."""
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderTimeoutH11Protocol(H11Protocol):
+        _head_timer: Any = None
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_deadline)
+
+        def _head_deadline(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # still no complete request head
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self.timeout_keep_alive_task = self.loop.call_later(header_timeout_s, self.timeout_keep_alive_handler)
+            self._arm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
 
     return HeaderTimeoutH11Protocol
 
