@@ -7,9 +7,11 @@ holds everywhere:
 - the count: at most ``max_images`` per request, counted before anything is base64-decoded;
 - each image's pixels, read from its header (Pillow opens lazily; nothing is decoded yet): at most
   ``max_pixels``; and all the request's images together: at most ``max_request_pixels``;
-- decoding runs in a small thread pool (``decode_threads``), so the event loop keeps answering
-  (``/health`` included) while images decode, and the memory held by decodes in progress is
-  bounded by ``decode_threads x max_pixels``; JPEGs decode in draft mode (cnnlab.data.decode).
+- decoding runs in small thread pools, so the event loop keeps answering (``/health`` included)
+  while images decode: images of up to ``SMALL_PIXELS`` in ``decode_threads`` threads, larger ones
+  in one thread of their own, so ordinary uploads never queue behind large ones (or pixel bombs
+  just under the limit), and the memory held by large decodes in progress is bounded by one
+  ``max_pixels`` image; JPEGs decode in draft mode (cnnlab.data.decode).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ ACCEPTED_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"
 
 #: The decode size used when a run records none: uploads are never decoded at any size a client sends.
 FALLBACK_SIZE = 224
+#: Images up to this many pixels (a 12-megapixel photo is 12 M) decode in the main lane; larger ones
+#: in a one-thread lane of their own.
+SMALL_PIXELS = 1_000_000
 
 
 def default_max_pixels(size: int | None) -> int:
@@ -68,9 +73,11 @@ class UploadReader:
     def __init__(self, size: int, limits: UploadLimits, decode_threads: int = 2):
         self.size, self.limits = size, limits
         self.pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="cnnlab-decode")
+        self.large_pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-decode-large")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.large_pool.shutdown(wait=False, cancel_futures=True)
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.limits.max_upload_bytes
@@ -172,20 +179,23 @@ class UploadReader:
         self.check_count(len(files))
         return files
 
-    def _check_headers(self, files: list[tuple[str, bytes]]) -> None:
-        """Per-image and per-request pixel limits from the headers alone (runs in the pool)."""
+    def _check_headers(self, files: list[tuple[str, bytes]]) -> list[int]:
+        """Per-image and per-request pixel limits from the headers alone (runs in the pool); the
+        images' pixel counts."""
         from cnnlab.data.decode import image_header
 
-        total = 0
+        total, counts = 0, []
         for name, data in files:
             try:
                 w, h = image_header(data, name=name, max_pixels=self.limits.max_pixels)
             except DataError as exc:
                 raise _decode_error(exc) from None
             total += w * h
+            counts.append(w * h)
             if total > self.limits.max_request_pixels:
                 raise ApiError(413, "too_many_pixels", f"the request's images hold over {total:,} pixels together; "
                                                        f"the limit per request is {self.limits.max_request_pixels:,}")
+        return counts
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         from cnnlab.data.decode import decode_image
@@ -198,8 +208,10 @@ class UploadReader:
     async def decode(self, files: list[tuple[str, bytes]]) -> np.ndarray:
         """The files' pixels, ``(N, size, size, 3)`` uint8: headers checked, then decoded, all in the pool."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.pool, self._check_headers, files)
-        arrays = await asyncio.gather(*(loop.run_in_executor(self.pool, self._decode, n, d) for n, d in files))
+        counts = await loop.run_in_executor(self.pool, self._check_headers, files)
+        lanes = [self.pool if c <= SMALL_PIXELS else self.large_pool for c in counts]
+        arrays = await asyncio.gather(*(loop.run_in_executor(lane, self._decode, n, d)
+                                        for lane, (n, d) in zip(lanes, files)))
         return np.stack(arrays)
 
     async def read_images(self, request: Request) -> tuple[list[str], np.ndarray]:
