@@ -247,3 +247,37 @@ def test_a_slowly_trickled_request_head_is_cut_off(run_dir):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_large_jpegs_decode_in_draft_mode_and_match_a_full_decode(monkeypatch):
+    from PIL import JpegImagePlugin
+
+    from cnnlab.data.decode import decode_image, resize_center_crop
+
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    px = np.stack([xx % 256, yy % 256, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(px).save(buf, "JPEG", quality=95)
+    calls = []
+    real = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: calls.append(size) or real(self, mode, size))
+    got = decode_image(buf.getvalue(), 64)
+    assert calls == [(128, 128)] and got.shape == (64, 64, 3)
+    full = np.asarray(resize_center_crop(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), 64), np.int16)
+    assert np.abs(got.astype(np.int16) - full).mean() < 6  # the same picture, up to the DCT scaling
+
+
+def test_serve_command_passes_the_limits_to_uvicorn(run_dir, monkeypatch):
+    uvicorn = pytest.importorskip("uvicorn")
+    from cnnlab.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setenv("CNNLAB_API_KEY", "k")
+    assert main(["serve", str(run_dir), "--limit-concurrency", "5", "--max-in-flight", "3"]) == 0
+    assert seen["limit_concurrency"] == 5 and seen["http"].__name__ == "HeaderTimeoutH11Protocol"
+    with TestClient(seen["app"], base_url="http://127.0.0.1") as c:  # loopback Host names only, key required
+        assert c.get("/metadata", headers={"X-API-Key": "k"}).json()["limits"]["max_in_flight"] == 3
+        assert c.get("/metadata").status_code == 401
+        assert c.get("/health", headers={"Host": "attacker.example"}).status_code == 400
