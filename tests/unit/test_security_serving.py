@@ -281,3 +281,10 @@ def test_serve_command_passes_the_limits_to_uvicorn(run_dir, monkeypatch):
         assert c.get("/metadata", headers={"X-API-Key": "k"}).json()["limits"]["max_in_flight"] == 3
         assert c.get("/metadata").status_code == 401
         assert c.get("/health", headers={"Host": "attacker.example"}).status_code == 400
+
+
+def test_an_app_serves_again_after_its_lifespan_ended(run_dir):
+    app = create_app(run_dir)
+    for _ in range(2):
+        with TestClient(app) as c:
+            assert c.post("/predict", files=files(png())).status_code == 200

@@ -88,6 +88,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        uploads.start()
         await batcher.start()
         yield
         await batcher.stop()

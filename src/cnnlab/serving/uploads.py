@@ -71,13 +71,20 @@ class UploadReader:
     """The images of a request as one ``(N, size, size, 3)`` uint8 array; see the module's docstring."""
 
     def __init__(self, size: int, limits: UploadLimits, decode_threads: int = 2):
-        self.size, self.limits = size, limits
-        self.pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="cnnlab-decode")
-        self.large_pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-decode-large")
+        self.size, self.limits, self.decode_threads = size, limits, max(1, decode_threads)
+        self.start()
+
+    def start(self) -> None:
+        """(Re)create the decode pools (an app's lifespan may run more than once, e.g. in tests)."""
+        if getattr(self, "pool", None) is None:
+            self.pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="cnnlab-decode")
+            self.large_pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-decode-large")
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.large_pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.large_pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self.large_pool = None  # type: ignore[assignment]
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.limits.max_upload_bytes
