@@ -127,11 +127,12 @@ def image_header(data: bytes, *, name: str = "<bytes>", max_pixels: int | None =
     if not data:
         raise DataError(f"{name}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-    except Image.DecompressionBombError:
+        # No warnings.catch_warnings() here: it swaps process-wide filters and is not thread-safe,
+        # and this runs in the server's decode threads. Pillow warns only above its own limit
+        # (89 M pixels), which the check below refuses anyway.
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{name}: exceeds cnnlab's limit of {limit:,} pixels (possible decompression bomb)") from None
     except UnidentifiedImageError:
         raise DataError(f"{name}: not an image Pillow can read") from None
