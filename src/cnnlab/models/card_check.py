@@ -26,7 +26,8 @@ from cnnlab.errors import ModelError
 ALLOWED_KWARGS = frozenset({
     # cnnlab's own architectures (fastnet.py, nasnet.py)
     "widths", "depth", "whiten_kernel", "bn_momentum", "feature_scale", "activation",
-    "stem_size", "num_features", "penultimate_filters", "num_blocks", "filter_multiplier",
+    "penultimate_filters", "num_blocks", "stem_block_filters", "filter_multiplier", "skip_reduction",
+    "stem_size", "num_features",
     # common timm architecture arguments
     "drop_path_rate", "drop_block_rate", "global_pool", "output_stride", "img_size", "patch_size",
     "embed_dim", "embed_dims", "num_heads", "mlp_ratio", "qkv_bias", "depths", "dims", "layers",
@@ -45,8 +46,10 @@ MAX_STR = 200
 MAX_CLASSES = 100_000
 MAX_INPUT_SIZE = 4096
 #: Tighter caps on the size-like kwargs, so a card cannot ask for, e.g., a 65,536-px ViT.
-SIZE_CAPS = {"img_size": 4096, "embed_dim": 8192, "depth": 256, "num_heads": 256, "patch_size": 256,
-             "stem_size": 4096, "num_features": 16384, "penultimate_filters": 16384}
+SIZE_CAPS = {"img_size": 1024, "embed_dim": 4096, "embed_dims": 4096, "dims": 4096, "channels": 4096,
+             "widths": 4096, "stem_size": 4096, "stem_width": 4096, "num_features": 8192,
+             "penultimate_filters": 8192, "stem_block_filters": 4096, "filter_multiplier": 16, "depth": 256, "depths": 64, "layers": 64, "num_blocks": 64,
+             "num_heads": 256, "patch_size": 256}
 
 
 def _check_value(key: str, value: Any, where: str) -> None:
