@@ -47,6 +47,10 @@ def test_a_card_asking_timm_to_open_a_file_is_refused_before_anything_is_opened(
     monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a) or real_load(*a, **k))
     with pytest.raises(ModelError, match=repr(key)):
         load_model(tmp_path / "run")
+    from cnnlab import ImagePredictor
+
+    with pytest.raises(ModelError, match=repr(key)):
+        ImagePredictor.load(tmp_path / "run")
     assert opened == [] and not marker.exists()
     # the CLI: one line, exit 2, and still nothing ran
     img = tmp_path / "x.png"
