@@ -80,7 +80,7 @@ def scorer(holder: dict[str, Any], predictor_cls: Any) -> Any:
             ev = pred.evaluate_details(split, feature_cache=cached, compile=False, progress=False, log=log)
             holder[name] = ev.probabilities
             holder[f"{name}_seconds"] = ev.seconds
-            out[name] = {k: ev.report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece")}
+            out[name] = {k: ev.report[k] for k in SUMMARY_KEYS}
             log(f"{cfg.name}: {name} accuracy {ev.report['accuracy']:.4f} ({len(split):,} images, "
                 f"{ev.seconds:.1f}s, TTA {pred.tta})")
         holder["tta"] = pred.tta

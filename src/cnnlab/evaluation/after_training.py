@@ -15,6 +15,7 @@ import numpy as np
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import ImageArrays
+from cnnlab.evaluation.metrics import SUMMARY_KEYS
 from cnnlab.models.io import model_card
 from cnnlab.training.rundir import RunDir
 
@@ -64,4 +65,4 @@ def evaluate_fresh(predictor_cls: Any, result: Any, prep: Any, cfg: ExperimentCo
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece")}
+    return {k: report[k] for k in SUMMARY_KEYS}

@@ -80,7 +80,8 @@ def _test_metrics(run_dir: Path, bundle: Any) -> dict[str, Any] | None:
     model.to(device)
     logits = predict_logits(model, bundle.test.x, batch_size=512, device=device)
     report = classification_report(logits, bundle.test.y, bundle.test.class_names)
-    return {k: report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1")}
+    return {k: report[k] for k in ("count", "loss", "accuracy", "balanced_accuracy", "top5_accuracy", "macro_f1",
+                                   "worst_class")}
 
 
 def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str | Path, data: Any = None,
