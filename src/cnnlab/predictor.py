@@ -381,7 +381,8 @@ class ImagePredictor:
                 "metrics": {k: metrics[k] for k in ("test", "val") if k in metrics}}
 
     def leaderboard(self) -> Any:
-        """An auto-fit's leaderboard: a pandas DataFrame, best validation accuracy first."""
+        """An auto-fit's leaderboard: a pandas DataFrame, best first (validation accuracy, or balanced
+        validation accuracy on imbalanced data)."""
         from cnnlab.autofit.leaderboard import to_frame
 
         return to_frame(self.fit_summary()["leaderboard"])

@@ -25,6 +25,7 @@ import numpy as np
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import DatasetBundle, ImageArrays
+from cnnlab.evaluation.metrics import SUMMARY_KEYS
 from cnnlab.training.callbacks import StopTraining
 
 Clock = Callable[[], float]

@@ -162,3 +162,24 @@ def reliability_diagram(bins: list[dict[str, float]], ece: float, path: str | Pa
     ax.set_title(f"reliability diagram (ECE {ece:.3f})")
     ax.legend(fontsize=8)
     return save(fig, path)
+
+
+def per_class_recall(per_class: list[dict[str, Any]], path: str | Path, balanced_accuracy: float | None = None
+                     ) -> Path:
+    """Horizontal bars of each class's recall (lowest first), with its support, and the balanced
+    accuracy (their mean) as a line: on imbalanced data the classes plain accuracy hides."""
+    rows = sorted((r for r in per_class if r.get("support", 0) > 0), key=lambda r: r["recall"])
+    k = max(1, len(rows))
+    fig, ax = subplots(figsize=(6.0, max(2.5, 0.28 * k + 1.2)))
+    names = [f"{r['class']} ({r['support']:,})" for r in rows]
+    recalls = [r["recall"] for r in rows]
+    ax.barh(range(len(rows)), recalls, color=["#c0392b" if v < 0.5 else "#2e86c1" for v in recalls])
+    ax.set_yticks(range(len(rows)), names, fontsize=8 if k <= 40 else 5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("recall (images of the class predicted as it)")
+    if balanced_accuracy is not None:
+        ax.axvline(balanced_accuracy, color="black", ls="--", lw=1, label=f"balanced accuracy {balanced_accuracy:.3f}")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("recall per class (support in brackets; red: below 0.5)")
+    fig.tight_layout()
+    return save(fig, path)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data.dataset import imbalance_ratio
 from cnnlab.errors import ConfigError
 
 MODES = ("none", "weights", "resample", "logit_adjust", "auto")
@@ -51,14 +52,6 @@ AUTO_RATIO = 3.0  #: ``auto`` handles imbalance from this largest / smallest cla
 
 def class_counts(y: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(y, dtype=np.int64).ravel(), minlength=num_classes)
-
-
-def imbalance_ratio(counts: np.ndarray | list[int]) -> float:
-    """Largest / smallest class count (inf when a class has no image)."""
-    c = np.asarray(counts, dtype=float)
-    if not len(c):
-        return 1.0
-    return float(c.max() / c.min()) if c.min() > 0 else math.inf
 
 
 def is_imbalanced(counts: np.ndarray | list[int]) -> bool:
