@@ -63,6 +63,22 @@ def test_logit_adjustment_adds_tau_log_prior_in_training_only():
     assert b.loss(torch.zeros(1, 3), torch.tensor([2])) < b.loss(torch.log(prior)[None], torch.tensor([2]))
 
 
+def test_logit_adjustment_smooths_labels_towards_the_prior():
+    """Uninformative inputs with labels in the prior's proportions: zero (balanced) plain logits are
+    the optimum with prior-smoothed targets; uniform smoothing would push the rare class up."""
+    b = B.resolve("logit_adjust", Y, NAMES)
+    y = torch.from_numpy(Y)
+    f = torch.zeros(len(Y), 3, requires_grad=True)
+    b.loss(f, y, label_smoothing=0.2).backward()
+    assert f.grad.sum(0).abs().max() < 1e-6  # a stationary point at balanced logits
+    g = torch.zeros(len(Y), 3, requires_grad=True)
+    F.cross_entropy(b.adjust(g), y, label_smoothing=0.2).backward()  # uniform smoothing
+    assert g.grad.sum(0)[2] < -1e-3  # descending would raise the rare class's plain logit everywhere
+    # no smoothing: the plain logit-adjusted cross-entropy
+    logits = torch.randn(5, 3)
+    assert torch.allclose(b.loss(logits, y[:5]), F.cross_entropy(b.adjust(logits), y[:5]))
+
+
 def test_auto_resolves_by_ratio():
     assert B.resolve("auto", Y, NAMES).mode == "logit_adjust"
     assert B.resolve("auto", np.array([0, 1, 2] * 5), NAMES).mode == "none"

@@ -271,6 +271,7 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
         "preset": preset.name, "time_limit": limit, "data_source": source, "profile": profile.to_dict(),
         "val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"], "leaderboard": rows,
         "selection_metric": f"val_{metric}", "selection": selection.describe(metric, profile),
+        f"{split}_per_class_recall": selection.per_class_recall(probs, y, profile.class_names),
         "val_balanced_accuracy": row.get("val_balanced_accuracy"),
         "test_balanced_accuracy": row.get("test_balanced_accuracy"), "test_worst_class": row.get("test_worst_class"),
         "errors": {k: str(v) for k, v in errors.items() if k in ("png", "csv")} if errors else None,

@@ -60,6 +60,12 @@ def worst_class(probs: np.ndarray, y: np.ndarray, class_names: list[str]) -> dic
     return {"class": class_names[int(c)], "recall": recall}
 
 
+def per_class_recall(probs: np.ndarray, y: np.ndarray, class_names: list[str]) -> dict[str, float | None]:
+    """{class: recall} of the best entry on the split it was scored on (None: no image of the class)."""
+    pred = np.asarray(probs).argmax(1)
+    return {name: (float((pred[y == c] == c).mean()) if (y == c).any() else None) for c, name in enumerate(class_names)}
+
+
 def scores(probs: np.ndarray | None, y: np.ndarray, class_names: list[str], prefix: str) -> dict[str, Any]:
     """``{prefix}_balanced_accuracy`` and ``{prefix}_worst_class`` of one candidate's probabilities."""
     if probs is None:

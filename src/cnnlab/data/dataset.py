@@ -134,6 +134,12 @@ def check_classes(class_names: list[str], counts: dict[str, int], where: str) ->
     empty = [c for c in class_names if counts.get(c, 0) == 0]
     if empty:
         raise DataError(f"{where}: class folder {empty[0]!r} holds no images")
+    folded: dict[str, str] = {}
+    for c in class_names:  # "Cat" and "cat": one class spelt two ways, almost always a mistake
+        other = folded.setdefault(str(c).casefold().strip(), c)
+        if other != c:
+            raise DataError(f"{where}: classes {other!r} and {c!r} differ only in letter case (or spaces); "
+                            "rename or merge them (one label per class)")
     if len(class_names) < 2:
         found = ", ".join(repr(c) for c in class_names) or "none"
         raise DataError(f"{where}: need at least two classes to train a classifier, found {found}")

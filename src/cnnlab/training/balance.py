@@ -99,9 +99,15 @@ def explicit_weights(given: Mapping[Any, float] | str, class_names: list[str], c
         if isinstance(key, str) and key in class_names:
             i = class_names.index(key)
         elif isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= int(key) < len(class_names):
-            i = int(key)
+            i = int(key)  # an index, as Keras takes it ...
+            if str(key) in class_names and class_names.index(str(key)) != i:  # ... unless a class is named so
+                raise ConfigError(f"class_weight: {key!r} is ambiguous: class index {key} is "
+                                  f"{class_names[i]!r} but a class is named {str(key)!r}; give the name as a "
+                                  f"string ({str(key)!r}) or the index of the class you mean")
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool) and str(key) in class_names:
+            i = class_names.index(str(key))  # a numeric label past the last index: its name
         elif isinstance(key, str) and key.isdigit() and int(key) < len(class_names):
-            i = int(key)
+            i = int(key)  # an index written as text (YAML, JSON keys)
         else:
             raise ConfigError(f"class_weight: no class {key!r}; the classes are {', '.join(class_names)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -168,10 +174,24 @@ class Balance:
         Weighted, it is sum_i w_{y_i} l_i / batch (not / sum w): the batch sums the workers' slices
         add up to stay exact, and the normalised weights keep its expected scale at 1."""
         logits = self.adjust(logits)
+        if self.log_prior is not None and label_smoothing > 0:
+            return self._prior_smoothed(logits, y, label_smoothing)
         if self.weights is None:
             return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         per = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="none")
         return (per * self.weights.to(per.device)[y]).mean()
+
+
+    def _prior_smoothed(self, adjusted: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        """Label smoothing towards the class prior, not the uniform distribution, under logit
+        adjustment. Uniform smoothing asks the adjusted softmax for eps / K of every class on every
+        image; the adjustment has already scaled a class's share by its prior, so the model's own
+        logits would have to rise by log(eps / (K prior)) for the rare classes everywhere (measured:
+        long-tailed CIFAR-10 collapsed to predicting its rarest class). Smoothing towards the prior
+        keeps the smoothing's floor where the adjustment puts it, and the plain logits balanced."""
+        prior = self.log_prior.to(adjusted.device, adjusted.dtype).exp()
+        target = (1.0 - eps) * F.one_hot(y, adjusted.shape[1]).to(adjusted.dtype) + eps * prior
+        return -(target * F.log_softmax(adjusted, dim=1)).sum(1).mean()
 
 
 def sample_weights(counts: np.ndarray) -> np.ndarray:
