@@ -106,6 +106,11 @@ def main() -> int:
         return rc
     info = json.loads((fit_dir / "fit.json").read_text())
     recall = info.get("test_per_class_recall") or {}
+    if not recall:  # a fit folder written before fit.json had it: evaluate its best entry
+        from cnnlab.predictor import ImagePredictor
+
+        report = ImagePredictor.load(fit_dir).evaluate(str(data))
+        recall = {r["class"]: r["recall"] for r in report["per_class"]}
     print()
     print(f"machine: {machine_summary()}")
     print(f"long-tailed CIFAR-10 (ratio {RATIO}, 12,406 train), cnnlab fit --time-limit {args.time_limit}: "
