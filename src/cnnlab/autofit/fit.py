@@ -80,11 +80,12 @@ def _out_dir(path: Path | None) -> Path:
 
 def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
              seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-             started_at: float | None = None) -> Any:
+             started_at: float | None = None, drop_leaks: bool = False) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
-    torchrun, rank 0's)."""
+    torchrun, rank 0's). The splits are searched for duplicates first (one warning line);
+    ``drop_leaks``: training images that duplicate a validation or test image are removed."""
     from cnnlab.autofit import speed
     from cnnlab.autofit.runner import run_candidate
     from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
@@ -106,6 +107,9 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
                              label_column=_label_column(tuning_data, predictor.label),
                              image_column=predictor.image_column)
     train, val, test, where = with_validation(bundle, tuning, seed)
+    from cnnlab.data.duplicates import check_splits
+
+    train, _ = check_splits(train, val, test, drop_leaks=drop_leaks, log=log)
     ranks.check_same_data(train, val, test)  # DDP: the same seed held out the same split on every rank
     profile = profile_data(train, val, test, mixed_sizes=mixed, validation=where)
     log(profile.describe())

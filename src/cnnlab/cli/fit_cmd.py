@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tuning-data", help="a validation source (default: held out from --data)")
     p.add_argument("--label-column", default="label", help="CSV source: the label column (default: label, else detected)")
     p.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
+    p.add_argument("--drop-leaks", action="store_true",
+                   help="remove training images that duplicate (exactly or nearly) a validation or test image")
     add_json_flag(p, "the fit summary (fit.json)")
     from cnnlab.cli.launch import add_flags
 
@@ -58,7 +60,7 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     get_preset(args.preset)
     pred = ImagePredictor(label=args.label_column, path=args.out, image_column=args.image_column)
     pred = auto_fit(pred, args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,
-                    started_at=started_at)
+                    started_at=started_at, drop_leaks=args.drop_leaks)
     if not current().is_main:
         return 0  # DDP: rank 0 wrote the fit folder and prints its summary
     info = pred.fit_summary()
