@@ -116,6 +116,14 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     device = default_device()
     precision = choose_precision("auto", device)
     log(precision.note())
+    from cnnlab.autofit.fewshot import is_few_shot, run_few_shot
+
+    if is_few_shot(train, val):  # 5-20 images a class: cross-validated embeddings + logistic regression
+        ddp.from_main(lambda: run_few_shot(
+            predictor, out, train, val, test, profile, preset, limit=limit, start=start, clock=clock, log=log,
+            seed=seed, precision=precision.name, device=str(device), machine=machine_summary(), source=source,
+            finish=_finish))
+        return predictor
     sample = np.random.default_rng(seed).permutation(len(train))[:64]
 
     def measure(kind: str) -> float:
@@ -253,6 +261,9 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
         "val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"], "leaderboard": rows,
         "errors": {k: str(v) for k, v in errors.items() if k in ("png", "csv")} if errors else None,
     }
+    cv = {r.kind: r.extra["cv"] for r in results if "cv" in r.extra}  # the few-shot candidate's (fewshot.py)
+    if cv:
+        info["cross_validation"] = cv
     elapsed = clock() - start
     info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
     plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best}

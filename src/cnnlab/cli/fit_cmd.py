@@ -70,6 +70,9 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     print("leaderboard:")
     for line in text(info["leaderboard"]):
         print("  " + line)
+    for kind, cv in (info.get("cross_validation") or {}).items():
+        print(f"{kind}: {cv['method']} cross-validation accuracy {cv['accuracy']:.4f} (95% CI {cv['ci95'][0]:.3f}-"
+              f"{cv['ci95'][1]:.3f}; folds {cv['fold_mean']:.3f} +- {cv['fold_std']:.3f})")
     if info.get("test_accuracy") is not None:
         print(f"test accuracy: {info['test_accuracy']:.4f} ({info['best']})")
     else:
