@@ -29,7 +29,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImagePredictor, Pa
     old = os.environ.get("CNNLAB_HOME")
     os.environ["CNNLAB_HOME"] = str(home)
     try:
-        data = _write_tree(root / "tiny", per_class=16)
+        data = _write_tree(root / "tiny", per_class=24)  # > 20 a class: the planner (fewshot.py below)
         pred = ImagePredictor(label="label", path=root / "fit").fit(str(data), time_limit=LIMIT,
                                                                     log=lambda s: None)
     finally:
@@ -44,7 +44,7 @@ def test_fit_on_a_folder_writes_plan_leaderboard_report(fitted):
     pred, data = fitted
     info = pred.fit_summary()
     folder = Path(info["folder"])
-    assert folder == pred._fit_path and info["best"] == "frozen"  # 16 images a class: pretrained features, the planner's choice
+    assert folder == pred._fit_path and info["best"] == "frozen"  # 24 images a class: pretrained features, the planner's choice
     board = pred.leaderboard()
     assert list(board["model"]) == ["frozen"] and board["val_accuracy"][0] == pytest.approx(info["val_accuracy"])
     plan = json.loads((folder / "plan.json").read_text())
@@ -52,8 +52,8 @@ def test_fit_on_a_folder_writes_plan_leaderboard_report(fitted):
     assert frozen["chosen"] and frozen["status"] == "done"
     assert frozen["actual_seconds"] > 0 and frozen["actual_val_accuracy"] == pytest.approx(info["val_accuracy"])
     assert plan["actual"]["elapsed_seconds"] == pytest.approx(info["elapsed_seconds"], abs=5)
-    assert info["profile"]["count"] + info["profile"]["val_count"] == 48
-    assert info["profile"]["val_count"] == 9  # 20% of a small data set, 3 of each class
+    assert info["profile"]["count"] + info["profile"]["val_count"] == 72
+    assert info["profile"]["val_count"] == 15  # 20% of a small data set, 5 of each class
     report = (folder / "report.md").read_text()
     assert "Plan against what happened" in report and "| frozen |" in report
     assert (folder / "leaderboard.csv").read_text().startswith("rank,model,kind,val_accuracy")
@@ -97,7 +97,7 @@ def test_fit_on_a_csv_and_a_dataframe(make_tree, tmp_path):
                                                                           log=lambda s: None)
     for pred in (by_csv, by_frame):
         assert pred.class_names == ["blue", "green", "red"]
-        assert pred.fit_summary()["profile"]["count"] == 24
+        assert pred.fit_summary()["profile"]["count"] == 30  # 10 a class: few-shot, all cross-validated
         assert pred.predict(frame.iloc[:3])[0] in pred.class_names
     assert by_frame.fit_summary()["data_source"] == "<DataFrame>"
 
@@ -110,7 +110,7 @@ def test_photos_of_mixed_sizes_need_no_image_size(make_tree, tmp_path):
     prof = pred.fit_summary()["profile"]
     assert prof["mixed_sizes"] and prof["image_size"] == MIXED_DECODE_SIZE
     assert prof["file_sizes"]["min"] == 30 and prof["file_sizes"]["max"] == 48
-    assert pred.fit_summary()["best"] == "frozen"  # a few photos: pretrained transfer learning
+    assert pred.fit_summary()["best"] == "fewshot"  # 8 photos a class: pretrained embeddings, cross-validated
     assert list(pred.predict([str(root / "red" / "003.png")])) == ["red"]
 
 
@@ -251,7 +251,10 @@ def test_error_analysis_is_handed_the_best_models_probabilities(tmp_path, monkey
 def test_high_quality_trains_two_models_and_weighs_an_ensemble(make_tree, tmp_path, monkeypatch):
     from cnnlab.autofit import planner
 
+    from cnnlab.autofit import fewshot
+
     monkeypatch.setattr(planner, "ENSEMBLE_GAP", 1.0)  # any second model is worth it here
+    monkeypatch.setattr(fewshot, "FEW_SHOT_MAX", 0)  # 12 a class: the planner's candidates, not the few-shot path
     root = tmp_path / "data"
     make_tree(root / "train", per_class=12)
     make_tree(root / "test", per_class=4, seed=3)
