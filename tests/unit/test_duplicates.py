@@ -177,3 +177,34 @@ def test_fit_start_warns_and_drop_leaks_removes_them(photo_tree) -> None:
     assert "removed 3 training images" in lines[1]
     again, rep2 = dup.check_splits(train, None, b.test, log=lines.append)
     assert rep2.cross_split == [] and rep2.train_leaks == []
+
+
+def test_drop_leaks_refuses_to_empty_a_class() -> None:
+    from cnnlab.data.dataset import ImageArrays
+    from cnnlab.errors import DataError
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    train = ImageArrays(imgs[:3], np.array([0, 1, 1]), ["a", "b"])
+    test = ImageArrays(imgs[[0, 3]], np.array([0, 1]), ["a", "b"])  # class a's one training image is a test image
+    with pytest.raises(DataError, match="--drop-leaks: every training image of class 'a'"):
+        dup.check_splits(train, None, test, drop_leaks=True, log=lambda s: None)
+
+
+def test_cli_fit_passes_drop_leaks(monkeypatch, tmp_path: Path) -> None:
+    from cnnlab.autofit import fit as fit_mod
+    from cnnlab.cli.main import main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(pred, data, tuning, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(fit_mod, "auto_fit", fake)
+    with pytest.raises(Stop):
+        main(["fit", "--data", str(tmp_path), "--time-limit", "20s", "--drop-leaks", "--out", str(tmp_path / "f")])
+    assert seen["drop_leaks"] is True

@@ -261,7 +261,14 @@ def check_splits(train: Any, val: Any, test: Any, *, drop_leaks: bool = False,
         log(line)
     if drop_leaks:
         if report.train_leaks:
-            train = train.subset(np.setdiff1d(np.arange(len(train)), report.train_leaks))
+            kept = train.subset(np.setdiff1d(np.arange(len(train)), report.train_leaks))
+            emptied = [n for c, n in enumerate(train.class_names) if (train.y == c).any() and not (kept.y == c).any()]
+            if emptied:
+                from cnnlab.errors import DataError
+
+                raise DataError(f"--drop-leaks: every training image of class {emptied[0]!r} duplicates a validation "
+                                "or test image; removing them would leave the class nothing to learn from")
+            train = kept
         log(f"--drop-leaks: removed {len(report.train_leaks)} training images that duplicate a validation or "
             f"test image ({len(train):,} left)")
     return train, report
