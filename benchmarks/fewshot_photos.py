@@ -8,8 +8,8 @@ photos, mixed sizes and modes; train/ and test/ cut from disjoint regions of eac
 with 8 training and 8 test crops per source photo when --data does not exist yet. For each size
 (images a class) and draw (a seeded class-balanced sample of train/), on the same images:
 
-- ``fewshot`` (cnnlab/autofit/fewshot.py): lite0 embeddings at 224 px, StandardScaler + logistic
-  regression, stratified k-fold cross-validation on all the sampled images, refitted on all;
+- ``fewshot`` (cnnlab/autofit/fewshot.py): lite0 embeddings at 224 px, logistic regression,
+  stratified k-fold cross-validation on all the sampled images, refitted on all;
 - ``frozen``: the auto-fit's frozen-head candidate as the planner runs it (candidates.py: the
   same lite0 at 224 px, cached features, a linear head trained with AdamW, label smoothing and
   early stopping on val_loss), on the fit's split: 20% of the sample held out, stratified.
