@@ -135,7 +135,8 @@ def test_near_pairs_matches_brute_force() -> None:
     assert len(want) >= 30  # the planted ones at <= MAX_DISTANCE, at least
 
 
-def test_inspect_cli_json_and_page(photo_tree, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_inspect_cli_json_and_page(photo_tree, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    from cnnlab import api
     from cnnlab.cli.main import main
 
     root, exact, near = photo_tree
@@ -148,8 +149,12 @@ def test_inspect_cli_json_and_page(photo_tree, tmp_path: Path, capsys: pytest.Ca
     page = (tmp_path / "o" / "duplicates.html").read_text()
     assert page.count("<div class='pair'>") == 3 + 2 + 3  # cross-split, exact, near sections
     assert "t_resized.png" in page and "data:image/png;base64," in page
+    monkeypatch.setattr(api, "inspect_data", lambda *a, **k: out)  # the text form of the same summary
     assert main(["data", "inspect", str(root), "--image-size", "96", "--out", str(tmp_path / "p")]) == 0
-    assert "duplicates: 2 exact pairs, 3 near-duplicate pairs" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "duplicates: 2 exact pairs, 3 near-duplicate pairs (pHash distance <= 6), 3 across splits " \
+           "(3 training images duplicate a validation or test image)" in text
+    assert text.count(" ~ ") == 3  # the cross-split examples
 
 
 def test_clean_tree_has_no_duplicates(tiny_tree: Path) -> None:
