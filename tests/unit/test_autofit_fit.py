@@ -26,13 +26,17 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImagePredictor, Pa
 
     root = tmp_path_factory.mktemp("af")
     home = root / "home"
+    from cnnlab.autofit import fewshot
+
     old = os.environ.get("CNNLAB_HOME")
     os.environ["CNNLAB_HOME"] = str(home)
+    few, fewshot.FEW_SHOT_MAX = fewshot.FEW_SHOT_MAX, 0  # the planner's path, not the few-shot one
     try:
-        data = _write_tree(root / "tiny", per_class=24)  # > 20 a class: the planner (fewshot.py below)
+        data = _write_tree(root / "tiny", per_class=16)
         pred = ImagePredictor(label="label", path=root / "fit").fit(str(data), time_limit=LIMIT,
                                                                     log=lambda s: None)
     finally:
+        fewshot.FEW_SHOT_MAX = few
         if old is None:
             os.environ.pop("CNNLAB_HOME", None)
         else:
@@ -44,7 +48,7 @@ def test_fit_on_a_folder_writes_plan_leaderboard_report(fitted):
     pred, data = fitted
     info = pred.fit_summary()
     folder = Path(info["folder"])
-    assert folder == pred._fit_path and info["best"] == "frozen"  # 24 images a class: pretrained features, the planner's choice
+    assert folder == pred._fit_path and info["best"] == "frozen"  # 16 images a class: pretrained features, the planner's choice
     board = pred.leaderboard()
     assert list(board["model"]) == ["frozen"] and board["val_accuracy"][0] == pytest.approx(info["val_accuracy"])
     plan = json.loads((folder / "plan.json").read_text())
@@ -52,8 +56,8 @@ def test_fit_on_a_folder_writes_plan_leaderboard_report(fitted):
     assert frozen["chosen"] and frozen["status"] == "done"
     assert frozen["actual_seconds"] > 0 and frozen["actual_val_accuracy"] == pytest.approx(info["val_accuracy"])
     assert plan["actual"]["elapsed_seconds"] == pytest.approx(info["elapsed_seconds"], abs=5)
-    assert info["profile"]["count"] + info["profile"]["val_count"] == 72
-    assert info["profile"]["val_count"] == 15  # 20% of a small data set, 5 of each class
+    assert info["profile"]["count"] + info["profile"]["val_count"] == 48
+    assert info["profile"]["val_count"] == 9  # 20% of a small data set, 3 of each class
     report = (folder / "report.md").read_text()
     assert "Plan against what happened" in report and "| frozen |" in report
     assert (folder / "leaderboard.csv").read_text().startswith("rank,model,kind,val_accuracy")
