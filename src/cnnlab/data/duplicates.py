@@ -62,8 +62,9 @@ class DuplicateReport:
         line = (f"warning: duplicates: {len(self.exact)} exact and {len(self.near)} near-duplicate pairs "
                 f"(pHash distance <= {self.max_distance}) among {self.images:,} images")
         if self.cross_split:
-            line += (f"; {len(self.cross_split)} pairs cross splits ({len(self.train_leaks)} training images "
-                     f"duplicate a validation or test image: cnnlab fit --drop-leaks removes them)")
+            n = len(self.train_leaks)
+            line += (f"; {len(self.cross_split)} pairs cross splits ({n} training image{'s' * (n != 1)} "
+                     f"duplicate{'s' * (n == 1)} a validation or test image: cnnlab fit --drop-leaks removes them)")
         return line
 
 
@@ -269,6 +270,7 @@ def check_splits(train: Any, val: Any, test: Any, *, drop_leaks: bool = False,
                 raise DataError(f"--drop-leaks: every training image of class {emptied[0]!r} duplicates a validation "
                                 "or test image; removing them would leave the class nothing to learn from")
             train = kept
-        log(f"--drop-leaks: removed {len(report.train_leaks)} training images that duplicate a validation or "
-            f"test image ({len(train):,} left)")
+        n = len(report.train_leaks)
+        log(f"--drop-leaks: removed {n} training image{'s' * (n != 1)} that duplicate{'s' * (n == 1)} a validation "
+            f"or test image ({len(train):,} left)")
     return train, report
