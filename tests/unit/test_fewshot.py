@@ -90,6 +90,8 @@ def test_fit_of_a_few_images_a_class_saves_a_model_that_serves(make_tree, tmp_pa
     cv = info["cross_validation"]["fewshot"]
     assert cv["images"] == 20 and cv["folds"] == 2 and info["val_accuracy"] == pytest.approx(cv["accuracy"])
     assert info["profile"]["validation"].startswith("stratified 2-fold cross-validation")
+    assert "- fewshot: validated by stratified 2-fold cross-validation on 20 images" in \
+        (tmp_path / "fit" / "report.md").read_text()
     files = sorted(p.name for p in (tmp_path / "fit" / "models" / "fewshot").iterdir())
     assert "model.safetensors" in files and "model.json" in files and not any(n.endswith((".pkl", ".pt")) for n in files)
     pred = ImagePredictor.load(tmp_path / "fit")  # a plain cnnlab model: the predictor serves it unchanged
