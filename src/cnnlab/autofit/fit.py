@@ -12,6 +12,7 @@ and its clock is the fit's (ranks.py).
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -80,21 +81,97 @@ def _out_dir(path: Path | None) -> Path:
 
 def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
              seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-             started_at: float | None = None) -> Any:
+             started_at: float | None = None, resume: bool = False) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
-    torchrun, rank 0's)."""
-    from cnnlab.autofit import speed
-    from cnnlab.autofit.runner import run_candidate
-    from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
+    torchrun, rank 0's). ``resume``: continue the killed fit in ``predictor.path`` (state.py);
+    ``train_data``, ``time_limit`` and ``presets`` may then be None (the fit's own are used)."""
+    from cnnlab.autofit.state import FitState
 
     start = clock() if started_at is None else started_at
+    log = ddp.main_log(log)  # DDP: rank 0 logs, and alone writes the fit folder
+    if resume:
+        return _resume(predictor, train_data, tuning_data, time_limit, presets, log, clock, start)
     limit = time_limit_seconds(time_limit)
     preset = get_preset(presets)
-    log = ddp.main_log(log)  # DDP: rank 0 logs, and alone writes the fit folder
     out = ddp.from_main(lambda: _out_dir(predictor.path))
     start = ranks.synced_start(start, clock)  # DDP: every rank counts the limit from rank 0's start
+    tuning_source = _source_name(tuning_data) if tuning_data is not None else None
+    args = {"time_limit": limit, "preset": preset.name, "seed": seed, "data_source": _source_name(train_data),
+            "tuning_source": tuning_source, "label": predictor.label, "image_column": predictor.image_column}
+    state = FitState(out, args, clock, start) if ddp.current().is_main else None
+    return _fit(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start)
+
+
+def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, presets: str | None,
+            log: Callable[[str], None], clock: Callable[[], float], start: float) -> Any:
+    """Continue the fit a kill stopped in ``predictor.path`` (see state.py)."""
+    from cnnlab.autofit.folder import is_fit_folder, load_fit
+    from cnnlab.autofit.planner import FitPlan
+    from cnnlab.autofit.state import FitState, read_state
+
+    if ranks.world_size() > 1:
+        raise ConfigError("resume: a data-parallel fit is resumed in one process (without --nproc-per-node)")
+    if predictor.path is None:
+        raise ConfigError("resume: give the fit folder to continue (ImagePredictor(path=...) or --resume FOLDER)")
+    out = Path(predictor.path)
+    saved = read_state(out)
+    if time_limit is not None and time_limit_seconds(time_limit) != saved["time_limit"]:
+        raise ConfigError(f"time_limit: the fit in {out} has {saved['time_limit']:g}s; a resumed fit keeps it "
+                          f"(got {time_limit!r})")
+    if presets is not None and get_preset(presets).name != saved["preset"]:
+        raise ConfigError(f"presets: the fit in {out} is {saved['preset']}; a resumed fit keeps it (got {presets!r})")
+    if is_fit_folder(out):
+        log(f"{out}: the fit had finished; nothing to resume")
+        done = load_fit(type(predictor), out, label=saved["label"])
+        from cnnlab.autofit.folder import attach
+
+        return attach(predictor, out, done._fit, done._members or [(done, 1.0)])
+
+    def source(given: Any, key: str) -> Any:
+        recorded = saved.get(key)
+        if given is not None:
+            return given
+        if recorded == "<DataFrame>":
+            raise ConfigError(f"resume: the fit in {out} was given a DataFrame; pass the same data again")
+        return recorded
+
+    train_data, tuning_data = source(train_data, "data_source"), source(tuning_data, "tuning_source")
+    if train_data is None:
+        raise ConfigError(f"resume: {out / 'state.json'} names no data source; pass the data again")
+    predictor.label, predictor.image_column = saved["label"], saved.get("image_column")
+    spent = float(saved.get("elapsed_seconds") or 0.0)
+    start = start - spent  # the limit counts the seconds spent before the kill
+    plan_path = out / "plan.json"
+    plan = FitPlan.from_dict(json.loads(plan_path.read_text(encoding="utf-8"))) if plan_path.is_file() else None
+    log(f"resuming the fit in {out}: {spent:.0f}s of {saved['time_limit']:.0f}s spent, "
+        + ("plan kept" if plan else "not planned yet"))
+    args = {k: saved.get(k) for k in ("time_limit", "preset", "seed", "data_source", "tuning_source", "label",
+                                      "image_column")}
+    state = FitState(out, args, clock, start, running=saved.get("running"))
+    return _fit(predictor, train_data, tuning_data, float(saved["time_limit"]), get_preset(saved["preset"]),
+                int(saved.get("seed") or 0), out, state, log, clock, start, plan=plan, resumed=saved)
+
+
+def _fit(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
+         state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
+         plan: FitPlan | None = None, resumed: dict[str, Any] | None = None) -> Any:
+    import contextlib
+
+    with state if state is not None else contextlib.nullcontext():
+        return _fit_steps(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start,
+                          plan, resumed)
+
+
+def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
+               state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
+               plan: FitPlan | None, resumed: dict[str, Any] | None) -> Any:
+    from cnnlab.autofit import speed
+    from cnnlab.autofit.runner import rescore, run_candidate
+    from cnnlab.autofit.state import load_result, save_result
+    from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
+
     source = _source_name(train_data)
     bundle, mixed = load_bundle(train_data, label_column=_label_column(train_data, predictor.label),
                                 image_column=predictor.image_column, log=log)
@@ -119,24 +196,36 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         return speed.measure(kind, cfg, train.x[sample], train.y[sample], train.class_names)
 
     world = ranks.world_size()
-    # DDP: rank 0 measures and plans (the other ranks wait for its plan)
-    plan = ddp.from_main(lambda: make_plan(
-        profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
-        precision=precision.name, device=str(device), machine=machine_summary(), log=log, world_size=world,
-        global_batch=ranks.global_batches(preset.kinds, len(train)) if world > 1 else None,
-        excluded=ranks.unsupported(preset.kinds, len(train))))
-    main = ddp.current().is_main
-    if main:
-        plan.write(out / "plan.json")
+    if plan is None:
+        # DDP: rank 0 measures and plans (the other ranks wait for its plan)
+        plan = ddp.from_main(lambda: make_plan(
+            profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
+            precision=precision.name, device=str(device), machine=machine_summary(), log=log, world_size=world,
+            global_batch=ranks.global_batches(preset.kinds, len(train)) if world > 1 else None,
+            excluded=ranks.unsupported(preset.kinds, len(train))))
+        if ddp.current().is_main:
+            plan.write(out / "plan.json")
+    else:
+        for line in plan.describe():
+            log(line)
+    if state is not None:
+        state.write()
     results = []
     end_models = start + limit - plan.reserve_seconds
     for i, kind in enumerate(plan.order):
         c = plan.candidate(kind)
+        run_dir = out / "models" / kind
+        kept = load_result(run_dir) if resumed is not None else None
+        if kept is not None:  # finished before the kill: kept as it was
+            log(f"{kind}: finished before the fit was stopped (val {kept.val_accuracy:.4f}); kept")
+            results.append(kept)
+            continue
         later = sum(plan.candidate(k).share_seconds for k in plan.order[i + 1:])
         now = clock()
         seconds = ddp.broadcast_object(end_models - later - now)  # DDP: rank 0's clock decides
         share_end = now + seconds
-        if seconds < MIN_SHARE_S:
+        started = resumed is not None and _trained_before(run_dir)
+        if seconds < MIN_SHARE_S and not started:  # one trained before a kill is finished (saved, scored)
             c.status, c.why = "skipped", f"only {max(seconds, 0):.1f}s left for it"
             log(f"{kind}: skipped, only {max(seconds, 0):.1f}s left for it")
             continue
@@ -160,11 +249,19 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
                                soup_top_k=preset.soup_top_k,
                                ema=ema_decay(steps) if preset.ema and kind != "frozen" else None)
         cfg.data.source = source
+        before = 0.0  # seconds this candidate trained before a kill
+        if resumed is not None and (resumed.get("running") or {}).get("kind") == kind:
+            before = max(0.0, float(resumed.get("elapsed_seconds") or 0) - resumed["running"]["elapsed_at_start"])
+        if state is not None:
+            state.write(running={"kind": kind, "elapsed_at_start": round(state.elapsed() - before, 2)})
         log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
-        res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,
-                            predictor_cls=type(predictor), clock=clock, log=log)
+        res = run_candidate(kind, cfg, train, val, test, run_dir, end=share_end, eval_seconds=eval_s,
+                            predictor_cls=type(predictor), clock=clock, log=log,
+                            resume=resumed is not None and run_dir.exists(),
+                            on_epoch=state.write if state is not None else None)
         if res is None:
             continue  # DDP: a rank other than 0 trained with rank 0, which scores and records the model
+        res.seconds += before
         # the soup scores up to k averages on validation, then the souped model is scored again
         val_s = res.extra.get("val_eval_seconds") or 1.0
         if preset.soup_top_k and clock() + (preset.soup_top_k + 3) * val_s < share_end:
@@ -172,10 +269,13 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
 
             souped = soup_run(res.run_dir, val.x, val.y, res.val_accuracy, type(predictor), log=log)
             if souped and souped["applied"]:
-                res = run_candidate_rescore(type(predictor), res, val, test)
+                res = rescore(res, type(predictor), val, test)
+        save_result(res)
         c.status, c.actual_seconds, c.actual_epochs = "done", round(res.seconds, 1), res.epochs
         c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy
         plan.write(out / "plan.json")
+        if state is not None:
+            state.write(running=None)
         results.append(res)
         log(f"{kind}: done in {res.seconds:.0f}s, val {res.val_accuracy:.4f}"
             + (f", test {res.test_accuracy:.4f}" if res.test_accuracy is not None else "")
@@ -190,15 +290,13 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     return predictor
 
 
-def run_candidate_rescore(predictor_cls: Any, res: Any, val: Any, test: Any) -> Any:
-    """The result with validation / test probabilities of the souped weights."""
-    pred = predictor_cls.load(res.run_dir)
-    res.val_probs = pred.proba(val.x)[0]
-    res.val_accuracy = float((res.val_probs.argmax(1) == val.y).mean())
-    if test is not None:
-        res.test_probs = pred.proba(test.x)[0]
-        res.test_accuracy = float((res.test_probs.argmax(1) == test.y).mean())
-    return res
+def _trained_before(run_dir: Path) -> bool:
+    """Whether a killed fit's candidate finished an epoch (or its whole run) in ``run_dir``."""
+    from cnnlab.training.rundir import RunDir
+    from cnnlab.training.state import META
+
+    rd = RunDir(run_dir)
+    return run_dir.is_dir() and ((rd.state / META).is_file() or rd.is_finished())
 
 
 def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset: Any, profile: Any, val: Any,

@@ -19,6 +19,7 @@ the ensemble, the leaderboard, the report and the error analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -91,6 +92,14 @@ class FitPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FitPlan":
+        """The plan written by :meth:`write` (a resumed fit keeps its plan)."""
+        known = {f.name for f in dataclasses.fields(CandidatePlan)}
+        cands = [CandidatePlan(**{k: v for k, v in c.items() if k in known}) for c in data.get("candidates", [])]
+        fields = {f.name for f in dataclasses.fields(cls)} - {"candidates"}
+        return cls(**{k: v for k, v in data.items() if k in fields}, candidates=cands)
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
@@ -214,8 +223,6 @@ def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapse
 
     ``excluded``: candidates that cannot train here (data parallelism: ranks.unsupported), and
     why; they are neither measured nor chosen."""
-    import dataclasses
-
     from cnnlab.autofit.priors import predicted_accuracy as prior
     from cnnlab.errors import ConfigError
 
