@@ -24,7 +24,8 @@ import numpy as np
 from cnnlab.autofit import leaderboard as lb
 from cnnlab.autofit import ranks
 from cnnlab.autofit.candidates import build_config, ema_decay
-from cnnlab.autofit.planner import EPOCHS, INFER_FACTOR, FitPlan, make_plan
+from cnnlab.autofit.planner import (END_RESERVE, END_RESERVE_MIN_S, EPOCHS, INFER_FACTOR, PROBE_SHARE, FitPlan,
+                                    make_plan)
 from cnnlab.autofit.presets import get_preset
 from cnnlab.autofit.profile import load_bundle, profile_data, with_validation
 from cnnlab.data.dataset import DatasetBundle
@@ -189,10 +190,18 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
     device = default_device()
     precision = choose_precision("auto", device)
     log(precision.note())
-    sample = np.random.default_rng(seed).permutation(len(train))[:64]
+    sample = np.random.default_rng(seed).permutation(len(train))[:speed.FASTNET_SAMPLE]
+    fast_speeds: list[dict[str, Any]] = []  # the fast net's measured steps, handed to its run
 
     def measure(kind: str) -> float:
         cfg = build_config(kind, seconds=60, epochs=1, seed=seed)
+        if kind == "fastnet":  # its ladder, for about the time the main model gets
+            budget = limit * (1 - PROBE_SHARE) - max(END_RESERVE_MIN_S, END_RESERVE * limit)
+            ips, measured = speed.measure_fastnet(cfg, train.x[sample], train.y[sample], train.class_names,
+                                                  budget_seconds=max(1.0, budget), n_train=len(train),
+                                                  n_eval=len(test) if test is not None else len(val))
+            fast_speeds[:] = measured
+            return ips
         return speed.measure(kind, cfg, train.x[sample], train.y[sample], train.class_names)
 
     world = ranks.world_size()
@@ -258,7 +267,8 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
         res = run_candidate(kind, cfg, train, val, test, run_dir, end=share_end, eval_seconds=eval_s,
                             predictor_cls=type(predictor), clock=clock, log=log,
                             resume=resumed is not None and run_dir.exists(),
-                            on_epoch=state.write if state is not None else None)
+                            on_epoch=state.write if state is not None else None,
+                            measured=fast_speeds if kind == "fastnet" else None)
         if res is None:
             continue  # DDP: a rank other than 0 trained with rank 0, which scores and records the model
         res.seconds += before
@@ -273,6 +283,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
         save_result(res)
         c.status, c.actual_seconds, c.actual_epochs = "done", round(res.seconds, 1), res.epochs
         c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy
+        c.actual_images_per_second = res.extra.get("actual_images_per_second")
         plan.write(out / "plan.json")
         if state is not None:
             state.write(running=None)

@@ -1,7 +1,9 @@
 """The auto-fit planner: measure, predict, choose and share out the budget; plan.json.
 
 In at most :data:`PROBE_SHARE` of the budget it measures this machine's speed for each candidate
-of the preset (speed.py: a few timed training steps, or feature batches through a frozen base),
+of the preset with the code that will train it (speed.py: the fast recipe's own step and width
+ladder, whose measurements its run reuses; the feature extractor at its batch; the standard
+recipe's epoch at the fine-tuning resolution), no factor applied,
 the cheapest to measure first, each only while its expected cost (:data:`PROBE_COST_S`) still fits in that
 share; a candidate left unmeasured (all of them, for a budget under a minute) gets the speed of the
 reference machine (:data:`REFERENCE_IPS`, 2-core Zen 3, fp32) scaled by how much faster or
@@ -42,7 +44,7 @@ SETUP_SECONDS = {"fastnet": 1.0, "frozen": 2.0, "finetune_last": 2.0, "finetune"
 #: training (or, for frozen, feature) images/s on the reference machine, 2-core Zen 3, fp32
 REFERENCE_IPS = {"fastnet": 700.0, "frozen": 33.0, "finetune_last": 30.0, "finetune": 50.0}
 #: what measuring a candidate costs (model build, weights, warm-up, timed work), about, in seconds
-PROBE_COST_S = {"fastnet": 1.0, "frozen": 2.5, "finetune_last": 3.0, "finetune": 3.0}
+PROBE_COST_S = {"fastnet": 1.5, "frozen": 3.0, "finetune_last": 4.0, "finetune": 3.5}
 INFER_FACTOR = 3.0  #: inference runs about this many times a training step's rate
 HEAD_IPS = 20000.0  #: a linear head on cached features trains at about this rate
 EPOCHS = {"fastnet": (1.0, 16.0), "frozen": (3.0, 30.0), "finetune_last": (1.0, 8.0), "finetune": (1.0, 6.0)}
@@ -67,6 +69,9 @@ class CandidatePlan:
     actual_epochs: int | None = None
     actual_val_accuracy: float | None = None
     actual_test_accuracy: float | None = None
+    #: the speed the run itself reached: training images/s (frozen: feature extraction's), beside
+    #: the planned ``images_per_second`` (None when not measured: e.g. the features came from the cache)
+    actual_images_per_second: float | None = None
 
 
 @dataclass

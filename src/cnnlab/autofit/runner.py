@@ -93,14 +93,16 @@ def scorer(holder: dict[str, Any], predictor_cls: Any) -> Any:
 def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: ImageArrays, test: ImageArrays | None,
                   run_dir: Path, *, predictor_cls: Any, end: float, eval_seconds: float, clock: Clock = time.monotonic,
                   log: Callable[[str], None] = print, resume: bool = False,
-                  on_epoch: Callable[[], None] | None = None) -> CandidateResult | None:
+                  on_epoch: Callable[[], None] | None = None, measured: list[dict[str, Any]] | None = None
+                  ) -> CandidateResult | None:
     """Train candidate ``kind`` (config ``cfg``) so that it ends by ``end`` (a ``clock()`` value).
 
     ``resume``: a killed fit had started it in ``run_dir``: it continues from its last finished
     epoch (training.orchestrate.resume), or starts again when it finished none; a run that
     finished but was not scored is scored. Under torchrun every rank trains it (DDP) and rank 0
     alone scores it: the other ranks get None. ``on_epoch()`` runs after each epoch (the fit's
-    state.json records the time spent)."""
+    state.json records the time spent). ``measured``: the fast net's step speeds the planner
+    measured (autofit/speed.py), handed to its run (fast_plan.MEASURED) so it does not time them again."""
     from cnnlab.training import orchestrate
     from cnnlab.training.rundir import RunDir
     from cnnlab.training.state import META
@@ -134,6 +136,11 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
 
             log(f"{kind}: stopped before its first epoch ended; starting it again")
             shutil.rmtree(run_dir)
+        if measured:
+            from cnnlab.training.recipes.fast_plan import MEASURED
+            from cnnlab.utils.io import atomic_write_json
+
+            atomic_write_json(Path(run_dir) / MEASURED, measured)
         run = orchestrate.train(cfg, data=bundle, run_dir=run_dir, progress=False, log=log, epoch_callback=callback,
                                 evaluator=scorer(holder, predictor_cls))
     if not current().is_main:
@@ -144,7 +151,18 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
     m = run.metrics
     return CandidateResult(kind, Path(run.run_dir), clock() - t0, int(m.get("epochs_run") or 0), m.get("stop_reason"),
                            holder["val"], holder.get("test"), val_acc, test_acc, holder.get("parameters"),
-                           holder.get("tta", "none"), {"val_eval_seconds": holder.get("val_seconds")})
+                           holder.get("tta", "none"), {"val_eval_seconds": holder.get("val_seconds"),
+                                                       "actual_images_per_second": actual_speed(m, len(train) + len(val))})
+
+
+def actual_speed(metrics: dict[str, Any], n_images: int) -> float | None:
+    """The speed a run reached, as the planner predicts it: training images/s, or for a frozen base
+    the images/s of its feature extraction (None when the features came from the cache)."""
+    if "feature_cache" in metrics:
+        seconds = metrics.get("feature_seconds")
+        return round(n_images / seconds, 1) if metrics["feature_cache"] == "miss" and seconds else None
+    ips = metrics.get("train_images_per_second")
+    return round(float(ips), 1) if ips else None
 
 
 def rescore(res: CandidateResult, predictor_cls: Any, val: ImageArrays, test: ImageArrays | None,
