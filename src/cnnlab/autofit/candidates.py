@@ -32,9 +32,27 @@ FULL_SIZE = 96
 HAS_TOP_K = "save_top_k" in {f.name for f in dataclasses.fields(CheckpointConfig)}
 
 
+SEED_SUFFIX = "_seed"  #: "fastnet_seed2": another run of fastnet from another seed (for the ensemble)
+
+
+def base_kind(kind: str) -> str:
+    """The candidate a seed run repeats: ``fastnet_seed2`` -> ``fastnet``."""
+    return kind.split(SEED_SUFFIX)[0]
+
+
+def seed_offset(kind: str) -> int:
+    """0 for a candidate, n - 1 for its ``_seedN`` repeat."""
+    return int(kind.split(SEED_SUFFIX)[1]) - 1 if SEED_SUFFIX in kind else 0
+
+
+def seed_kind(kind: str, n: int) -> str:
+    """The name of the n-th run (n >= 2) of candidate ``kind``."""
+    return f"{base_kind(kind)}{SEED_SUFFIX}{n}"
+
+
 def elastic(kind: str) -> bool:
     """True when the candidate's training time stretches to its share (epochs chosen to fit)."""
-    return kind != "frozen"
+    return base_kind(kind) != "frozen"
 
 
 def ema_decay(steps: int) -> float | None:
@@ -46,12 +64,14 @@ def ema_decay(steps: int) -> float | None:
 
 def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: str = "none",
                  soup_top_k: int = 0, ema: float | None = None) -> ExperimentConfig:
-    """The config of candidate ``kind`` for a share of ``seconds`` (fastnet) or ``epochs`` (the others)."""
+    """The config of candidate ``kind`` for a share of ``seconds`` (fastnet) or ``epochs`` (the others);
+    a ``_seedN`` repeat trains from ``seed + N - 1``."""
+    name, seed, kind = kind, seed + seed_offset(kind), base_kind(kind)
     if kind == "fastnet":
         from cnnlab.presets import preset_path
 
         return load_config(preset_path("fast"), {
-            "name": "fastnet", "seed": seed, "data.validation_split": 0.0,
+            "name": name, "seed": seed, "data.validation_split": 0.0,
             "train.recipe_options.size": "auto",
             "train.recipe_options.max_train_minutes": 0.0,
             "train.recipe_options.time_limit_minutes": max(seconds, 1.0) / 60.0,
@@ -64,7 +84,7 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
         "train": {"epochs": max(1, epochs), "precision": "auto", "eval_batch_size": 128},
     }
     if kind == "frozen":
-        base["name"] = "frozen"
+        base["name"] = name
         base["model"].update(input_size=FROZEN_SIZE, freeze_base=True)
         base["train"].update(batch_size=64, optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
                              schedule={"name": "cosine"}, label_smoothing=0.1, cache_features="on",
@@ -74,7 +94,7 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
     if kind not in ("finetune_last", "finetune"):
         raise ValueError(f"unknown candidate kind {kind!r}; one of {KINDS}")
     size, unfreeze = (LAST_SIZE, LAST_BLOCKS) if kind == "finetune_last" else (FULL_SIZE, None)
-    base["name"] = kind
+    base["name"] = name
     base["model"].update(input_size=size, freeze_base=False, unfreeze_last=unfreeze)
     base["train"].update(
         batch_size=32, optimizer={"name": "adamw", "lr": 2e-3, "base_lr": 1e-3, "weight_decay": 0.02},
@@ -87,4 +107,5 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
 
 def input_size(kind: str, image_size: int) -> int:
     """The side the candidate's model computes at."""
-    return {"fastnet": image_size, "frozen": FROZEN_SIZE, "finetune_last": LAST_SIZE, "finetune": FULL_SIZE}[kind]
+    return {"fastnet": image_size, "frozen": FROZEN_SIZE, "finetune_last": LAST_SIZE,
+            "finetune": FULL_SIZE}[base_kind(kind)]

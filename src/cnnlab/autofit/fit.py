@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from cnnlab.autofit import leaderboard as lb
+from cnnlab.autofit.budget import budget_use, fill as _fill
 from cnnlab.autofit import ranks
-from cnnlab.autofit.candidates import build_config, ema_decay
+from cnnlab.autofit.candidates import base_kind, build_config, ema_decay
 from cnnlab.autofit.planner import (END_RESERVE, END_RESERVE_MIN_S, EPOCHS, INFER_FACTOR, PROBE_SHARE, FitPlan,
                                     make_plan)
 from cnnlab.autofit.presets import get_preset
@@ -95,7 +96,7 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     if resume:
         return _resume(predictor, train_data, tuning_data, time_limit, presets, log, clock, start)
     limit = time_limit_seconds(time_limit)
-    preset = get_preset(presets)
+    preset = get_preset(presets, limit)
     out = ddp.from_main(lambda: _out_dir(predictor.path))
     start = ranks.synced_start(start, clock)  # DDP: every rank counts the limit from rank 0's start
     tuning_source = _source_name(tuning_data) if tuning_data is not None else None
@@ -191,17 +192,18 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
     precision = choose_precision("auto", device)
     log(precision.note())
     sample = np.random.default_rng(seed).permutation(len(train))[:speed.FASTNET_SAMPLE]
-    fast_speeds: list[dict[str, Any]] = []  # the fast net's measured steps, handed to its run
+    fast_speeds: list[dict[str, Any]] = []  # the fast net's measured steps, handed to its runs
+    ladder: list[Any] = []  # speed.FastLadder, once measured
 
     def measure(kind: str) -> float:
         cfg = build_config(kind, seconds=60, epochs=1, seed=seed)
         if kind == "fastnet":  # its ladder, for about the time the main model gets
             budget = limit * (1 - PROBE_SHARE) - max(END_RESERVE_MIN_S, END_RESERVE * limit)
-            ips, measured = speed.measure_fastnet(cfg, train.x[sample], train.y[sample], train.class_names,
-                                                  budget_seconds=max(1.0, budget), n_train=len(train),
-                                                  n_eval=len(test) if test is not None else len(val))
-            fast_speeds[:] = measured
-            return ips
+            lad = speed.measure_fastnet(cfg, train.x[sample], train.y[sample], train.class_names,
+                                        budget_seconds=max(1.0, budget), n_train=len(train),
+                                        n_eval=len(test) if test is not None else len(val))
+            fast_speeds[:], ladder[:] = lad.measured, [lad]
+            return lad.images_per_second
         return speed.measure(kind, cfg, train.x[sample], train.y[sample], train.class_names)
 
     world = ranks.world_size()
@@ -211,7 +213,8 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
             precision=precision.name, device=str(device), machine=machine_summary(), log=log, world_size=world,
             global_batch=ranks.global_batches(preset.kinds, len(train)) if world > 1 else None,
-            excluded=ranks.unsupported(preset.kinds, len(train))))
+            excluded=ranks.unsupported(preset.kinds, len(train)),
+            fast_speed=lambda seconds: ladder[0](seconds)))
         if ddp.current().is_main:
             plan.write(out / "plan.json")
     else:
@@ -221,7 +224,20 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
         state.write()
     results = []
     end_models = start + limit - plan.reserve_seconds
-    for i, kind in enumerate(plan.order):
+    i = 0
+    while True:
+        if i == len(plan.order):  # the planned models are done: time left goes to another seed of the best
+            extra = ddp.broadcast_object(ddp.from_main(lambda: _fill(plan, results, preset, end_models - clock(),
+                                                                     limit, len(train), len(val), test)))
+            if extra is None:
+                break
+            plan.candidates.append(extra)
+            plan.order.append(extra.kind)
+            if ddp.current().is_main:
+                plan.write(out / "plan.json")
+            log(f"{extra.kind}: {extra.why}")
+        kind = plan.order[i]
+        i += 1
         c = plan.candidate(kind)
         run_dir = out / "models" / kind
         kept = load_result(run_dir) if resumed is not None else None
@@ -240,11 +256,11 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             continue
         views = {"none": 1, "flip": 2, "flip_translate": 6}[preset.tta] if kind.startswith("finetune") else 1
         ips = c.images_per_second
-        if kind == "frozen":
+        if base_kind(kind) == "frozen":
             eval_s = (len(test) if test is not None else 0) / ips
         else:
             eval_s = (len(val) + (len(test) if test is not None else 0)) * views / (INFER_FACTOR * ips)
-        if kind == "fastnet":
+        if base_kind(kind) == "fastnet":
             # Its own plan keeps EVAL_SHARE of its time for the test evaluation (TTA views chosen to
             # fit); the validation pass, at the same views, is ours: the same share, scaled by size.
             from cnnlab.training.recipes.fast_plan import EVAL_SHARE
@@ -252,11 +268,11 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             budget = seconds / (1 + EVAL_SHARE * len(val) / (len(test) if test is not None else len(val)))
             cfg = build_config(kind, seconds=max(1.0, budget), epochs=1, seed=seed)
         else:
-            epochs = EPOCHS[kind][1] if kind == "frozen" else max(1, int(c.epochs))
+            epochs = EPOCHS["frozen"][1] if base_kind(kind) == "frozen" else max(1, int(c.epochs))
             steps = epochs * max(1, len(train) // 32)  # the fine-tuned candidates' batch: candidates.py
             cfg = build_config(kind, seconds=seconds, epochs=epochs, seed=seed, tta=preset.tta,
                                soup_top_k=preset.soup_top_k,
-                               ema=ema_decay(steps) if preset.ema and kind != "frozen" else None)
+                               ema=ema_decay(steps) if preset.ema and base_kind(kind) != "frozen" else None)
         cfg.data.source = source
         before = 0.0  # seconds this candidate trained before a kill
         if resumed is not None and (resumed.get("running") or {}).get("kind") == kind:
@@ -268,7 +284,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
                             predictor_cls=type(predictor), clock=clock, log=log,
                             resume=resumed is not None and run_dir.exists(),
                             on_epoch=state.write if state is not None else None,
-                            measured=fast_speeds if kind == "fastnet" else None)
+                            measured=fast_speeds if base_kind(kind) == "fastnet" else None)
         if res is None:
             continue  # DDP: a rank other than 0 trained with rank 0, which scores and records the model
         res.seconds += before
@@ -360,6 +376,7 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
     }
     elapsed = clock() - start
     info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
+    info["budget"] = budget_use(results, elapsed, limit)
     plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best}
     plan.write(out / "plan.json")
     write_report(out, plan.to_dict(), info, errors)

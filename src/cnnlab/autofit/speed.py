@@ -90,22 +90,68 @@ def _standard_epoch_per_second(cfg: ExperimentConfig, model: torch.nn.Module, x:
     return n / max(time.perf_counter() - t, 1e-6)
 
 
+class FastLadder:
+    """The fast net's measured width ladder: ``ladder(seconds)`` -> (images/s, stem width) of the
+    net the fast recipe's planner picks for ``seconds`` of training (fast_plan.make_plan on the
+    measured speeds; widths not measured are estimated from the best measured FLOP rate)."""
+
+    def __init__(self, cfg: ExperimentConfig, class_names: list[str], shape: tuple[int, ...], n_train: int,
+                 n_eval: int, precision: str) -> None:
+        self.cfg, self.class_names, self.shape = cfg, class_names, shape
+        self.n_train, self.n_eval, self.precision = n_train, n_eval, precision
+        self.speeds: dict[tuple[tuple[int, int, int], int], float] = {}
+        self._flops: dict[tuple[int, int, int], float] = {}
+        self.images_per_second = 0.0  #: for the budget it was measured for
+
+    @property
+    def measured(self) -> list[dict[str, Any]]:
+        """The measured (widths, batch) speeds, as fast_plan.MEASURED stores them."""
+        return [{"widths": list(w), "batch": b, "images_per_second": v} for (w, b), v in self.speeds.items()]
+
+    def flops_of(self, widths: tuple[int, int, int]) -> float:
+        from cnnlab.training.recipes import fast_plan
+        from cnnlab.training.recipes.fast_parts import training_flops_per_image
+
+        if widths not in self._flops:
+            m = create_model(fast_plan.with_widths(self.cfg.model, widths), self.class_names)
+            params = [p for p in m.parameters() if p.requires_grad]
+            self._flops[widths] = training_flops_per_image(
+                m, lambda z: F.cross_entropy(z.float(), torch.zeros(len(z), dtype=torch.long)), self.shape, params)
+        return self._flops[widths]
+
+    def plan(self, seconds: float, measure: Any = None, probe_total: float = 1e-9) -> Any:
+        from cnnlab.training.recipes import fast_plan
+
+        def known(widths: tuple[int, int, int], batch: int) -> float:
+            return self.speeds[widths, batch]
+
+        return fast_plan.make_plan(self.cfg, self.n_train, self.n_eval, max(1.0, seconds), probe_total,
+                                   measure or known, self.flops_of, self.precision, known=dict(self.speeds))
+
+    def __call__(self, seconds: float) -> tuple[float, int | None]:
+        from cnnlab.autofit.planner import FASTNET_OVERHEAD
+
+        if not self.speeds:
+            return self.images_per_second, None
+        p = self.plan(seconds * (1 - FASTNET_OVERHEAD))
+        return p.images_per_second, int(p.widths[0])
+
+
 def measure_fastnet(cfg: ExperimentConfig, x: np.ndarray, y: np.ndarray, class_names: list[str], *,
-                    budget_seconds: float, n_train: int, n_eval: int) -> tuple[float, list[dict[str, Any]]]:
-    """(images/s of the width the fast recipe's ladder picks for ``budget_seconds``, every
-    (widths, batch) speed it measured): the recipe's own step, workers and planner."""
+                    budget_seconds: float, n_train: int, n_eval: int) -> FastLadder:
+    """The fast recipe's width ladder measured with its own step, workers and planner, for the net
+    it picks for ``budget_seconds`` (``.images_per_second``) and any other budget (``ladder(s)``)."""
     from cnnlab.evaluation.predict import as_nchw
     from cnnlab.training.recipes import fast_plan
     from cnnlab.training.recipes.fast_options import options
-    from cnnlab.training.recipes.fast_parts import (TrainStep, Workers, heap_for_large_tensors,
-                                                    training_flops_per_image)
+    from cnnlab.training.recipes.fast_parts import TrainStep, Workers, heap_for_large_tensors
     from cnnlab.utils.cores import compute_threads
     from cnnlab.utils.hardware import choose_precision
 
     device = default_device()
     precision = choose_precision(cfg.train.precision, device)
     o = options(cfg.train.recipe_options)
-    speeds: dict[tuple[tuple[int, int, int], int], float] = {}
+    ladder = FastLadder(cfg, class_names, (x.shape[3], x.shape[1], x.shape[2]), n_train, n_eval, precision.name)
     # as fast.fit: one worker per core of the share, each single-threaded, large tensors from the heap
     with compute_threads() as share, heap_for_large_tensors():
         n_workers = 1 if device.type != "cpu" else (int(o["workers"]) or share.threads())
@@ -120,24 +166,16 @@ def measure_fastnet(cfg: ExperimentConfig, x: np.ndarray, y: np.ndarray, class_n
                 return TrainStep(m, workers, device, precision.dtype, cfg.train.label_smoothing)
 
             def measure_widths(widths: tuple[int, int, int], batch: int) -> float:
-                if (widths, batch) not in speeds:
-                    speeds[widths, batch] = fast_plan.measure_images_per_second(
+                if (widths, batch) not in ladder.speeds:
+                    ladder.speeds[widths, batch] = fast_plan.measure_images_per_second(
                         cfg, widths, xt, yt, class_names, step_factory, batch, gen)
-                return speeds[widths, batch]
-
-            def flops_of(widths: tuple[int, int, int]) -> float:
-                m = create_model(fast_plan.with_widths(cfg.model, widths), class_names)
-                params = [p for p in m.parameters() if p.requires_grad]
-                return training_flops_per_image(
-                    m, lambda z: F.cross_entropy(z.float(), torch.zeros(len(z), dtype=torch.long)),
-                    tuple(xt.shape[1:]), params)
+                return ladder.speeds[widths, batch]
 
             # the ladder's own probe cap is PROBE_SHARE of its "total": a third of the planner's share here
             # (its run measures the wider widths itself, if its cap allows)
-            plan = fast_plan.make_plan(cfg, n_train, n_eval, budget_seconds, budget_seconds / LADDER_DIVISOR,
-                                       measure_widths, flops_of, precision.name)
+            plan = ladder.plan(budget_seconds, measure_widths, budget_seconds / LADDER_DIVISOR)
         finally:
             workers.close()
             torch.set_num_threads(before)
-    measured = [{"widths": list(w), "batch": b, "images_per_second": v} for (w, b), v in speeds.items()]
-    return plan.images_per_second, measured
+    ladder.images_per_second = plan.images_per_second
+    return ladder
