@@ -105,13 +105,16 @@ class ImagePredictor:
 
     def fit(self, train_data: Any, tuning_data: Any = None, config: Any = None, *, time_limit: Any = None,
             presets: str | None = None, overrides: dict[str, Any] | list[str] | None = None, progress: bool = False,
-            log: Callable[[str], None] = print, epoch_callback: Any = None, resume: bool = False) -> "ImagePredictor":
+            log: Callable[[str], None] = print, epoch_callback: Any = None, resume: bool = False,
+            backbone: str | None = None, backbone_weights: str | None = None) -> "ImagePredictor":
         """Train on ``train_data`` (any data source; ``tuning_data``: the validation split) and keep the model.
 
         With ``time_limit`` (seconds or "10m"; default 600 when only ``presets`` is given) and/or
         ``presets`` (medium_quality, high_quality, best_quality): auto-fit (cnnlab.autofit) into the
         folder ``path``, all within time_limit x 1.05. ``resume=True``: continue the killed fit in
         ``path`` (its plan, finished models and the time it spent are kept; cnnlab.autofit.state).
+        ``backbone`` / ``backbone_weights``: any timm backbone for the pretrained candidates, with
+        its weights (``offline``, ``hub`` or a local file).
         Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
         """
@@ -122,7 +125,8 @@ class ImagePredictor:
             from cnnlab.autofit.fit import auto_fit
 
             return auto_fit(self, train_data, tuning_data, log=log, started_at=started_at, resume=resume,
-                            time_limit=600 if time_limit is None and not resume else time_limit, presets=presets)
+                            time_limit=600 if time_limit is None and not resume else time_limit, presets=presets,
+                            backbone=backbone, backbone_weights=backbone_weights)
         from cnnlab.training import orchestrate
 
 

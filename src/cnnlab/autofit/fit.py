@@ -24,7 +24,7 @@ import numpy as np
 from cnnlab.autofit import leaderboard as lb
 from cnnlab.autofit.budget import budget_use, fill as _fill
 from cnnlab.autofit import ranks
-from cnnlab.autofit.candidates import base_kind, build_config, ema_decay
+from cnnlab.autofit.candidates import base_kind, build_config, check_backbone, ema_decay
 from cnnlab.autofit.planner import (END_RESERVE, END_RESERVE_MIN_S, EPOCHS, INFER_FACTOR, PROBE_SHARE, FitPlan,
                                     make_plan)
 from cnnlab.autofit.presets import get_preset
@@ -83,12 +83,16 @@ def _out_dir(path: Path | None) -> Path:
 
 def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
              seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-             started_at: float | None = None, resume: bool = False) -> Any:
+             started_at: float | None = None, resume: bool = False, backbone: str | None = None,
+             backbone_weights: str | None = None) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
     torchrun, rank 0's). ``resume``: continue the killed fit in ``predictor.path`` (state.py);
-    ``train_data``, ``time_limit`` and ``presets`` may then be None (the fit's own are used)."""
+    ``train_data``, ``time_limit`` and ``presets`` may then be None (the fit's own are used).
+    ``backbone`` / ``backbone_weights``: the timm backbone of the pretrained candidates (default
+    efficientnet_lite0) and its weights: ``offline``, ``hub`` or a local file (default: offline
+    where a package ships them, else hub)."""
     from cnnlab.autofit.state import FitState
 
     start = clock() if started_at is None else started_at
@@ -97,13 +101,17 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         return _resume(predictor, train_data, tuning_data, time_limit, presets, log, clock, start)
     limit = time_limit_seconds(time_limit)
     preset = get_preset(presets, limit)
+    check_backbone(backbone, backbone_weights)
     out = ddp.from_main(lambda: _out_dir(predictor.path))
     start = ranks.synced_start(start, clock)  # DDP: every rank counts the limit from rank 0's start
     tuning_source = _source_name(tuning_data) if tuning_data is not None else None
     args = {"time_limit": limit, "preset": preset.name, "seed": seed, "data_source": _source_name(train_data),
-            "tuning_source": tuning_source, "label": predictor.label, "image_column": predictor.image_column}
+            "tuning_source": tuning_source, "label": predictor.label, "image_column": predictor.image_column,
+            "backbone": backbone, "backbone_weights": backbone_weights}
     state = FitState(out, args, clock, start) if ddp.current().is_main else None
-    return _fit(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start)
+    pretrained = {"arch": backbone, "weights": backbone_weights}
+    return _fit(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start,
+                pretrained=pretrained)
 
 
 def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, presets: str | None,
@@ -150,25 +158,28 @@ def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, 
     log(f"resuming the fit in {out}: {spent:.0f}s of {saved['time_limit']:.0f}s spent, "
         + ("plan kept" if plan else "not planned yet"))
     args = {k: saved.get(k) for k in ("time_limit", "preset", "seed", "data_source", "tuning_source", "label",
-                                      "image_column")}
+                                      "image_column", "backbone", "backbone_weights")}
     state = FitState(out, args, clock, start, running=saved.get("running"))
     return _fit(predictor, train_data, tuning_data, float(saved["time_limit"]), get_preset(saved["preset"]),
-                int(saved.get("seed") or 0), out, state, log, clock, start, plan=plan, resumed=saved)
+                int(saved.get("seed") or 0), out, state, log, clock, start, plan=plan, resumed=saved,
+                pretrained={"arch": saved.get("backbone"), "weights": saved.get("backbone_weights")})
 
 
 def _fit(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
          state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
-         plan: FitPlan | None = None, resumed: dict[str, Any] | None = None) -> Any:
+         plan: FitPlan | None = None, resumed: dict[str, Any] | None = None,
+         pretrained: dict[str, Any] | None = None) -> Any:
     import contextlib
 
+    backbone = {k: v for k, v in (pretrained or {}).items() if v is not None}  # build_config's arch / weights
     with state if state is not None else contextlib.nullcontext():
         return _fit_steps(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start,
-                          plan, resumed)
+                          plan, resumed, backbone)
 
 
 def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
                state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
-               plan: FitPlan | None, resumed: dict[str, Any] | None) -> Any:
+               plan: FitPlan | None, resumed: dict[str, Any] | None, backbone: dict[str, Any]) -> Any:
     from cnnlab.autofit import speed
     from cnnlab.autofit.runner import rescore, run_candidate
     from cnnlab.autofit.state import load_result, save_result
@@ -196,7 +207,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
     ladder: list[Any] = []  # speed.FastLadder, once measured
 
     def measure(kind: str) -> float:
-        cfg = build_config(kind, seconds=60, epochs=1, seed=seed)
+        cfg = build_config(kind, seconds=60, epochs=1, seed=seed, **backbone)
         if kind == "fastnet":  # its ladder, for about the time the main model gets
             budget = limit * (1 - PROBE_SHARE) - max(END_RESERVE_MIN_S, END_RESERVE * limit)
             lad = speed.measure_fastnet(cfg, train.x[sample], train.y[sample], train.class_names,
@@ -272,7 +283,8 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             steps = epochs * max(1, len(train) // 32)  # the fine-tuned candidates' batch: candidates.py
             cfg = build_config(kind, seconds=seconds, epochs=epochs, seed=seed, tta=preset.tta,
                                soup_top_k=preset.soup_top_k,
-                               ema=ema_decay(steps) if preset.ema and base_kind(kind) != "frozen" else None)
+                               ema=ema_decay(steps) if preset.ema and base_kind(kind) != "frozen" else None,
+                               **backbone)
         cfg.data.source = source
         before = 0.0  # seconds this candidate trained before a kill
         if resumed is not None and (resumed.get("running") or {}).get("kind") == kind:

@@ -18,6 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", metavar="DURATION", help="the whole fit's budget, e.g. 90s, 10m, 1.5h")
     p.add_argument("--preset", default=None,
                    help="medium_quality (default), high_quality or best_quality (see cnnlab/autofit/presets.py)")
+    p.add_argument("--backbone", metavar="ARCH",
+                   help="the timm backbone of the pretrained candidates (default efficientnet_lite0)")
+    p.add_argument("--backbone-weights", metavar="SOURCE",
+                   help="its weights: offline, hub or a local .safetensors/.pth file (default: offline where a "
+                        "package ships them, else hub)")
     p.add_argument("--resume", metavar="FIT_DIR",
                    help="continue a fit that was stopped (even killed): its plan and finished models are kept, "
                         "the running model continues from its last epoch, and the time limit counts the time "
@@ -79,7 +84,8 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     get_preset(args.preset)  # anything is loaded or written
     pred = ImagePredictor(label=args.label_column, path=args.resume or args.out, image_column=args.image_column)
     pred = auto_fit(pred, args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,
-                    started_at=started_at, resume=bool(args.resume))
+                    started_at=started_at, resume=bool(args.resume), backbone=args.backbone,
+                    backbone_weights=args.backbone_weights)
     if not current().is_main:
         return 0  # DDP: rank 0 wrote the fit folder and prints its summary
     info = pred.fit_summary()
