@@ -17,14 +17,16 @@ import pytest
 
 from cnnlab.cli.main import main
 
-LIMIT = 30  # seconds: frozen features + fine-tuning the last blocks (high_quality) on 36 tiny images
+LIMIT = 45  # seconds: frozen features + fine-tuning the last blocks (high_quality) on 36 tiny images, 64 px
 
 DRIVER = """
 import sys
-from cnnlab.autofit import planner
+from cnnlab.autofit import candidates, planner
 from cnnlab.predictor import ImagePredictor
 
 planner.ENSEMBLE_GAP = 1.0  # a second model is always worth it: two candidates to kill in
+planner.FINETUNE_MIN_STEPS = 1  # 30 images: one step an epoch; fine-tuning planned all the same
+candidates.FROZEN_SIZE = candidates.LAST_SIZE = 64  # cheaper pretrained candidates (shared, busy cores)
 data, folder, limit, mode = sys.argv[1:]
 pred = ImagePredictor(label="label", path=folder)
 if mode == "resume":

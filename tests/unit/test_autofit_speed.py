@@ -32,8 +32,11 @@ def test_the_fast_net_is_measured_with_its_own_ladder_and_the_run_reuses_it(tmp_
 
     x, y = _images(64)
     cfg = build_config("fastnet", seconds=20, epochs=1)
-    ips, measured = speed.measure_fastnet(cfg, x, y, CLASSES, budget_seconds=2, n_train=64, n_eval=16)
+    ladder = speed.measure_fastnet(cfg, x, y, CLASSES, budget_seconds=2, n_train=64, n_eval=16)
+    ips, measured = ladder.images_per_second, ladder.measured
     assert measured and ips > 0
+    # the planner's view of other budgets: the same ladder, no new measurement
+    assert ladder(2 / (1 - 0.15))[0] == pytest.approx(ips) and ladder(0.01)[1] in [w[0] for w in fast_plan.WIDTH_LADDER]
     assert [tuple(m["widths"]) for m in measured] == list(fast_plan.WIDTH_LADDER[:len(measured)])  # narrowest first
     assert ips in [m["images_per_second"] for m in measured] or len(measured) < len(fast_plan.WIDTH_LADDER)
 

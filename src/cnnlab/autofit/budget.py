@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnnlab.autofit.candidates import base_kind, seed_kind
-from cnnlab.autofit.planner import EPOCHS, FitPlan
+from cnnlab.autofit.planner import FitPlan
 
 FILL_MIN_SHARE = 0.08  #: high/best_quality: time left past this share of the limit is used (another seed)
 FILL_MIN_S = 10.0  #: ... and never for less than this
@@ -24,7 +24,7 @@ def fill(plan: FitPlan, results: list[Any], preset: Any, left: float, limit: flo
     """Another run (a new seed) of the best elastic candidate for the ``left`` seconds, when the
     preset uses leftover time and enough is left (None otherwise). The ensemble weighs it in."""
     from cnnlab.autofit.candidates import elastic
-    from cnnlab.autofit.planner import CandidatePlan, epochs_in, time_model
+    from cnnlab.autofit.planner import CandidatePlan, epoch_range, epochs_in, time_model
 
     fills = sum(1 for c in plan.candidates if c.why.startswith("time left"))
     if not preset.fill or left < max(FILL_MIN_S, FILL_MIN_SHARE * limit) or fills >= MAX_FILLS:
@@ -38,8 +38,8 @@ def fill(plan: FitPlan, results: list[Any], preset: Any, left: float, limit: flo
     ref = plan.candidate(base)
     views = {"none": 1, "flip": 2, "flip_translate": 6}[preset.tta] if base.startswith("finetune") else 1
     fixed, per_epoch = time_model(base, ref.images_per_second, n, nv, len(test) if test is not None else 0, views)
-    e = epochs_in(base, left, fixed, per_epoch)
-    if e < EPOCHS[base][0]:
+    e = epochs_in(base, left, fixed, per_epoch, n)
+    if e < epoch_range(base, n)[0]:
         return None
     k = 2
     while seed_kind(base, k) in plan.order:

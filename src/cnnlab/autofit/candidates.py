@@ -10,6 +10,13 @@
 ``finetune``       the whole base fine-tuned at :data:`FULL_SIZE` px (experiments/transfer/
                    finetune_fast.yaml's recipe: 90.0% on CIFAR-10 in 2 epochs on 2 cores).
 
+``<kind>_seedN``    the same candidate trained again from seed + N - 1 (the planner's seeds, the
+                   leftover time): the ensemble weighs the runs.
+
+``backbone`` (``cnnlab fit --backbone ARCH --backbone-weights SOURCE``) puts any timm backbone
+whose weights are at hand (offline packages, the hub, a local file) in efficientnet_lite0's place
+for the three pretrained candidates; they are measured like lite0 and predicted with its priors.
+
 Each candidate's config names no data source and no validation split: the fit hands every
 candidate the same loaded train / validation / test arrays.
 """

@@ -260,8 +260,10 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
         now = clock()
         seconds = ddp.broadcast_object(end_models - later - now)  # DDP: rank 0's clock decides
         share_end = now + seconds
-        started = resumed is not None and _trained_before(run_dir)
-        if seconds < MIN_SHARE_S and not started:  # one trained before a kill is finished (saved, scored)
+        # one trained before a kill is finished (saved, scored) even when its time is gone, unless
+        # another model is there already: finishing it costs a model build, an evaluation and a save
+        started = resumed is not None and not results and _trained_before(run_dir)
+        if seconds < MIN_SHARE_S and not started:
             c.status, c.why = "skipped", f"only {max(seconds, 0):.1f}s left for it"
             log(f"{kind}: skipped, only {max(seconds, 0):.1f}s left for it")
             continue

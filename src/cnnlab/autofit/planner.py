@@ -49,6 +49,9 @@ INFER_FACTOR = 3.0  #: inference runs about this many times a training step's ra
 HEAD_IPS = 20000.0  #: a linear head on cached features trains at about this rate
 EPOCHS = {"fastnet": (1.0, 16.0), "frozen": (3.0, 30.0), "finetune_last": (1.0, 8.0), "finetune": (1.0, 6.0)}
 FASTNET_OVERHEAD = 0.15  #: share of a fast-net run spent on its own probe, whitening and evaluation
+FINETUNE_MIN_STEPS = 60  #: fine-tuning fewer optimiser steps than this is not planned (a few images: more epochs)
+FINETUNE_MAX_EPOCHS = 30  #: ... up to this many epochs on small data
+FINETUNE_BATCH = 32  #: the fine-tuned candidates' batch (candidates.py)
 SEED_MIN_EPOCHS = 8.0  #: a fast-net seed run is planned only when each run still trains this many epochs
 SEED_MIN_GAIN = 0.002  #: ... and the ensemble is predicted to gain at least this much accuracy
 FastSpeed = Callable[[float], "tuple[float, int | None]"]
@@ -144,10 +147,21 @@ def time_model(kind: str, ips: float, n_train: int, n_val: int, n_test: int, tta
     return setup + n_test * tta_views / infer, n_train / ips + n_val / infer
 
 
-def epochs_in(kind: str, seconds: float, fixed: float, per_epoch: float) -> float:
-    """The epochs that fit in ``seconds`` (whole epochs, except the fast net's), capped."""
+def epoch_range(kind: str, n_train: int | None = None) -> tuple[float, float]:
+    """(fewest, most) epochs planned for ``kind``: EPOCHS, and for the fine-tuned candidates on
+    ``n_train`` images at least FINETUNE_MIN_STEPS optimiser steps (small data: more epochs)."""
     kind = base_kind(kind)
-    _, most = EPOCHS[kind]
+    least, most = EPOCHS[kind]
+    if kind.startswith("finetune") and n_train:
+        need = math.ceil(FINETUNE_MIN_STEPS / max(1, math.ceil(n_train / FINETUNE_BATCH)))
+        least, most = max(least, min(need, FINETUNE_MAX_EPOCHS)), max(most, min(need * 2, FINETUNE_MAX_EPOCHS))
+    return least, most
+
+
+def epochs_in(kind: str, seconds: float, fixed: float, per_epoch: float, n_train: int | None = None) -> float:
+    """The epochs that fit in ``seconds`` (whole epochs, except the fast net's), capped."""
+    _, most = epoch_range(kind, n_train)
+    kind = base_kind(kind)
     usable = seconds * (1 - FASTNET_OVERHEAD) if kind == "fastnet" else seconds
     e = max(0.0, (usable - fixed) / per_epoch)
     return min(most, e if kind == "fastnet" else math.floor(e))
@@ -176,9 +190,10 @@ def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, 
         views = tta_views if kind.startswith("finetune") else 1
         ips, width = speed_of(kind, seconds)
         fixed, per_epoch = time_model(kind, ips, n, nv, nt, views)
-        e = epochs_in(kind, seconds, fixed, per_epoch)
-        if e < EPOCHS[kind][0]:
-            return e, fixed + EPOCHS[kind][0] * per_epoch, 0.0
+        e = epochs_in(kind, seconds, fixed, per_epoch, n)
+        least = epoch_range(kind, n)[0]
+        if e < least:
+            return e, fixed + least * per_epoch, 0.0
         used = seconds if kind == "fastnet" else fixed + e * per_epoch
         return e, used, acc(kind, e, width)
 
@@ -187,7 +202,8 @@ def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, 
         c.epochs, c.predicted_seconds, c.predicted_val_accuracy = fit_in(k, available)
         c.feasible = c.predicted_val_accuracy > 0
         if not c.feasible:
-            c.why = f"needs {c.predicted_seconds:.0f}s for {EPOCHS[k][0]:g} epochs; {available:.0f}s available"
+            c.why = (f"needs {c.predicted_seconds:.0f}s for {epoch_range(k, n)[0]:g} epochs; "
+                     f"{available:.0f}s available")
     feasible = sorted((c for c in plans.values() if c.feasible), key=lambda c: -c.predicted_val_accuracy)
     if not feasible:  # nothing fits: the fast net for whatever time there is (it always trains a step)
         main = plans.get("fastnet") or next(iter(plans.values()))
