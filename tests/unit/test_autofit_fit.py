@@ -253,6 +253,7 @@ def test_high_quality_trains_two_models_and_weighs_an_ensemble(make_tree, tmp_pa
 
     monkeypatch.setattr(planner, "ENSEMBLE_GAP", 1.0)  # any second model is worth it here
     monkeypatch.setattr(planner, "FINETUNE_MIN_STEPS", 1)  # 36 images: fine-tuning planned all the same
+    monkeypatch.setattr(planner, "PROBE_SHARE", 0.0)  # the reference speeds: the same plan on busy cores
     from cnnlab.autofit import candidates
 
     monkeypatch.setattr(candidates, "FROZEN_SIZE", 64)  # cheaper pretrained candidates (shared, busy cores)

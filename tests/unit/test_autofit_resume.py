@@ -26,6 +26,7 @@ from cnnlab.predictor import ImagePredictor
 
 planner.ENSEMBLE_GAP = 1.0  # a second model is always worth it: two candidates to kill in
 planner.FINETUNE_MIN_STEPS = 1  # 30 images: one step an epoch; fine-tuning planned all the same
+planner.PROBE_SHARE = 0.0  # the reference speeds: the same plan whatever the other jobs on the cores
 candidates.FROZEN_SIZE = candidates.LAST_SIZE = 64  # cheaper pretrained candidates (shared, busy cores)
 data, folder, limit, mode = sys.argv[1:]
 pred = ImagePredictor(label="label", path=folder)
