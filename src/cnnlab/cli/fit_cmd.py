@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
         print(f"test accuracy: {info['test_accuracy']:.4f} ({info['best']})")
     else:
         print(f"validation accuracy: {info['val_accuracy']:.4f} ({info['best']}; the source has no test split)")
-    print(f"elapsed: {info['elapsed_seconds']:.1f}s of {info['time_limit']:.0f}s ({info['overrun']:+.1%})")
+    print(f"elapsed: {info['elapsed_seconds']:.1f}s of {info['time_limit']:.0f}s ({info['overrun']:+.1%})"
+          + (f"; {info['budget']['note']}" if info.get("budget") else ""))
     print(f"fit folder: {info['folder']}")
     return 0
