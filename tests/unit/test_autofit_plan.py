@@ -236,3 +236,16 @@ def test_seed_runs_train_from_other_seeds():
     cfg = build_config("fastnet_seed3", seconds=60, epochs=1, seed=5)
     assert cfg.seed == 7 and cfg.name == "fastnet_seed3"
     assert build_config("finetune_seed2", seconds=60, epochs=2, seed=0).seed == 1
+
+
+def test_photos_measure_fine_tuning_before_the_frozen_base():
+    now, measured = [0.0], []
+
+    def measure(kind: str) -> float:
+        measured.append(kind)
+        now[0] += planner.PROBE_COST_S[kind]
+        return ZEN3[kind][0]
+
+    planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=120, elapsed=lambda: now[0], measure=measure,
+                      precision="fp32", device="cpu", machine="test", log=lambda s: None)
+    assert measured == ["finetune", "frozen"]  # the same cost: the better prior first; the fast net at 224 px: too dear

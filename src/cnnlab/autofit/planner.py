@@ -44,7 +44,7 @@ SETUP_SECONDS = {"fastnet": 1.0, "frozen": 2.0, "finetune_last": 2.0, "finetune"
 #: training (or, for frozen, feature) images/s on the reference machine, 2-core Zen 3, fp32
 REFERENCE_IPS = {"fastnet": 700.0, "frozen": 33.0, "finetune_last": 30.0, "finetune": 50.0}
 #: what measuring a candidate costs (model build, weights, warm-up, timed work), about, in seconds
-PROBE_COST_S = {"fastnet": 1.5, "frozen": 3.0, "finetune_last": 4.0, "finetune": 3.5}
+PROBE_COST_S = {"fastnet": 1.5, "frozen": 3.0, "finetune_last": 4.0, "finetune": 3.0}
 INFER_FACTOR = 3.0  #: inference runs about this many times a training step's rate
 HEAD_IPS = 20000.0  #: a linear head on cached features trains at about this rate
 EPOCHS = {"fastnet": (1.0, 16.0), "frozen": (3.0, 30.0), "finetune_last": (1.0, 8.0), "finetune": (1.0, 6.0)}
