@@ -29,7 +29,8 @@ def main() -> int:
     t_start = time.monotonic()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--time-limit", default="10m")
-    ap.add_argument("--quality", "--presets", dest="preset", default="medium_quality")
+    ap.add_argument("--quality", "--presets", dest="preset", default=None,
+                    help="default: the fit's own default for the time limit")
     ap.add_argument("--train", type=int, help="a class-balanced subset of the training images")
     ap.add_argument("--test", type=int, help="the first N test images")
     ap.add_argument("--out", help="the fit folder (default: runs/bench-fit-<time>)")
@@ -67,6 +68,16 @@ def main() -> int:
     print(f"test accuracy: {acc:.4f}" if acc is not None else "test accuracy: - (no test split)")
     print(f"elapsed: {info['elapsed_seconds']:.1f} s of {limit:.0f} s; overrun {info['overrun']:+.2%} "
           f"(process wall {time.monotonic() - t_start:.1f} s); fit folder {out}")
+    plan = json.loads((out / "plan.json").read_text())
+    print("speed, planned against what the run reached (images/s; frozen: feature extraction):")
+    for c in plan["candidates"]:
+        if c["status"] == "done":
+            actual = c.get("actual_images_per_second")
+            ratio = f"{actual / c['images_per_second']:.2f}x" if actual and c["images_per_second"] else "-"
+            print(f"  {c['kind']:<16} predicted {c['images_per_second']:8.1f} "
+                  f"({'measured' if c['measured'] else 'estimated'}), actual "
+                  f"{actual if actual is not None else '-':>8}, actual/predicted {ratio}")
+    print(f"budget: {info.get('budget', {}).get('note', '-')}")
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=2, default=str))
     return 0

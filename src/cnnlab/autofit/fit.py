@@ -12,6 +12,7 @@ and its clock is the fit's (ranks.py).
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -21,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from cnnlab.autofit import leaderboard as lb
+from cnnlab.autofit.budget import budget_use, fill as _fill
 from cnnlab.autofit import ranks
 from cnnlab.autofit import selection
-from cnnlab.autofit.candidates import build_config, ema_decay
-from cnnlab.autofit.planner import EPOCHS, INFER_FACTOR, FitPlan, make_plan
+from cnnlab.autofit.candidates import base_kind, build_config, check_backbone, ema_decay
+from cnnlab.autofit.planner import (END_RESERVE, END_RESERVE_MIN_S, EPOCHS, INFER_FACTOR, PROBE_SHARE, FitPlan,
+                                    make_plan)
 from cnnlab.autofit.presets import get_preset
 from cnnlab.autofit.profile import load_bundle, profile_data, with_validation
 from cnnlab.data.dataset import DatasetBundle
@@ -81,37 +84,121 @@ def _out_dir(path: Path | None) -> Path:
 
 def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
              seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-             started_at: float | None = None, drop_leaks: bool = False) -> Any:
+             started_at: float | None = None, drop_leaks: bool = False, resume: bool = False,
+             backbone: str | None = None, backbone_weights: str | None = None) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
     torchrun, rank 0's). The fit folder is locked for the fit's lifetime (utils/locks.py). The splits
     are searched for duplicates first (one warning line); ``drop_leaks``: training images that
-    duplicate a validation or test image are removed."""
+    duplicate a validation or test image are removed. ``resume``: continue the killed fit in
+    ``predictor.path`` (state.py); ``train_data``, ``time_limit`` and ``presets`` may then be None
+    (the fit's own are used). ``backbone`` / ``backbone_weights``: the timm backbone of the pretrained
+    candidates (default efficientnet_lite0) and its weights: ``offline``, ``hub`` or a local file
+    (default: offline where a package ships them, else hub)."""
     import contextlib
 
+    from cnnlab.autofit.state import FitState
     from cnnlab.utils.locks import folder_lock
 
+    def locked(folder: Any) -> Any:
+        return folder_lock(folder, "fit folder") if ddp.current().is_main else contextlib.nullcontext()
+
     start = clock() if started_at is None else started_at
-    time_limit_seconds(time_limit), get_preset(presets)  # bad arguments refused before a folder is made
+    log = ddp.main_log(log)  # DDP: rank 0 logs, and alone writes the fit folder
+    if resume:
+        if predictor.path is None:
+            raise ConfigError("resume: give the fit folder to continue (ImagePredictor(path=...) or --resume FOLDER)")
+        with locked(predictor.path):
+            return _resume(predictor, train_data, tuning_data, time_limit, presets, log, clock, start)
+    limit = time_limit_seconds(time_limit)
+    preset = get_preset(presets, limit)
+    check_backbone(backbone, backbone_weights)
     out = ddp.from_main(lambda: _out_dir(predictor.path))
-    with folder_lock(out, "fit folder") if ddp.current().is_main else contextlib.nullcontext():
-        return _auto_fit(predictor, train_data, tuning_data, out, time_limit=time_limit, presets=presets,
-                         seed=seed, log=log, clock=clock, started_at=start, drop_leaks=drop_leaks)
+    start = ranks.synced_start(start, clock)  # DDP: every rank counts the limit from rank 0's start
+    tuning_source = _source_name(tuning_data) if tuning_data is not None else None
+    args = {"time_limit": limit, "preset": preset.name, "seed": seed, "data_source": _source_name(train_data),
+            "tuning_source": tuning_source, "label": predictor.label, "image_column": predictor.image_column,
+            "backbone": backbone, "backbone_weights": backbone_weights, "drop_leaks": drop_leaks}
+    state = FitState(out, args, clock, start) if ddp.current().is_main else None
+    pretrained = {"arch": backbone, "weights": backbone_weights}
+    with locked(out):
+        return _fit(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start,
+                    pretrained=pretrained, drop_leaks=drop_leaks)
 
 
-def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, time_limit: Any,
-              presets: str | None, seed: int, log: Callable[[str], None], clock: Callable[[], float],
-              started_at: float, drop_leaks: bool = False) -> Any:
+def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, presets: str | None,
+            log: Callable[[str], None], clock: Callable[[], float], start: float) -> Any:
+    """Continue the fit a kill stopped in ``predictor.path`` (see state.py)."""
+    from cnnlab.autofit.folder import is_fit_folder, load_fit
+    from cnnlab.autofit.planner import FitPlan
+    from cnnlab.autofit.state import FitState, read_state
+
+    if ranks.world_size() > 1:
+        raise ConfigError("resume: a data-parallel fit is resumed in one process (without --nproc-per-node)")
+    out = Path(predictor.path)
+    saved = read_state(out)
+    if time_limit is not None and time_limit_seconds(time_limit) != saved["time_limit"]:
+        raise ConfigError(f"time_limit: the fit in {out} has {saved['time_limit']:g}s; a resumed fit keeps it "
+                          f"(got {time_limit!r})")
+    if presets is not None and get_preset(presets).name != saved["preset"]:
+        raise ConfigError(f"presets: the fit in {out} is {saved['preset']}; a resumed fit keeps it (got {presets!r})")
+    if is_fit_folder(out):
+        log(f"{out}: the fit had finished; nothing to resume")
+        from cnnlab.autofit.folder import attach
+
+        info, inf = load_fit(out)
+        predictor.label = saved["label"]
+        return attach(predictor, out, info, getattr(inf, "members", None) or [(inf, 1.0)])
+
+    def source(given: Any, key: str) -> Any:
+        recorded = saved.get(key)
+        if given is not None:
+            return given
+        if recorded == "<DataFrame>":
+            raise ConfigError(f"resume: the fit in {out} was given a DataFrame; pass the same data again")
+        return recorded
+
+    train_data, tuning_data = source(train_data, "data_source"), source(tuning_data, "tuning_source")
+    if train_data is None:
+        raise ConfigError(f"resume: {out / 'state.json'} names no data source; pass the data again")
+    predictor.label, predictor.image_column = saved["label"], saved.get("image_column")
+    spent = float(saved.get("elapsed_seconds") or 0.0)
+    start = start - spent  # the limit counts the seconds spent before the kill
+    plan_path = out / "plan.json"
+    plan = FitPlan.from_dict(json.loads(plan_path.read_text(encoding="utf-8"))) if plan_path.is_file() else None
+    log(f"resuming the fit in {out}: {spent:.0f}s of {saved['time_limit']:.0f}s spent, "
+        + ("plan kept" if plan else "not planned yet"))
+    args = {k: saved.get(k) for k in ("time_limit", "preset", "seed", "data_source", "tuning_source", "label",
+                                      "image_column", "backbone", "backbone_weights", "drop_leaks")}
+    state = FitState(out, args, clock, start, running=saved.get("running"))
+    return _fit(predictor, train_data, tuning_data, float(saved["time_limit"]), get_preset(saved["preset"]),
+                int(saved.get("seed") or 0), out, state, log, clock, start, plan=plan, resumed=saved,
+                pretrained={"arch": saved.get("backbone"), "weights": saved.get("backbone_weights")},
+                drop_leaks=bool(saved.get("drop_leaks")))
+
+
+def _fit(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
+         state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
+         plan: FitPlan | None = None, resumed: dict[str, Any] | None = None,
+         pretrained: dict[str, Any] | None = None, drop_leaks: bool = False) -> Any:
+    import contextlib
+
+    backbone = {k: v for k, v in (pretrained or {}).items() if v is not None}  # build_config's arch / weights
+    with state if state is not None else contextlib.nullcontext():
+        return _fit_steps(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start,
+                          plan, resumed, backbone, drop_leaks)
+
+
+def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
+               state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
+               plan: FitPlan | None, resumed: dict[str, Any] | None, backbone: dict[str, Any],
+               drop_leaks: bool = False) -> Any:
     from cnnlab.autofit import speed
-    from cnnlab.autofit.runner import run_candidate
+    from cnnlab.autofit.runner import rescore, run_candidate
+    from cnnlab.autofit.state import load_result, save_result
     from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
 
-    start = started_at
-    limit = time_limit_seconds(time_limit)
-    preset = get_preset(presets)
-    log = ddp.main_log(log)  # DDP: rank 0 logs, and alone writes the fit folder
-    start = ranks.synced_start(start, clock)  # DDP: every rank counts the limit from rank 0's start
     source = _source_name(train_data)
     bundle, mixed = load_bundle(train_data, label_column=_label_column(train_data, predictor.label),
                                 image_column=predictor.image_column, log=log)
@@ -142,41 +229,78 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
             seed=seed, precision=precision.name, device=str(device), machine=machine_summary(), source=source,
             finish=_finish))
         return predictor
-    sample = np.random.default_rng(seed).permutation(len(train))[:64]
+    sample = np.random.default_rng(seed).permutation(len(train))[:speed.FASTNET_SAMPLE]
+    fast_speeds: list[dict[str, Any]] = []  # the fast net's measured steps, handed to its runs
+    ladder: list[Any] = []  # speed.FastLadder, once measured
 
     def measure(kind: str) -> float:
-        cfg = build_config(kind, seconds=60, epochs=1, seed=seed)
+        cfg = build_config(kind, seconds=60, epochs=1, seed=seed, **backbone)
+        if kind == "fastnet":  # its ladder, for about the time the main model gets
+            budget = limit * (1 - PROBE_SHARE) - max(END_RESERVE_MIN_S, END_RESERVE * limit)
+            lad = speed.measure_fastnet(cfg, train.x[sample], train.y[sample], train.class_names,
+                                        budget_seconds=max(1.0, budget), n_train=len(train),
+                                        n_eval=len(test) if test is not None else len(val))
+            fast_speeds[:], ladder[:] = lad.measured, [lad]
+            return lad.images_per_second
         return speed.measure(kind, cfg, train.x[sample], train.y[sample], train.class_names)
 
     world = ranks.world_size()
-    # DDP: rank 0 measures and plans (the other ranks wait for its plan)
-    plan = ddp.from_main(lambda: make_plan(
-        profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
-        precision=precision.name, device=str(device), machine=machine_summary(), log=log, world_size=world,
-        global_batch=ranks.global_batches(preset.kinds, len(train)) if world > 1 else None,
-        excluded=ranks.unsupported(preset.kinds, len(train))))
-    main = ddp.current().is_main
-    if main:
-        plan.write(out / "plan.json")
+    if plan is None:
+        # DDP: rank 0 measures and plans (the other ranks wait for its plan)
+        plan = ddp.from_main(lambda: make_plan(
+            profile, preset, time_limit=limit, elapsed=lambda: clock() - start, measure=measure,
+            precision=precision.name, device=str(device), machine=machine_summary(), log=log, world_size=world,
+            global_batch=ranks.global_batches(preset.kinds, len(train)) if world > 1 else None,
+            excluded=ranks.unsupported(preset.kinds, len(train)),
+            fast_speed=lambda seconds: ladder[0](seconds)))
+        if ddp.current().is_main:
+            plan.write(out / "plan.json")
+    else:
+        for line in plan.describe():
+            log(line)
+    if state is not None:
+        state.write()
     results = []
     end_models = start + limit - plan.reserve_seconds
-    for i, kind in enumerate(plan.order):
+    i = 0
+    while True:
+        if i == len(plan.order):  # the planned models are done: time left goes to another seed of the best
+            extra = ddp.broadcast_object(ddp.from_main(lambda: _fill(plan, results, preset, end_models - clock(),
+                                                                     limit, len(train), len(val), test)))
+            if extra is None:
+                break
+            plan.candidates.append(extra)
+            plan.order.append(extra.kind)
+            if ddp.current().is_main:
+                plan.write(out / "plan.json")
+            log(f"{extra.kind}: {extra.why}")
+        kind = plan.order[i]
+        i += 1
         c = plan.candidate(kind)
+        run_dir = out / "models" / kind
+        kept = load_result(run_dir) if resumed is not None else None
+        if kept is not None:  # finished before the kill: kept as it was
+            log(f"{kind}: finished before the fit was stopped (val {kept.val_accuracy:.4f}); kept")
+            results.append(kept)
+            continue
         later = sum(plan.candidate(k).share_seconds for k in plan.order[i + 1:])
         now = clock()
         seconds = ddp.broadcast_object(end_models - later - now)  # DDP: rank 0's clock decides
         share_end = now + seconds
-        if seconds < MIN_SHARE_S:
+        # one trained before a kill is finished (saved, scored) even when its time is gone, unless
+        # another model is there already: finishing it costs a model build, an evaluation and a save
+        started = resumed is not None and not results and _trained_before(run_dir)
+        if seconds < MIN_SHARE_S and not started:
             c.status, c.why = "skipped", f"only {max(seconds, 0):.1f}s left for it"
             log(f"{kind}: skipped, only {max(seconds, 0):.1f}s left for it")
             continue
         views = {"none": 1, "flip": 2, "flip_translate": 6}[preset.tta] if kind.startswith("finetune") else 1
         ips = c.images_per_second
-        if kind == "frozen":
+        if base_kind(kind) == "frozen":
             eval_s = (len(test) if test is not None else 0) / ips
         else:
             eval_s = (len(val) + (len(test) if test is not None else 0)) * views / (INFER_FACTOR * ips)
-        if kind == "fastnet":
+        if base_kind(kind) == "fastnet":
             # Its own plan keeps EVAL_SHARE of its time for the test evaluation (TTA views chosen to
             # fit); the validation pass, at the same views, is ours: the same share, scaled by size.
             from cnnlab.training.recipes.fast_plan import EVAL_SHARE
@@ -184,18 +308,28 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
             budget = seconds / (1 + EVAL_SHARE * len(val) / (len(test) if test is not None else len(val)))
             cfg = build_config(kind, seconds=max(1.0, budget), epochs=1, seed=seed)
         else:
-            epochs = EPOCHS[kind][1] if kind == "frozen" else max(1, int(c.epochs))
+            epochs = EPOCHS["frozen"][1] if base_kind(kind) == "frozen" else max(1, int(c.epochs))
             steps = epochs * max(1, len(train) // 32)  # the fine-tuned candidates' batch: candidates.py
             cfg = build_config(kind, seconds=seconds, epochs=epochs, seed=seed, tta=preset.tta,
                                soup_top_k=preset.soup_top_k,
-                               ema=ema_decay(steps) if preset.ema and kind != "frozen" else None)
+                               ema=ema_decay(steps) if preset.ema and base_kind(kind) != "frozen" else None,
+                               **backbone)
         cfg.data.source = source
         selection.apply(cfg, metric)  # class_balance auto on imbalanced data
+        before = 0.0  # seconds this candidate trained before a kill
+        if resumed is not None and (resumed.get("running") or {}).get("kind") == kind:
+            before = max(0.0, float(resumed.get("elapsed_seconds") or 0) - resumed["running"]["elapsed_at_start"])
+        if state is not None:
+            state.write(running={"kind": kind, "elapsed_at_start": round(state.elapsed() - before, 2)})
         log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
-        res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,
-                            clock=clock, log=log)
+        res = run_candidate(kind, cfg, train, val, test, run_dir, end=share_end, eval_seconds=eval_s,
+                            clock=clock, log=log,
+                            resume=resumed is not None and run_dir.exists(),
+                            on_epoch=state.write if state is not None else None,
+                            measured=fast_speeds if base_kind(kind) == "fastnet" else None)
         if res is None:
             continue  # DDP: a rank other than 0 trained with rank 0, which scores and records the model
+        res.seconds += before
         # the soup scores up to k averages on validation, then the souped model is scored again
         val_s = res.extra.get("val_eval_seconds") or 1.0
         if preset.soup_top_k and clock() + (preset.soup_top_k + 3) * val_s < share_end:
@@ -203,13 +337,17 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
 
             souped = soup_run(res.run_dir, val.x, val.y, res.val_accuracy, log=log)
             if souped and souped["applied"]:
-                res = run_candidate_rescore(res, val, test)
+                res = rescore(res, val, test)
         res.extra.update(selection.scores(res.val_probs, val.y, train.class_names, "val"))
         if test is not None:
             res.extra.update(selection.scores(res.test_probs, test.y, train.class_names, "test"))
+        save_result(res)
         c.status, c.actual_seconds, c.actual_epochs = "done", round(res.seconds, 1), res.epochs
         c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy
+        c.actual_images_per_second = res.extra.get("actual_images_per_second")
         plan.write(out / "plan.json")
+        if state is not None:
+            state.write(running=None)
         results.append(res)
         log(f"{kind}: done in {res.seconds:.0f}s, val {res.val_accuracy:.4f}"
             + (f" (balanced {res.extra['val_balanced_accuracy']:.4f})" if metric == selection.BALANCED else "")
@@ -233,17 +371,13 @@ def _balanced(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: extra.get(k) for k in keys}
 
 
-def run_candidate_rescore(res: Any, val: Any, test: Any) -> Any:
-    """The result with validation / test probabilities of the souped weights (the one inference path)."""
-    from cnnlab.inference import InferenceModel
+def _trained_before(run_dir: Path) -> bool:
+    """Whether a killed fit's candidate finished an epoch (or its whole run) in ``run_dir``."""
+    from cnnlab.training.rundir import RunDir
+    from cnnlab.training.state import META
 
-    inf = InferenceModel.load(res.run_dir)
-    res.val_probs = inf.proba(val.x)
-    res.val_accuracy = float((res.val_probs.argmax(1) == val.y).mean())
-    if test is not None:
-        res.test_probs = inf.proba(test.x)
-        res.test_accuracy = float((res.test_probs.argmax(1) == test.y).mean())
-    return res
+    rd = RunDir(run_dir)
+    return run_dir.is_dir() and ((rd.state / META).is_file() or rd.is_finished())
 
 
 def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset: Any, profile: Any, val: Any,
@@ -310,6 +444,7 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
         info["cross_validation"] = cv
     elapsed = clock() - start
     info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
+    info["budget"] = budget_use(results, elapsed, limit)
     plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best,
                    "selection_metric": info["selection_metric"]}
     plan.write(out / "plan.json")

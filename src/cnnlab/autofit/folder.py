@@ -5,7 +5,10 @@
     FIT_DIR/plan.json         the plan against what happened (planner.py)
     FIT_DIR/leaderboard.csv   one row per model and the ensemble
     FIT_DIR/report.md         the fit report (report.py); errors.png / errors.csv beside it
-    FIT_DIR/models/<kind>/    each candidate's run directory (model.safetensors + model.json)
+    FIT_DIR/models/<kind>/    each candidate's run directory (model.safetensors + model.json;
+                              autofit.json + autofit.npz: its scores for the ensemble and a resume;
+                              speeds.json: the fast net's steps measured by the planner)
+    FIT_DIR/state.json        the fit's arguments and the seconds spent (state.py: --resume)
 
 ``ImagePredictor.load(FIT_DIR)`` loads the leaderboard's best entry: one run directory, or the
 ensemble's members, whose probabilities it averages with the ensemble's weights (cnnlab.inference.Ensemble).

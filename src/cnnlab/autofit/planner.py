@@ -1,7 +1,9 @@
 """The auto-fit planner: measure, predict, choose and share out the budget; plan.json.
 
 In at most :data:`PROBE_SHARE` of the budget it measures this machine's speed for each candidate
-of the preset (speed.py: a few timed training steps, or feature batches through a frozen base),
+of the preset with the code that will train it (speed.py: the fast recipe's own step and width
+ladder, whose measurements its run reuses; the feature extractor at its batch; the standard
+recipe's epoch at the fine-tuning resolution), no factor applied,
 the cheapest to measure first, each only while its expected cost (:data:`PROBE_COST_S`) still fits in that
 share; a candidate left unmeasured (all of them, for a budget under a minute) gets the speed of the
 reference machine (:data:`REFERENCE_IPS`, 2-core Zen 3, fp32) scaled by how much faster or
@@ -19,6 +21,7 @@ the ensemble, the leaderboard, the report and the error analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -26,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab.autofit.candidates import elastic
+from cnnlab.autofit.candidates import base_kind, elastic, seed_kind
 from cnnlab.autofit.presets import Preset
-from cnnlab.autofit.priors import predicted_accuracy
+from cnnlab.autofit.priors import ensemble_accuracy, predicted_accuracy
 from cnnlab.autofit.profile import DataProfile
 from cnnlab.utils.io import atomic_write_text
 
@@ -41,11 +44,17 @@ SETUP_SECONDS = {"fastnet": 1.0, "frozen": 2.0, "finetune_last": 2.0, "finetune"
 #: training (or, for frozen, feature) images/s on the reference machine, 2-core Zen 3, fp32
 REFERENCE_IPS = {"fastnet": 700.0, "frozen": 33.0, "finetune_last": 30.0, "finetune": 50.0}
 #: what measuring a candidate costs (model build, weights, warm-up, timed work), about, in seconds
-PROBE_COST_S = {"fastnet": 1.0, "frozen": 2.5, "finetune_last": 3.0, "finetune": 3.0}
+PROBE_COST_S = {"fastnet": 1.5, "frozen": 3.0, "finetune_last": 4.0, "finetune": 3.0}
 INFER_FACTOR = 3.0  #: inference runs about this many times a training step's rate
 HEAD_IPS = 20000.0  #: a linear head on cached features trains at about this rate
 EPOCHS = {"fastnet": (1.0, 16.0), "frozen": (3.0, 30.0), "finetune_last": (1.0, 8.0), "finetune": (1.0, 6.0)}
 FASTNET_OVERHEAD = 0.15  #: share of a fast-net run spent on its own probe, whitening and evaluation
+FINETUNE_MIN_STEPS = 60  #: fine-tuning fewer optimiser steps than this is not planned (a few images: more epochs)
+FINETUNE_MAX_EPOCHS = 30  #: ... up to this many epochs on small data
+FINETUNE_BATCH = 32  #: the fine-tuned candidates' batch (candidates.py)
+SEED_MIN_EPOCHS = 8.0  #: a fast-net seed run is planned only when each run still trains this many epochs
+SEED_MIN_GAIN = 0.002  #: ... and the ensemble is predicted to gain at least this much accuracy
+FastSpeed = Callable[[float], "tuple[float, int | None]"]
 
 
 @dataclass
@@ -66,6 +75,9 @@ class CandidatePlan:
     actual_epochs: int | None = None
     actual_val_accuracy: float | None = None
     actual_test_accuracy: float | None = None
+    #: the speed the run itself reached: training images/s (frozen: feature extraction's), beside
+    #: the planned ``images_per_second`` (None when not measured: e.g. the features came from the cache)
+    actual_images_per_second: float | None = None
 
 
 @dataclass
@@ -91,6 +103,14 @@ class FitPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FitPlan":
+        """The plan written by :meth:`write` (a resumed fit keeps its plan)."""
+        known = {f.name for f in dataclasses.fields(CandidatePlan)}
+        cands = [CandidatePlan(**{k: v for k, v in c.items() if k in known}) for c in data.get("candidates", [])]
+        fields = {f.name for f in dataclasses.fields(cls)} - {"candidates"}
+        return cls(**{k: v for k, v in data.items() if k in fields}, candidates=cands)
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
@@ -119,6 +139,7 @@ def time_model(kind: str, ips: float, n_train: int, n_val: int, n_test: int, tta
     fixed: building the model (+ the frozen base's features of every image, + the final
     evaluation); per epoch: training and the validation pass."""
     ips = max(ips, 1e-6)
+    kind = base_kind(kind)
     setup = SETUP_SECONDS[kind]
     if kind == "frozen":
         return setup + (n_train + n_val + n_test) / ips, (n_train + n_val) / HEAD_IPS
@@ -126,40 +147,63 @@ def time_model(kind: str, ips: float, n_train: int, n_val: int, n_test: int, tta
     return setup + n_test * tta_views / infer, n_train / ips + n_val / infer
 
 
-def epochs_in(kind: str, seconds: float, fixed: float, per_epoch: float) -> float:
+def epoch_range(kind: str, n_train: int | None = None) -> tuple[float, float]:
+    """(fewest, most) epochs planned for ``kind``: EPOCHS, and for the fine-tuned candidates on
+    ``n_train`` images at least FINETUNE_MIN_STEPS optimiser steps (small data: more epochs)."""
+    kind = base_kind(kind)
+    least, most = EPOCHS[kind]
+    if kind.startswith("finetune") and n_train:
+        need = math.ceil(FINETUNE_MIN_STEPS / max(1, math.ceil(n_train / FINETUNE_BATCH)))
+        least, most = max(least, min(need, FINETUNE_MAX_EPOCHS)), max(most, min(need * 2, FINETUNE_MAX_EPOCHS))
+    return least, most
+
+
+def epochs_in(kind: str, seconds: float, fixed: float, per_epoch: float, n_train: int | None = None) -> float:
     """The epochs that fit in ``seconds`` (whole epochs, except the fast net's), capped."""
-    _, most = EPOCHS[kind]
+    _, most = epoch_range(kind, n_train)
+    kind = base_kind(kind)
     usable = seconds * (1 - FASTNET_OVERHEAD) if kind == "fastnet" else seconds
     e = max(0.0, (usable - fixed) / per_epoch)
     return min(most, e if kind == "fastnet" else math.floor(e))
 
 
 def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, bool]], available: float,
-           tta_views: int = 1) -> list[CandidatePlan]:
-    """Predict and choose (see the module docstring); pure: no clock, no measuring."""
+           tta_views: int = 1, fast_speed: FastSpeed | None = None) -> list[CandidatePlan]:
+    """Predict and choose (see the module docstring); pure: no clock, no measuring.
+
+    ``fast_speed(seconds)`` -> (images/s, stem width) of the net the fast recipe picks for that
+    much time (from its measured ladder); without it, the fast net's measured speed at any width."""
     n, nv, nt = profile.count, profile.val_count, profile.test_count
     side = max(profile.file_sizes.get("median", 0), profile.image_size)
 
-    def acc(kind: str, epochs: float) -> float:
+    def acc(kind: str, epochs: float, width: int | None = None) -> float:
         return predicted_accuracy(kind, per_class=profile.per_class_min, epochs=epochs,
-                                  num_classes=profile.num_classes, image_side=side)
+                                  num_classes=profile.num_classes, image_side=side, width=width)
+
+    def speed_of(kind: str, seconds: float) -> tuple[float, int | None]:
+        if kind == "fastnet" and fast_speed is not None:
+            return fast_speed(seconds)
+        return speeds[kind][0], None
 
     def fit_in(kind: str, seconds: float) -> tuple[float, float, float]:
         """(epochs, predicted seconds, predicted accuracy) of ``kind`` given ``seconds``."""
         views = tta_views if kind.startswith("finetune") else 1
-        fixed, per_epoch = time_model(kind, speeds[kind][0], n, nv, nt, views)
-        e = epochs_in(kind, seconds, fixed, per_epoch)
-        if e < EPOCHS[kind][0]:
-            return e, fixed + EPOCHS[kind][0] * per_epoch, 0.0
+        ips, width = speed_of(kind, seconds)
+        fixed, per_epoch = time_model(kind, ips, n, nv, nt, views)
+        e = epochs_in(kind, seconds, fixed, per_epoch, n)
+        least = epoch_range(kind, n)[0]
+        if e < least:
+            return e, fixed + least * per_epoch, 0.0
         used = seconds if kind == "fastnet" else fixed + e * per_epoch
-        return e, used, acc(kind, e)
+        return e, used, acc(kind, e, width)
 
     plans = {k: CandidatePlan(k, speeds[k][0], speeds[k][1]) for k in preset.kinds}
     for k, c in plans.items():
         c.epochs, c.predicted_seconds, c.predicted_val_accuracy = fit_in(k, available)
         c.feasible = c.predicted_val_accuracy > 0
         if not c.feasible:
-            c.why = f"needs {c.predicted_seconds:.0f}s for {EPOCHS[k][0]:g} epochs; {available:.0f}s available"
+            c.why = (f"needs {c.predicted_seconds:.0f}s for {epoch_range(k, n)[0]:g} epochs; "
+                     f"{available:.0f}s available")
     feasible = sorted((c for c in plans.values() if c.feasible), key=lambda c: -c.predicted_val_accuracy)
     if not feasible:  # nothing fits: the fast net for whatever time there is (it always trains a step)
         main = plans.get("fastnet") or next(iter(plans.values()))
@@ -193,10 +237,41 @@ def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, 
     main.epochs, main.predicted_seconds, main.predicted_val_accuracy = e, secs, a or acc(main.kind, e)
     main.share_seconds = available - spent if elastic(main.kind) else main.predicted_seconds
     main.chosen, main.why = True, main.why or "the best predicted validation accuracy"
+    main.images_per_second = speed_of(main.kind, main.share_seconds)[0]
     for c in plans.values():
         if not c.chosen and not c.why:
             c.why = f"predicted {c.predicted_val_accuracy:.3f}, below the main model's {main_acc:.3f}"
-    return [plans[k] for k in preset.kinds]
+    # seeds only with the measured ladder: it says how much narrower each shorter run's net is
+    seeded = main.kind == "fastnet" and fast_speed is not None
+    repeats = _seeds(main, preset.seeds, available - spent, fit_in, speed_of) if seeded else []
+    return [plans[k] for k in preset.kinds] + repeats
+
+
+def _seeds(main: CandidatePlan, most: int, seconds: float, fit_in: Callable[[str, float], tuple[float, float, float]],
+           speed_of: Callable[[str, float], tuple[float, int | None]]) -> list[CandidatePlan]:
+    """Split the main fast net's ``seconds`` into k runs from different seeds (k <= ``most``) when
+    their ensemble is predicted to beat one run in all the time (priors.ensemble_accuracy); each
+    run keeps at least SEED_MIN_EPOCHS epochs. Returns the extra runs; ``main`` gets its share."""
+    best_k, best = 1, main.predicted_val_accuracy
+    for k in range(2, most + 1):
+        e, _, a = fit_in(main.kind, seconds / k)
+        if a <= 0 or e < SEED_MIN_EPOCHS:
+            break
+        if ensemble_accuracy(a, k) > best + SEED_MIN_GAIN:
+            best_k, best = k, ensemble_accuracy(a, k)
+    if best_k == 1:
+        return []
+    e, _, a = fit_in(main.kind, seconds / best_k)
+    why = (f"run {{}} of {best_k} from different seeds, ensembled: predicted {best:.3f} against "
+           f"{main.predicted_val_accuracy:.3f} for one run in all {seconds:.0f}s")
+    runs = []
+    for i in range(1, best_k + 1):
+        c = main if i == 1 else CandidatePlan(seed_kind(main.kind, i), 0.0, main.measured, feasible=True, chosen=True)
+        c.epochs, c.predicted_seconds, c.share_seconds = e, seconds / best_k, seconds / best_k
+        c.images_per_second = speed_of(main.kind, seconds / best_k)[0]
+        c.predicted_val_accuracy, c.why = a, why.format(i)
+        runs.append(c)
+    return runs[1:]
 
 
 def run_order(cands: list[CandidatePlan]) -> list[str]:
@@ -208,14 +283,13 @@ def run_order(cands: list[CandidatePlan]) -> list[str]:
 def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapsed: Callable[[], float],
               measure: Callable[[str], float], precision: str, device: str, machine: str,
               log: Callable[[str], None] = print, world_size: int = 1, global_batch: dict[str, int] | None = None,
-              excluded: dict[str, str] | None = None) -> FitPlan:
+              excluded: dict[str, str] | None = None, fast_speed: FastSpeed | None = None) -> FitPlan:
     """Measure (within PROBE_SHARE of the budget), predict, choose. ``elapsed()``: seconds since the
-    fit began (the caller's clock: tests pass a fake one). ``measure(kind)`` -> images/s.
+    fit began (the caller's clock: tests pass a fake one). ``measure(kind)`` -> images/s;
+    ``fast_speed``: the fast net's measured ladder (speed.FastLadder), used once it is measured.
 
     ``excluded``: candidates that cannot train here (data parallelism: ranks.unsupported), and
     why; they are neither measured nor chosen."""
-    import dataclasses
-
     from cnnlab.autofit.priors import predicted_accuracy as prior
     from cnnlab.errors import ConfigError
 
@@ -250,7 +324,8 @@ def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapse
     reserve = max(END_RESERVE_MIN_S, END_RESERVE * time_limit)
     available = max(1.0, time_limit - elapsed() - reserve)
     views = {"none": 1, "flip": 2, "flip_translate": 6}[preset.tta]
-    cands = choose(profile, preset, speeds, available, views)
+    ladder = fast_speed if speeds.get("fastnet", (0.0, False))[1] else None
+    cands = choose(profile, preset, speeds, available, views, fast_speed=ladder)
     plan = FitPlan(time_limit=time_limit, preset=preset.name, precision=precision, device=device, machine=machine,
                    profile=profile.to_dict(), probe_seconds=round(probe, 2), available_seconds=round(available, 1),
                    reserve_seconds=round(reserve, 1), candidates=cands, order=run_order(cands),

@@ -53,6 +53,7 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
              f"written **{info['elapsed_seconds']:.1f} s** (overrun {info['overrun']:+.1%}; fit.json has the final "
              f"figure), {plan['precision']} on "
              f"{plan['device']} ({plan['machine']})",
+             f"- budget: {info['budget']['note']}" if info.get("budget") else "- budget: -",
              f"- best: **{info['best']}**, validation {_pct(info.get('val_accuracy'))}, test "
              f"{_pct(info.get('test_accuracy'))}; balanced: validation {_pct(info.get('val_balanced_accuracy'))}, "
              f"test {_pct(info.get('test_balanced_accuracy'))}{_worst(info.get('test_worst_class'), ' (worst test class ', ')')}",
@@ -68,6 +69,8 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
              "| predicted val | actual val | test | status / why |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in plan["candidates"]:
         speed = f"{c['images_per_second']:.0f} ({'measured' if c['measured'] else 'estimated'})"
+        if c.get("actual_images_per_second"):
+            speed += f", ran at {c['actual_images_per_second']:.0f}"
         lines.append(f"| {c['kind']} | {speed} | {'yes' if c['chosen'] else 'no'} | "
                      f"{_s(c['share_seconds']) if c['chosen'] else '-'} | {_s(c['actual_seconds'])} | "
                      f"{c['epochs']:.1f} | {c['actual_epochs'] if c['actual_epochs'] is not None else '-'} | "

@@ -92,19 +92,57 @@ def scorer(holder: dict[str, Any]) -> Any:
 
 def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: ImageArrays, test: ImageArrays | None,
                   run_dir: Path, *, end: float, eval_seconds: float, clock: Clock = time.monotonic,
-                  log: Callable[[str], None] = print) -> CandidateResult | None:
+                  log: Callable[[str], None] = print, resume: bool = False,
+                  on_epoch: Callable[[], None] | None = None, measured: list[dict[str, Any]] | None = None
+                  ) -> CandidateResult | None:
     """Train candidate ``kind`` (config ``cfg``) so that it ends by ``end`` (a ``clock()`` value).
 
-    Under torchrun every rank trains it (DDP) and rank 0 alone scores it: the other ranks get None."""
+    ``resume``: a killed fit had started it in ``run_dir``: it continues from its last finished
+    epoch (training.orchestrate.resume), or starts again when it finished none; a run that
+    finished but was not scored is scored. Under torchrun every rank trains it (DDP) and rank 0
+    alone scores it: the other ranks get None. ``on_epoch()`` runs after each epoch (the fit's
+    state.json records the time spent). ``measured``: the fast net's step speeds the planner
+    measured (autofit/speed.py), handed to its run (fast_plan.MEASURED) so it does not time them again."""
     from cnnlab.training import orchestrate
+    from cnnlab.training.rundir import RunDir
+    from cnnlab.training.state import META
     from cnnlab.utils.distributed import current
 
     t0 = clock()
     holder: dict[str, Any] = {}
-    callback = None if cfg.train.recipe == "fast" else deadline_callback(end, eval_seconds, clock, log)
+    stop = None if cfg.train.recipe == "fast" else deadline_callback(end, eval_seconds, clock, log)
+
+    def callback(epoch: int, logs: dict[str, Any]) -> None:
+        if on_epoch is not None:
+            on_epoch()
+        if stop is not None:
+            stop(epoch, logs)
     bundle = DatasetBundle(kind, train, test, val, {"source": "auto-fit"})
-    run = orchestrate.train(cfg, data=bundle, run_dir=run_dir, progress=False, log=log, epoch_callback=callback,
-                            evaluator=scorer(holder))
+    rd = RunDir(run_dir)
+    if resume and rd.is_finished():
+        log(f"{kind}: trained before the fit was stopped; scoring it")
+        return rescore(CandidateResult(kind, Path(run_dir), 0.0, int(rd.read_metrics().get("epochs_run") or 0),
+                                       rd.read_metrics().get("stop_reason"), np.zeros(0), None, 0.0, None),
+                       val, test, clock)
+    if resume and (rd.state / META).is_file():
+        # the fast recipe counts a resumed run's budget from now: the share's end bounds it
+        deadline = None if clock is not time.monotonic else end - eval_seconds
+        log(f"{kind}: continuing from its last finished epoch")
+        run = orchestrate.resume(run_dir, data=bundle, progress=False, log=log, epoch_callback=callback,
+                                 evaluator=scorer(holder), deadline=deadline)
+    else:
+        if resume and Path(run_dir).exists():
+            import shutil
+
+            log(f"{kind}: stopped before its first epoch ended; starting it again")
+            shutil.rmtree(run_dir)
+        if measured:
+            from cnnlab.training.recipes.fast_plan import MEASURED
+            from cnnlab.utils.io import atomic_write_json
+
+            atomic_write_json(Path(run_dir) / MEASURED, measured)
+        run = orchestrate.train(cfg, data=bundle, run_dir=run_dir, progress=False, log=log, epoch_callback=callback,
+                                evaluator=scorer(holder))
     if not current().is_main:
         return None
     y_val = val.y
@@ -113,4 +151,33 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
     m = run.metrics
     return CandidateResult(kind, Path(run.run_dir), clock() - t0, int(m.get("epochs_run") or 0), m.get("stop_reason"),
                            holder["val"], holder.get("test"), val_acc, test_acc, holder.get("parameters"),
-                           holder.get("tta", "none"), {"val_eval_seconds": holder.get("val_seconds")})
+                           holder.get("tta", "none"), {"val_eval_seconds": holder.get("val_seconds"),
+                                                       "actual_images_per_second": actual_speed(m, len(train) + len(val))})
+
+
+def actual_speed(metrics: dict[str, Any], n_images: int) -> float | None:
+    """The speed a run reached, as the planner predicts it: training images/s, or for a frozen base
+    the images/s of its feature extraction (None when the features came from the cache)."""
+    if "feature_cache" in metrics:
+        seconds = metrics.get("feature_seconds")
+        return round(n_images / seconds, 1) if metrics["feature_cache"] == "miss" and seconds else None
+    ips = metrics.get("train_images_per_second")
+    return round(float(ips), 1) if ips else None
+
+
+def rescore(res: CandidateResult, val: ImageArrays, test: ImageArrays | None,
+            clock: Clock = time.monotonic) -> CandidateResult:
+    """The result with the validation / test probabilities of the weights saved in its run directory
+    (after a soup replaced them, or for a run trained before a kill), through the one inference path."""
+    from cnnlab.inference import InferenceModel
+
+    t0 = clock()
+    pred = InferenceModel.load(res.run_dir)
+    res.val_probs = pred.proba(val.x)
+    res.val_accuracy = float((res.val_probs.argmax(1) == val.y).mean())
+    res.extra["val_eval_seconds"] = clock() - t0
+    if test is not None:
+        res.test_probs = pred.proba(test.x)
+        res.test_accuracy = float((res.test_probs.argmax(1) == test.y).mean())
+    res.tta, res.parameters = pred.tta, int(sum(p.numel() for p in pred.model.parameters()))
+    return res

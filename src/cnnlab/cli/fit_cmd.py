@@ -14,12 +14,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "candidates, ensemble them when it helps, and write a fit folder: plan.json, "
                                    "leaderboard.csv, report.md, fit.json and the models. Ends within the time "
                                    "limit x 1.05.")
-    p.add_argument("--data", required=True, help="data source: cifar10, a folder, an archive or a CSV file")
-    p.add_argument("--time-limit", required=True, metavar="DURATION", help="the whole fit's budget, e.g. 90s, 10m, 1.5h")
-    p.add_argument("--quality", "--presets", dest="preset", default="medium_quality", metavar="QUALITY",
-                   help="medium_quality (default), high_quality or best_quality (see cnnlab/autofit/presets.py; "
-                        "--presets, AutoGluon's spelling, is the same flag). `cnnlab train --preset` names a "
-                        "recipe's config instead")
+    p.add_argument("--data", help="data source: cifar10, a folder, an archive or a CSV file")
+    p.add_argument("--time-limit", metavar="DURATION", help="the whole fit's budget, e.g. 90s, 10m, 1.5h")
+    p.add_argument("--quality", "--presets", dest="preset", default=None, metavar="QUALITY",
+                   help="medium_quality, high_quality or best_quality (default: medium_quality below 20 minutes, "
+                        "high_quality from 20 minutes; see cnnlab/autofit/presets.py; --presets, AutoGluon's "
+                        "spelling, is the same flag). `cnnlab train --preset` names a recipe's config instead")
+    p.add_argument("--backbone", metavar="ARCH",
+                   help="the timm backbone of the pretrained candidates (default efficientnet_lite0)")
+    p.add_argument("--backbone-weights", metavar="SOURCE",
+                   help="its weights: offline, hub or a local .safetensors/.pth file (default: offline where a "
+                        "package ships them, else hub)")
+    p.add_argument("--resume", metavar="FIT_DIR",
+                   help="continue a fit that was stopped (even killed): its plan and finished models are kept, "
+                        "the running model continues from its last epoch, and the time limit counts the time "
+                        "already spent (--data only when the fit was given a DataFrame or the data moved)")
     p.add_argument("--out", help="the fit folder, new or empty (default: runs/fit-<time>)")
     p.add_argument("--tuning-data", help="a validation source (default: held out from --data)")
     p.add_argument("--label-column", default="label", help="CSV source: the label column (default: label, else detected)")
@@ -38,15 +47,32 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.cli.launch import relaunch, wants_launch
     from cnnlab.training.distributed import session
 
+    _check_args(args)
     if wants_launch(args):  # --nproc-per-node N: the same command again, as a torchrun job
         from cnnlab.autofit.fit import time_limit_seconds
         from cnnlab.autofit.presets import get_preset
 
+        if args.resume:
+            from cnnlab.errors import ConfigError
+
+            raise ConfigError("--resume: a data-parallel fit is resumed in one process (without --nproc-per-node)")
         time_limit_seconds(args.time_limit)  # refused before any process starts
         get_preset(args.preset)
         return relaunch(args, args.raw_argv, resumable=False)
     with session():  # under torchrun (WORLD_SIZE > 1): this rank joins the job; else a no-op
         return _run(args, started_at)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from cnnlab.errors import ConfigError
+
+    if args.resume:
+        if args.out:
+            raise ConfigError("--resume FIT_DIR writes into FIT_DIR; --out goes with a new fit")
+        return
+    for flag, value in (("--data", args.data), ("--time-limit", args.time_limit)):
+        if value is None:
+            raise ConfigError(f"{flag} is required (or --resume FIT_DIR to continue a stopped fit)")
 
 
 def _run(args: argparse.Namespace, started_at: float) -> int:
@@ -58,11 +84,12 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     from cnnlab.utils.distributed import current
 
     log = log_to_stderr if args.json else print
-    limit = time_limit_seconds(args.time_limit)  # refused before anything is loaded or written
-    get_preset(args.preset)
-    pred = ImagePredictor(label=args.label_column, path=args.out, image_column=args.image_column)
+    limit = time_limit_seconds(args.time_limit) if args.time_limit is not None else None  # refused before
+    get_preset(args.preset)  # anything is loaded or written
+    pred = ImagePredictor(label=args.label_column, path=args.resume or args.out, image_column=args.image_column)
     pred = auto_fit(pred, args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,
-                    started_at=started_at, drop_leaks=args.drop_leaks)
+                    started_at=started_at, drop_leaks=args.drop_leaks, resume=bool(args.resume),
+                    backbone=args.backbone, backbone_weights=args.backbone_weights)
     if not current().is_main:
         return 0  # DDP: rank 0 wrote the fit folder and prints its summary
     info = pred.fit_summary()
@@ -85,6 +112,7 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
         worst = info.get("test_worst_class")
         print(f"test balanced accuracy: {info['test_balanced_accuracy']:.4f}"
               + (f"; worst class {worst['class']} (recall {worst['recall']:.4f})" if worst else ""))
-    print(f"elapsed: {info['elapsed_seconds']:.1f}s of {info['time_limit']:.0f}s ({info['overrun']:+.1%})")
+    print(f"elapsed: {info['elapsed_seconds']:.1f}s of {info['time_limit']:.0f}s ({info['overrun']:+.1%})"
+          + (f"; {info['budget']['note']}" if info.get("budget") else ""))
     print(f"fit folder: {info['folder']}")
     return 0

@@ -131,10 +131,11 @@ def measure_images_per_second(cfg: ExperimentConfig, widths: tuple[int, int, int
 
 def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: float, total_budget_s: float,
               measure: Callable[[tuple[int, int, int], int], float], flops_of: Callable[[tuple[int, int, int]], float],
-              precision: str) -> FastPlan:
+              precision: str, known: dict[tuple[tuple[int, int, int], int], float] | None = None) -> FastPlan:
     """Choose widths, epochs, batch size and TTA views (see the module docstring).
 
-    ``measure(widths, batch)`` -> training images/s; ``flops_of(widths)`` -> training FLOPs per image.
+    ``measure(widths, batch)`` -> training images/s; ``flops_of(widths)`` -> training FLOPs per image;
+    ``known``: speeds measured before (the auto-fit planner's), used whatever the probe time left.
     """
     t0 = time.perf_counter()
     batch = planned_batch(cfg.train.batch_size, n_train)
@@ -144,7 +145,7 @@ def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: 
     best_rate = 0.0  # measured FLOP/s, to estimate widths not measured
     for widths in WIDTH_LADDER:
         c = Candidate(widths)
-        if time.perf_counter() - t0 < probe_cap:
+        if (widths, min(PROBE_BATCH, batch)) in (known or {}) or time.perf_counter() - t0 < probe_cap:
             c.images_per_second = measure(widths, min(PROBE_BATCH, batch))
             c.estimated_images_per_second = c.images_per_second
             best_rate = max(best_rate, c.images_per_second * flops_of(widths))
@@ -218,6 +219,19 @@ def deadlines(o: dict[str, Any], started_at: float, eval_seconds: float | None =
     return (min(ends) if ends else None), total
 
 
+MEASURED = "speeds.json"  #: (widths, batch) speeds measured before the run with this very step (cnnlab fit)
+
+
+def measured_speeds(run_dir: Any) -> dict[tuple[tuple[int, int, int], int], float]:
+    """The speeds the auto-fit planner measured for this run (autofit/speed.py), read from the run
+    directory's speeds.json, so that one measurement serves the plan and the run; {} without one."""
+    path = run_dir.path / MEASURED
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    return {(tuple(r["widths"]), int(r["batch"])): float(r["images_per_second"]) for r in rows}  # type: ignore[misc]
+
+
 def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict[str, Any],
              device: torch.device, precision: Any, workers: Any, started_at: float, run_dir: Any,
              log: Callable[[str], None], resume: bool = False
@@ -234,7 +248,7 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
     x, y = as_nchw(train.x).to(device), torch.from_numpy(train.y).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     dtype = precision.dtype
-    speeds: dict[tuple[tuple[int, int, int], int], float] = {}
+    speeds = measured_speeds(run_dir)
 
     def step_factory(m: torch.nn.Module) -> TrainStep:
         return TrainStep(m, workers, device, dtype, cfg.train.label_smoothing)
@@ -254,7 +268,7 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
     def plan_for(end: float) -> FastPlan:
         now = time.monotonic()
         return make_plan(cfg, len(y), n_eval, max(1.0, end - now), max(1.0, (total_end or end) - now), measure,
-                         flops_of, precision.name)
+                         flops_of, precision.name, known=dict(speeds))
 
     plan = plan_for(train_end)
     if total_end is not None:
