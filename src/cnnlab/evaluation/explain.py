@@ -66,8 +66,9 @@ class Explanation:
 
 def peak(heatmap: np.ndarray) -> tuple[int, int]:
     """(x, y) of the heatmap's maximum (the first one in row-major order on ties)."""
-    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    return int(x), int(y)
+    from cnnlab.evaluation.overlay import peak_xy
+
+    return peak_xy(heatmap)
 
 
 def resolve_targets(target: int | str | Sequence[int | str] | None, predicted: np.ndarray,

@@ -7,6 +7,8 @@ no backend switch); images are composed and written with Pillow.
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,4 +58,42 @@ def png_bytes(img: "Image.Image") -> bytes:  # noqa: F821
     return buf.getvalue()
 
 
-__all__ = ["caption", "colorize", "overlay", "panel", "png_bytes"]
+
+
+def write_overlays(explanation: Any, out_dir: str | Path, decode_size: int | None) -> list[dict[str, Any]]:
+    """One overlay PNG per explained image in ``out_dir`` (``<image stem>.<method>.png``), and per
+    image {"image", "label", "probability", "heatmap_png", "peak": [x, y]}; ``peak`` is in the
+    image file's own pixels (its upright original size; decoded pixels for an array row)."""
+    from cnnlab.data.decode import to_original_xy, upright_size
+    from cnnlab.utils.io import atomic_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    rows = []
+    for i, name in enumerate(explanation.names):
+        heat, image = explanation.heatmaps[i], explanation.images[i]
+        stem = Path(name).stem if not name.startswith("#") else f"image{name[1:]}"
+        file_name = f"{stem}.{explanation.method}.png"
+        if file_name in used:
+            file_name = f"{stem}-{i}.{explanation.method}.png"
+        used.add(file_name)
+        label, prob = explanation.labels[i], explanation.probabilities[i]
+        target = out / file_name
+        with atomic_path(target) as tmp:
+            panel(image, heat, caption(label, prob, explanation.method)).save(tmp, format="PNG")
+        x, y = peak_xy(heat)
+        if not name.startswith("#") and Path(name).is_file():
+            x, y = to_original_xy(x, y, upright_size(name), decode_size)
+        rows.append({"image": name, "label": label, "probability": prob, "heatmap_png": str(target),
+                     "peak": [x, y]})
+    return rows
+
+
+def peak_xy(heatmap: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the heatmap's maximum in its own pixels (the first on ties)."""
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return int(x), int(y)
+
+
+__all__ = ["caption", "colorize", "overlay", "panel", "peak_xy", "png_bytes", "write_overlays"]
