@@ -112,10 +112,10 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def upright_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image file as decode_image sees it before resizing (EXIF rotation
-    applied), read from the header without decoding the pixels."""
-    with Image.open(path) as img:
+def upright_size(source: str | Path | bytes) -> tuple[int, int]:
+    """(width, height) of an image file (a path or its bytes) as decode_image sees it before
+    resizing (EXIF rotation applied), read from the header without decoding the pixels."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
         w, h = img.size
         orientation = img.getexif().get(0x0112, 1)
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

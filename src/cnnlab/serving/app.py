@@ -1,7 +1,8 @@
 """The web service: ``create_app(run_dir)`` returns a FastAPI app serving one trained run.
 
 Endpoints: ``POST /predict`` (multipart field ``files``, one or more images; or JSON
-``{"images": [base64, ...]}``; query ``top_k``), ``GET /health``, ``GET /metadata``, ``GET /``
+``{"images": [base64, ...]}``; query ``top_k``), ``POST /explain`` (the same inputs; query ``method``,
+``target``: heatmap overlays, cnnlab.evaluation.explain), ``GET /health``, ``GET /metadata``, ``GET /``
 (a page to drop an image on) and the OpenAPI docs at ``/docs``.
 
 The model is loaded once, when the app is created. Images are decoded by cnnlab's own rules
@@ -205,6 +206,54 @@ def create_app(
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="labels per image")):
         try:  # a plain JSONResponse: the result is already JSON types (skips FastAPI's encoder)
             return JSONResponse(await asyncio.wait_for(handle(request, top_k), timeout_s))
+        except TimeoutError:
+            raise ApiError(503, "timeout", f"the request did not finish within {timeout_s:g} s") from None
+
+    explainer: dict[str, Any] = {}  # the torch predictor /explain uses, loaded on its first request
+
+    def explain_arrays(files: list[tuple[str, bytes]], arrays: list[np.ndarray], method: str,
+                       target: str | None) -> dict[str, Any]:
+        from cnnlab.data.decode import to_original_xy, upright_size
+        from cnnlab.errors import CnnlabError
+        from cnnlab.evaluation.overlay import overlay, peak_xy, png_bytes
+        from cnnlab.predictor import ImagePredictor
+        from PIL import Image
+
+        if "predictor" not in explainer:
+            explainer["predictor"] = ImagePredictor.load(run_dir, weights=weights)
+        pred = explainer["predictor"]
+        try:
+            e = pred.explanation(np.stack(arrays), target, method=method)
+        except CnnlabError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        out = []
+        for i, (name, data) in enumerate(files):
+            x, y = to_original_xy(*peak_xy(e.heatmaps[i]), upright_size(data), size)
+            png = png_bytes(Image.fromarray(overlay(e.images[i], e.heatmaps[i])))
+            out.append({"image": name, "label": e.labels[i], "probability": e.probabilities[i], "peak": [x, y],
+                        "overlay_png": base64.b64encode(png).decode("ascii")})
+        return {"model": card["spec"]["arch"], "method": method, "layer": e.layer, "explanations": out}
+
+    async def handle_explain(request: Request, method: str, target: str | None) -> dict[str, Any]:
+        body = await read_body(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in ("multipart/form-data", "application/json"):
+            raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype or '(none)'!r}: send "
+                           "multipart/form-data (field 'files') or application/json ({\"images\": [base64, ...]})")
+        files = await files_from_multipart(request, body) if ctype == "multipart/form-data" else files_from_json(body)
+        if len(files) > max_images:
+            raise ApiError(413, "too_many_images", f"{len(files)} images in one request; the limit is {max_images}")
+        loop = asyncio.get_running_loop()
+        arrays = [await loop.run_in_executor(None, decode, name, data) for name, data in files]
+        return await loop.run_in_executor(None, explain_arrays, files, arrays, method, target)
+
+    @app.post("/explain", summary="Class-activation heatmaps: an overlay PNG (base64), label, probability, peak",
+              openapi_extra={"requestBody": PREDICT_BODY})
+    async def explain(request: Request,
+                      method: str = Query("gradcam", description="gradcam or occlusion (gradient-free)"),
+                      target: str | None = Query(None, description="a class to explain (default: the predicted)")):
+        try:  # the same inputs and limits as /predict; heatmaps in fp32 with the torch model
+            return JSONResponse(await asyncio.wait_for(handle_explain(request, method, target), timeout_s))
         except TimeoutError:
             raise ApiError(503, "timeout", f"the request did not finish within {timeout_s:g} s") from None
 
