@@ -107,10 +107,12 @@ def test_report_files_and_sections(report):
         png = Path(rep["figures"][name])
         assert png.parent == out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     text = path.read_text()
-    for anchor in ("overview", "data", "model", "training", "evaluation", "errors", "calibration", "speed"):
+    for anchor in ("overview", "data", "model", "training", "evaluation", "errors", "explanations", "calibration",
+                   "speed"):
         assert f'<section id="{anchor}">' in text
-    # Self-contained: five embedded PNGs and nothing fetched from elsewhere.
-    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 5
+    # Self-contained: six embedded PNGs (the sixth: Grad-CAM overlays) and nothing fetched from elsewhere.
+    assert Path(rep["explanations"]["png"]).parent == out and rep["error_analysis"]
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 6
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     assert "Keep-best checkpoint" in text  # the run kept best.safetensors
     assert '<a href="errors.csv">errors.csv</a>' in text and (out / "errors.csv").is_file()

@@ -55,7 +55,8 @@ def evaluate_fresh(predictor_cls: Any, result: Any, prep: Any, cfg: ExperimentCo
         out[f"{split_name}_best_checkpoint"] = _summary(bpred.evaluate(split))
     report = ev.report
     out["error_analysis"] = run_error_analysis(ev.probabilities, ev.y, split, report["class_names"], rd.path,
-                                               split_name)  # the study's 20 lowest-p(true) images
+                                               split_name,  # the study's 20 lowest-p(true) images
+                                               explain=lambda i: pred.explain(split.x[i]))  # beside their Grad-CAM
     figures.confusion_heatmap(np.array(report["confusion_matrix"]), report["class_names"],
                               rd.figures / "confusion_matrix.png")
     log(f"{split_name} accuracy: {report['accuracy']:.4f} (top-5 {report['top5_accuracy']:.4f}, "
