@@ -249,7 +249,7 @@ def _browser_check(html_text: str, folder: Path) -> str:
 def test_report_opens_in_a_browser_with_every_figure_shown(report, tmp_path):
     path, _ = report
     text = path.read_text()
-    assert _browser_check(text, tmp_path) == "CHECK images=5 bad=0 errors=0"
+    assert _browser_check(text, tmp_path) == "CHECK images=6 bad=0 errors=0"
     # The check can fail: a broken embedded image is caught.
     broken = text.replace("</main>", '<img src="data:image/png;base64,AAAA" alt="broken"></main>')
-    assert _browser_check(broken, tmp_path) == "CHECK images=6 bad=1 errors=1"
+    assert _browser_check(broken, tmp_path) == "CHECK images=7 bad=1 errors=1"
