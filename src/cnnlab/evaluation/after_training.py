@@ -34,6 +34,7 @@ def evaluate_fresh(predictor_cls: Any, result: Any, prep: Any, cfg: ExperimentCo
                    log: Callable[[str], None]) -> dict[str, Any]:
     """The trainer's evaluator: the fresh model on the test split (else validation) -> metrics.json entries."""
     from cnnlab import figures
+    from cnnlab.evaluation.explain import heatmaps
     from cnnlab.models.io import load_weights
     from cnnlab.reports.error_analysis import run_error_analysis
     from cnnlab.training.orchestrate import card_extra, compile_features
@@ -56,7 +57,8 @@ def evaluate_fresh(predictor_cls: Any, result: Any, prep: Any, cfg: ExperimentCo
     report = ev.report
     out["error_analysis"] = run_error_analysis(ev.probabilities, ev.y, split, report["class_names"], rd.path,
                                                split_name,  # the study's 20 lowest-p(true) images
-                                               explain=lambda i: pred.explain(split.x[i]))  # beside their Grad-CAM
+                                               explain=lambda i: heatmaps(result.model, split.x[i],  # beside their
+                                                                          ev.probabilities[i].argmax(1))[0])  # Grad-CAM
     figures.confusion_heatmap(np.array(report["confusion_matrix"]), report["class_names"],
                               rd.figures / "confusion_matrix.png")
     log(f"{split_name} accuracy: {report['accuracy']:.4f} (top-5 {report['top5_accuracy']:.4f}, "
