@@ -2,7 +2,7 @@
 
     python benchmarks/autofit_cifar10.py --time-limit 10m                  # the ../shared copy
     python benchmarks/autofit_cifar10.py --time-limit 3m --train 3000 --test 1000   # a subset
-    python benchmarks/autofit_cifar10.py --time-limit 30m --preset high_quality --json out.json
+    python benchmarks/autofit_cifar10.py --time-limit 30m --quality high_quality --json out.json
 
 It prints the machine (CPU model, bf16 or not, the precision the fit runs in), the plan, the
 leaderboard, the test accuracy, the whole fit's elapsed time (data loading, planning,
@@ -29,7 +29,7 @@ def main() -> int:
     t_start = time.monotonic()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--time-limit", default="10m")
-    ap.add_argument("--preset", default="medium_quality")
+    ap.add_argument("--quality", "--presets", dest="preset", default="medium_quality")
     ap.add_argument("--train", type=int, help="a class-balanced subset of the training images")
     ap.add_argument("--test", type=int, help="the first N test images")
     ap.add_argument("--out", help="the fit folder (default: runs/bench-fit-<time>)")

@@ -29,10 +29,19 @@ import torch
 
 from cnnlab.config import HeadConfig, ModelConfig
 from cnnlab.export.onnx import compare, export_onnx, synthetic_images
-from cnnlab.export.runtime import OnnxRuntimeBackend, TorchBackend
+from cnnlab.export.runtime import OnnxRuntimeBackend
+from cnnlab.inference import InferenceModel
 from cnnlab.models.io import save_model
 from cnnlab.models.registry import create_model
 from cnnlab.utils.hardware import machine_summary, physical_cores
+
+
+class _Logits:  # the torch inference path seen as a backend (predict_logits -> numpy)
+    def __init__(self, inf):
+        self.inf = inf
+
+    def predict_logits(self, x):
+        return self.inf.raw_logits(x).numpy()
 
 KWARGS = {"cifar_fastnet": {"widths": [64, 256, 256], "depth": 2, "activation": "relu"}}
 
@@ -86,7 +95,8 @@ def main() -> int:
         check = synthetic_images(256, size, seed=11)
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
-            backends = {"pytorch eager": TorchBackend(run), "ort fp32": OnnxRuntimeBackend(fp32, threads=threads),
+            torch_path = InferenceModel.load(run, precision="fp32", threads=threads)
+            backends = {"pytorch eager": _Logits(torch_path), "ort fp32": OnnxRuntimeBackend(fp32, threads=threads),
                         "ort int8": OnnxRuntimeBackend(int8, threads=threads)}
             ref = backends["pytorch eager"].predict_logits(check)
             base_lat = None

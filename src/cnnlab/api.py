@@ -24,9 +24,10 @@ import numpy as np
 from cnnlab.data.dataset import align_labels
 from cnnlab.data.sources import load_source
 from cnnlab.errors import DataError
-from cnnlab.predictor import ImagePredictor, evaluate_after_training
+from cnnlab.inference.after_training import evaluate_after_training
+from cnnlab.predictor import ImagePredictor
 from cnnlab.training import orchestrate
-from cnnlab.training.loop import EpochCallback
+from cnnlab.training.recipes.standard import EpochCallback
 from cnnlab.training.orchestrate import (
     DATAFRAME_SOURCE,
     ConfigLike,

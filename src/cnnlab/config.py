@@ -169,6 +169,9 @@ class TrainConfig:
     eval_batch_size: int = 512
     # test-time augmentation for the final evaluation: none | flip | flip_translate
     tta: Literal["none", "flip", "flip_translate"] = "none"
+    # After training, fit a temperature on the validation split (Guo et al. 2017) so that the
+    # probabilities mean what they say; stored in the model card and applied on every inference path.
+    calibrate: bool = True
     # "fast": the fast from-scratch recipe (training/recipes/fast.py) instead of the generic loop;
     # recipe_options sets that recipe's own knobs by name (typed per recipe: the fast recipe's
     # FastOptions in training/recipes/fast_options.py; the standard recipe has none).

@@ -74,3 +74,47 @@ def test_the_cli_sits_on_top_nothing_below_imports_it():
                        if not m.startswith("cnnlab.cli") and any(d.startswith("cnnlab.cli") for d in deps)
                        and m != "cnnlab.__main__")
     assert offenders == []
+
+
+#: The house's floors (docs/architecture.md): a package imports only packages on lower floors
+#: (and itself). cnnlab's top-level package and __main__ sit above everything.
+FLOORS = {
+    "errors": 0, "utils": 1, "validation": 2, "config": 3,
+    "data": 4, "models": 4, "figures": 4, "presets": 4,
+    "evaluation": 5, "training": 6, "export": 7, "inference": 8,
+    "autofit": 9, "tuning": 9, "predictor": 10, "api": 11,
+    "reports": 12, "serving": 12, "cli": 13, "__main__": 14, "": 14,
+}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a package on the same or a higher floor than the importer's (other than itself)."""
+    found = []
+    for module, deps in sorted(graph.items()):
+        here = _package(module)
+        for dep in sorted(deps):
+            there = _package(dep)
+            if there != here and FLOORS[there] >= FLOORS[here]:
+                found.append(f"{module} (floor {FLOORS[here]}) imports {dep} (floor {FLOORS[there]})")
+    return found
+
+
+def test_every_package_has_a_floor():
+    assert sorted({_package(m) for m in import_graph()} - set(FLOORS)) == []
+
+
+def test_no_package_imports_upwards():
+    """The predictor sits above autofit, tuning and the inference path; evaluation reaches into neither
+    training nor reports; nothing below the CLI imports it (lazy imports inside functions count too)."""
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layering_check_can_fail():
+    graph = {"cnnlab.evaluation.metrics": {"cnnlab.training.core"}, "cnnlab.training.core": set(),
+             "cnnlab.predictor": {"cnnlab.autofit.fit"}, "cnnlab.autofit.fit": set()}
+    assert upward_imports(graph) == ["cnnlab.evaluation.metrics (floor 5) imports cnnlab.training.core (floor 6)"]

@@ -131,7 +131,7 @@ def test_fit_refuses_bad_arguments(tiny_tree, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["fit", "--data", "DATA", "--time-limit", "soon"], "time_limit: 'soon' is not a duration"),
-    (["fit", "--data", "DATA", "--time-limit", "20s", "--preset", "fast"], "unknown preset 'fast'"),
+    (["fit", "--data", "DATA", "--time-limit", "20s", "--quality", "fast"], "unknown preset 'fast'"),
     (["fit", "--data", "nowhere/", "--time-limit", "20s"], "data source 'nowhere/': no such file or folder"),
 ])
 def test_cli_fit_errors_are_one_line_and_exit_2(argv, message, tiny_tree, capsys, tmp_path):
@@ -216,12 +216,11 @@ def test_soup_step_applies_a_soup_that_scores_higher(fitted, tmp_path, monkeypat
 
     monkeypatch.setitem(sys.modules, "cnnlab.training.soup", types.SimpleNamespace(greedy_soup=greedy_soup))
     x = np.stack([np.zeros((16, 16, 3), np.uint8)] * 3)
-    out = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.9, predictor_cls=ImagePredictor, log=lambda s: None)
+    out = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.9, log=lambda s: None)
     assert out["applied"] and calls and calls[0][0].endswith("epoch-003.safetensors")
     again = ImagePredictor.load(run).model.state_dict()[bias]
     assert np.allclose(again.numpy(), souped[bias].numpy())
-    worse = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.995, predictor_cls=ImagePredictor,
-                     log=lambda s: None)
+    worse = soup_run(run, x, np.array([0, 1, 2]), final_accuracy=0.995, log=lambda s: None)
     assert worse is not None and not worse["applied"]  # not better than the final weights: kept
 
 
@@ -233,19 +232,15 @@ def test_error_analysis_is_handed_the_best_models_probabilities(tmp_path, monkey
 
     seen = {}
 
-    def write_error_analysis(probs, y, images, class_names, out_dir, *, k=20, split="test"):
+    def write_error_analysis(probs, y, images, class_names, out_dir, *, k=20, split="test", paths=None):
         seen.update(shape=probs.shape, k=k, split=split, n=len(images))
         return {"png": out_dir / "errors.png", "csv": out_dir / "errors.csv", "rows": []}
 
-    monkeypatch.setitem(sys.modules, "cnnlab.reports.error_analysis",
+    monkeypatch.setitem(sys.modules, "cnnlab.evaluation.error_analysis",
                         types.SimpleNamespace(write_error_analysis=write_error_analysis))
     probs = np.full((5, 2), 0.5, np.float32)
     out = error_analysis(probs, np.zeros(5, int), ["a"] * 5, ["x", "y"], tmp_path, "val", log=lambda s: None)
     assert seen == {"shape": (5, 2), "k": 20, "split": "val", "n": 5} and out["png"].name == "errors.png"
-    monkeypatch.setitem(sys.modules, "cnnlab.reports.error_analysis", None)  # absent: skipped with a line
-    lines = []
-    assert error_analysis(probs, np.zeros(5, int), ["a"] * 5, ["x", "y"], tmp_path, "val", log=lines.append) is None
-    assert "skipped" in lines[0]
 
 
 def test_high_quality_trains_two_models_and_weighs_an_ensemble(make_tree, tmp_path, monkeypatch):

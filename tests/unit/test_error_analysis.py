@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.errors import DataError
-from cnnlab.reports.error_analysis import error_figure, write_error_analysis
+from cnnlab.evaluation.error_analysis import error_figure, write_error_analysis
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -49,7 +49,7 @@ def test_the_k_rows_are_exactly_the_k_lowest_p_true(tmp_path):
 def test_the_figure_has_20_panels_titled_with_true_predicted_and_confidence():
     probs, y = _probs(30)
     images = np.zeros((30, 8, 8, 3), np.uint8)
-    from cnnlab.reports.error_analysis import error_rows
+    from cnnlab.evaluation.error_analysis import error_rows
 
     rows = error_rows(probs, y, CLASSES, None, 20)
     fig = error_figure(images, rows)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from cnnlab.errors import ModelError
 from cnnlab.evaluation.overlay import overlay
-from cnnlab.reports.error_analysis import error_figure, write_error_analysis
+from cnnlab.evaluation.error_analysis import error_figure, write_error_analysis
 from cnnlab.reports.explain_gallery import pick, write_gallery
 
 CLASSES = ["a", "b", "c"]

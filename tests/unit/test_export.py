@@ -20,7 +20,9 @@ from cnnlab.config import ModelConfig  # noqa: E402
 from cnnlab.errors import CnnlabError, ConfigError, DataError, ModelError  # noqa: E402
 from cnnlab.export import create_backend  # noqa: E402
 from cnnlab.export.onnx import export_onnx, synthetic_images  # noqa: E402
-from cnnlab.export.runtime import OnnxRuntimeBackend, TorchBackend  # noqa: E402
+from cnnlab.export.runtime import OnnxRuntimeBackend  # noqa: E402
+from cnnlab.inference import InferenceModel  # noqa: E402
+from cnnlab.predictor import ImagePredictor  # noqa: E402
 from cnnlab.models.io import save_model  # noqa: E402
 from cnnlab.models.registry import create_model  # noqa: E402
 
@@ -75,12 +77,34 @@ ARCHS = [
 ]
 
 
+def fp32_export(run, *args, **kwargs):
+    """Export with the parity check against the torch path run in fp32 (whatever this CPU has)."""
+    return ImagePredictor.load(run, precision="fp32").export_onnx(*args, **kwargs)
+
+
+def test_parity_check_runs_in_the_precision_the_torch_path_serves_in(tmp_path, monkeypatch):
+    """With bf16 forced (what a Sapphire Rapids serves in), the check compares against the bf16 torch
+    path and holds it to the bf16 tolerance; in fp32, to the fp32 one (and a bf16 reference fails that)."""
+    from cnnlab.export.onnx import PARITY_TOLERANCE
+    from cnnlab.utils import hardware
+
+    run = untrained_run(tmp_path / "run", "cifar_fastnet", **TINY_FASTNET)
+    monkeypatch.setenv(hardware.BF16_ENV, "force")
+    bf16 = ImagePredictor.load(run).export_onnx(parity_count=64)["parity"]
+    assert bf16["torch_precision"] == "bf16" and bf16["within_tolerance"], bf16
+    assert bf16["tolerance"]["max_abs_diff"] == PARITY_TOLERANCE["bf16"][0]
+    monkeypatch.setenv(hardware.BF16_ENV, "0")
+    fp32 = ImagePredictor.load(run).export_onnx(parity_count=64)["parity"]
+    assert fp32["torch_precision"] == "fp32" and fp32["within_tolerance"] and fp32["max_abs_diff"] < 1e-3, fp32
+    assert bf16["max_abs_diff"] > 10 * fp32["max_abs_diff"]  # bf16 really ran on the torch side
+
+
 @pytest.mark.parametrize("arch,kwargs", ARCHS)
 def test_every_architecture_exports_with_fp32_parity(tmp_path, arch, kwargs):
     run = untrained_run(tmp_path / arch, arch, **kwargs)
     # nasnet's dynamo export takes over a minute on 2 cores; the TorchScript exporter is the fallback path
     exporter = "torchscript" if arch == "nasnet_mobile" else "auto"
-    result = export_onnx(run, parity_count=1000, exporter=exporter)
+    result = fp32_export(run, parity_count=1000, exporter=exporter)
     p = result["parity"]
     assert p["count"] == 1000
     assert p["top1_agreement"] >= 0.999, p
@@ -95,7 +119,7 @@ def test_every_architecture_exports_with_fp32_parity(tmp_path, arch, kwargs):
 def test_export_resizes_inside_the_graph_to_the_model_input_size(tmp_path):
     model = create_model(ModelConfig(arch="cifar_fastnet", kwargs=TINY_FASTNET, input_size=24), ["a", "b"])
     save_model(model.eval(), tmp_path / "run", {"data_image_size": 16})
-    result = export_onnx(tmp_path / "run", parity_count=200)
+    result = fp32_export(tmp_path / "run", parity_count=200)
     assert result["input"]["shape"] == ["batch", 16, 16, 3]
     assert result["parity"]["top1_agreement"] >= 0.999 and result["parity"]["max_abs_diff"] < 1e-4
 
@@ -120,7 +144,7 @@ def test_export_failure_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_int8_quantization_states_its_agreement(trained, capsys):
-    result = export_onnx(trained["run"], quantize="int8", data=str(trained["tree"]), log=print)
+    result = fp32_export(trained["run"], quantize="int8", data=str(trained["tree"]), log=print)
     out = capsys.readouterr().out
     assert result["path"].endswith("model.int8.onnx") and Path(result["path"]).is_file()
     assert result["parity"]["count"] == 72  # all of the 72 real images
@@ -128,11 +152,11 @@ def test_int8_quantization_states_its_agreement(trained, capsys):
     # int8 on this tiny model: stated, and required to stay a usable classifier
     print(f"int8 top-1 agreement {result['parity']['top1_agreement']:.4f}, max diff {result['parity']['max_abs_diff']:.4f}")
     assert result["parity"]["top1_agreement"] >= 0.9
-    assert "parity (fp32 graph) vs PyTorch" in out and "parity vs PyTorch on 72 images" in out
+    assert "parity (fp32 graph) vs PyTorch" in out and "parity vs PyTorch (fp32) on 72 images" in out
 
 
 def test_old_opset_uses_the_torchscript_exporter(trained, tmp_path):
-    result = export_onnx(trained["run"], tmp_path / "m13.onnx", opset=13, parity_count=100)
+    result = fp32_export(trained["run"], tmp_path / "m13.onnx", opset=13, parity_count=100)
     assert result["exporter"] == "torchscript" and result["opset"] == 13
     assert result["parity"]["top1_agreement"] == 1.0
 
@@ -178,10 +202,10 @@ def test_backends_agree_and_ort_threads_do_not_spin(trained):
     from cnnlab.utils.hardware import physical_cores
 
     x = synthetic_images(64, 16, seed=3)
-    torch_b = TorchBackend(trained["run"])
     ort_b = create_backend("onnxruntime", trained["run"])
     for tta in ("none", "flip", "flip_translate"):
-        np.testing.assert_allclose(ort_b.predict_logits(x, tta=tta), torch_b.predict_logits(x, tta=tta), atol=1e-4)
+        torch_path = InferenceModel.load(trained["run"], tta=tta, precision="fp32")
+        np.testing.assert_allclose(ort_b.predict_logits(x, tta=tta), torch_path.raw_logits(x).numpy(), atol=1e-4)
     opts = ort_b.session.get_session_options()
     assert opts.intra_op_num_threads == physical_cores()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"

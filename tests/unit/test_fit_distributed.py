@@ -131,7 +131,7 @@ def test_a_killed_rank_ends_the_fit_with_the_launchers_line(make_tree, tmp_path)
     (["--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"],
      "--node-rank 2: expected 0 .. 1"),
     (["--nproc-per-node", "2", "--time-limit", "soon"], "time_limit: 'soon' is not a duration"),
-    (["--nproc-per-node", "2", "--preset", "fastest"], "unknown preset 'fastest'"),
+    (["--nproc-per-node", "2", "--quality", "fastest"], "unknown preset 'fastest'"),
 ])
 def test_fit_launcher_flags_are_checked_before_any_process_starts(argv, message, capsys, monkeypatch, tmp_path):
     import cnnlab.training.launch as launch

@@ -129,11 +129,11 @@ def test_predict_and_evaluate_agree_on_the_same_images(fitted):
 
 
 def test_repeated_predictions_load_the_weights_once(fitted, monkeypatch):
-    import cnnlab.predictor as predictor_module
+    import cnnlab.inference.model as inference_module
 
     calls = []
-    real = predictor_module.load_model
-    monkeypatch.setattr(predictor_module, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = inference_module.load_model
+    monkeypatch.setattr(inference_module, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     pred = ImagePredictor.load(fitted["pred"].path)
     assert calls == []  # loading reads the card; the weights load on first use
     x = np.zeros((2, 16, 16, 3), np.uint8)
@@ -186,13 +186,13 @@ def test_fit_with_tuning_data_validates_on_it(fitted, tmp_path):
 
 def test_predict_and_evaluate_share_the_precision(fitted, monkeypatch):
     """With bf16 resolved (as on an AMX CPU or a GPU), both paths run in it; nobody casts on their own."""
-    import cnnlab.predictor as predictor_module
+    from cnnlab.utils import hardware
 
     run_dir, test = fitted["tree_run"], fitted["test"]
     paths = sorted(test.rglob("*.png"))
-    fp32, _ = api.predict_proba(run_dir, [str(p) for p in paths])
-    monkeypatch.setattr(predictor_module, "resolve_precision", lambda setting, device: torch.bfloat16)
-    pred = ImagePredictor.load(run_dir)
+    fp32 = ImagePredictor.load(run_dir, precision="fp32").predict_proba([str(p) for p in paths]).to_numpy()
+    monkeypatch.setenv(hardware.BF16_ENV, "force")  # bf16 on any CPU (emulated where it has none)
+    pred = ImagePredictor.load(run_dir, precision="bf16")  # the run's card says fp32: asked for here
     assert pred.precision == "bf16"
     probs = pred.predict_proba([str(p) for p in paths]).to_numpy()
     assert not np.allclose(probs, fp32, rtol=0, atol=1e-7)  # bf16 really ran

@@ -103,12 +103,18 @@ def test_health_metadata_page_and_docs(client):
     assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
 
 
-def test_onnxruntime_backend_serves_the_same_answers(run_dir, client):
+def test_onnxruntime_backend_serves_the_same_answers(run_dir, client, monkeypatch):
+    """ONNX Runtime (fp32 graph) against the torch path, held to 1e-5 when both run fp32."""
+    from cnnlab.utils import hardware
+
+    monkeypatch.setenv(hardware.BF16_ENV, "0")  # the torch server below starts in fp32 whatever this CPU has
     data = png((35, 200, 45))
     with TestClient(create_app(run_dir, backend="onnxruntime")) as ort_client:
         a = ort_client.post("/predict", files=[("files", ("g.png", data, "image/png"))]).json()
         assert ort_client.get("/health").json()["backend"] == "onnxruntime"
-    b = client.post("/predict", files=[("files", ("g.png", data, "image/png"))]).json()
+    with TestClient(create_app(run_dir, backend="torch")) as torch_client:
+        b = torch_client.post("/predict", files=[("files", ("g.png", data, "image/png"))])
+    b = b.json()
     assert [t["label"] for t in a["predictions"][0]["top"]] == [t["label"] for t in b["predictions"][0]["top"]]
     np.testing.assert_allclose([t["probability"] for t in a["predictions"][0]["top"]],
                                [t["probability"] for t in b["predictions"][0]["top"]], atol=1e-5)

@@ -71,3 +71,28 @@ def test_train_leaves_the_callers_config_and_thread_count_alone(make_tree, tmp_p
     dict_cfg = _config()
     api.train(dict_cfg, data=str(data), run_dir=tmp_path / "run2", progress=False, log=lambda s: None)
     assert dict_cfg == _config()
+
+
+def test_train_and_fit_leave_the_callers_random_generators_alone(make_tree, tmp_path):
+    """cnnlab.train and ImagePredictor.fit seed their own training; the caller's global RNG goes on
+    as if nothing had run (it used to be reseeded with the config's seed)."""
+    import random
+
+    import numpy as np
+
+    from cnnlab.predictor import ImagePredictor
+
+    data = make_tree(tmp_path / "data", per_class=8)
+    for i, train in enumerate((
+        lambda: api.train(_config(), data=str(data), run_dir=tmp_path / "r1", progress=False, log=lambda s: None),
+        lambda: ImagePredictor(path=tmp_path / "r2").fit(str(data), config=_config(), log=lambda s: None),
+    )):
+        torch.manual_seed(1234 + i)
+        np.random.seed(99)
+        random.seed(7)
+        expected = torch.rand(3)
+        torch.manual_seed(1234 + i)
+        train()
+        assert torch.equal(torch.rand(3), expected)
+        assert np.random.randint(0, 10**9) == np.random.RandomState(99).randint(0, 10**9)
+        assert random.random() == random.Random(7).random()

@@ -302,7 +302,7 @@ def _arrays(per_class=12, seed=0, size=16):
 def _fit_ema(tmp_path, name, ema):
     from cnnlab.config import config_from_dict
     from cnnlab.models.registry import create_model
-    from cnnlab.training.loop import fit
+    from cnnlab.training.recipes.standard import fit
 
     cfg = config_from_dict(_cfg(epochs=2, ema=ema, checkpoint={"monitor": "epoch", "mode": "max"}))
     train, val = _arrays(), _arrays(per_class=4, seed=1)

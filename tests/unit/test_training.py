@@ -26,7 +26,7 @@ from cnnlab.errors import ConfigError, TrainingError  # noqa: E402
 from cnnlab.models.io import load_weights  # noqa: E402
 from cnnlab.models.registry import create_model  # noqa: E402
 from cnnlab.training.callbacks import BestCheckpoint, EarlyStopping  # noqa: E402
-from cnnlab.training.loop import fit  # noqa: E402
+from cnnlab.training.recipes.standard import fit  # noqa: E402
 from cnnlab.training.optim import build_optimizer  # noqa: E402
 from cnnlab.training.rundir import RunDir  # noqa: E402
 from cnnlab.training.schedules import lr_factor, resolve_decay_steps  # noqa: E402
@@ -332,7 +332,7 @@ def test_exploding_loss_stops_with_training_error(tmp_path):
 
 
 def test_nan_loss_from_any_cause_stops(tmp_path, monkeypatch):
-    import cnnlab.training.loop as loop
+    import cnnlab.training.recipes.standard as loop
 
     real = loop.F.cross_entropy
     calls = {"n": 0}

@@ -158,7 +158,7 @@ def test_interrupted_fit_resumes_to_the_same_run(tmp_path, monkeypatch):
     """Early stopping, keep-best checkpoint, dropout and augmentation all continue exactly."""
     from cnnlab.config import config_from_dict
     from cnnlab.models.registry import create_model
-    from cnnlab.training.loop import fit
+    from cnnlab.training.recipes.standard import fit
     from cnnlab.training.rundir import RunDir
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

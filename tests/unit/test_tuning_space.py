@@ -12,7 +12,7 @@ optuna = pytest.importorskip("optuna")
 from cnnlab.config import config_from_dict, load_config  # noqa: E402
 from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.tuning.space import parse_search  # noqa: E402
-from cnnlab.tuning.study import parse_duration  # noqa: E402
+from cnnlab.utils.durations import parse_optional_duration as parse_duration  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 II5 = ROOT / "experiments" / "mobilenet" / "II.5.yaml"
@@ -180,4 +180,4 @@ def test_durations():
     assert parse_duration(None) is None
     for bad in ("soon", "2x", "-5", "0"):
         with pytest.raises(ConfigError, match="--timeout"):
-            parse_duration(bad)
+            parse_duration(bad, "--timeout")

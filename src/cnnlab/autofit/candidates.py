@@ -16,10 +16,9 @@ candidate the same loaded train / validation / test arrays.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from cnnlab.config import CheckpointConfig, ExperimentConfig, config_from_dict, load_config
+from cnnlab.config import ExperimentConfig, config_from_dict, load_config
 
 KINDS = ("fastnet", "frozen", "finetune_last", "finetune")
 PRETRAINED_ARCH = "efficientnet_lite0"
@@ -28,8 +27,6 @@ LAST_SIZE = 128
 LAST_BLOCKS = 2
 FULL_SIZE = 96
 
-#: whether the trainer keeps the top-k checkpoints (``train.checkpoint.save_top_k``, being added)
-HAS_TOP_K = "save_top_k" in {f.name for f in dataclasses.fields(CheckpointConfig)}
 
 
 def elastic(kind: str) -> bool:
@@ -80,7 +77,7 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
         batch_size=32, optimizer={"name": "adamw", "lr": 2e-3, "base_lr": 1e-3, "weight_decay": 0.02},
         schedule={"name": "cosine", "warmup_epochs": 0.15 if epochs > 1 else 0.0}, label_smoothing=0.1,
         augment={"crop_padding": 4, "flip": True}, tta=tta, ema=ema)
-    if soup_top_k and HAS_TOP_K and epochs > 1:
+    if soup_top_k and epochs > 1:
         base["train"]["checkpoint"] = {"monitor": "val_accuracy", "save_top_k": soup_top_k}
     return config_from_dict(base)
 

@@ -35,16 +35,12 @@ ENSEMBLE_MIN_S = 1.0  #: the ensemble is built only when at least this much time
 
 
 def time_limit_seconds(value: Any) -> float:
-    """Seconds from a number or a duration string ("90s", "10m", "1.5h")."""
+    """Seconds from a number or a duration string ("90s", "10m", "1h30m"): the one duration parser."""
     from cnnlab.utils.durations import parse_duration
 
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(f"time_limit: expected seconds or a duration like '10m', got {value!r}")
-    if isinstance(value, (int, float)):
-        if not np.isfinite(value) or value <= 0:
-            raise ConfigError(f"time_limit: must be more than 0 seconds, got {value!r}")
-        return float(value)
-    return parse_duration(str(value), "time_limit")
+    if value is None:
+        raise ConfigError("time_limit: expected seconds or a duration like '10m', got None")
+    return parse_duration(value, "time_limit")
 
 
 def _source_name(data: Any) -> str:
@@ -162,7 +158,7 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         cfg.data.source = source
         log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
         res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,
-                            predictor_cls=type(predictor), clock=clock, log=log)
+                            clock=clock, log=log)
         if res is None:
             continue  # DDP: a rank other than 0 trained with rank 0, which scores and records the model
         # the soup scores up to k averages on validation, then the souped model is scored again
@@ -170,9 +166,9 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         if preset.soup_top_k and clock() + (preset.soup_top_k + 3) * val_s < share_end:
             from cnnlab.autofit.soup_step import soup_run
 
-            souped = soup_run(res.run_dir, val.x, val.y, res.val_accuracy, type(predictor), log=log)
+            souped = soup_run(res.run_dir, val.x, val.y, res.val_accuracy, log=log)
             if souped and souped["applied"]:
-                res = run_candidate_rescore(type(predictor), res, val, test)
+                res = run_candidate_rescore(res, val, test)
         c.status, c.actual_seconds, c.actual_epochs = "done", round(res.seconds, 1), res.epochs
         c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy
         plan.write(out / "plan.json")
@@ -190,13 +186,15 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     return predictor
 
 
-def run_candidate_rescore(predictor_cls: Any, res: Any, val: Any, test: Any) -> Any:
-    """The result with validation / test probabilities of the souped weights."""
-    pred = predictor_cls.load(res.run_dir)
-    res.val_probs = pred.proba(val.x)[0]
+def run_candidate_rescore(res: Any, val: Any, test: Any) -> Any:
+    """The result with validation / test probabilities of the souped weights (the one inference path)."""
+    from cnnlab.inference import InferenceModel
+
+    inf = InferenceModel.load(res.run_dir)
+    res.val_probs = inf.proba(val.x)
     res.val_accuracy = float((res.val_probs.argmax(1) == val.y).mean())
     if test is not None:
-        res.test_probs = pred.proba(test.x)[0]
+        res.test_probs = inf.proba(test.x)
         res.test_accuracy = float((res.test_probs.argmax(1) == test.y).mean())
     return res
 
@@ -255,7 +253,9 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
     plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best}
     plan.write(out / "plan.json")
     write_report(out, plan.to_dict(), info, errors)
-    loaded = [(type(predictor).load(out / f"models/{r.kind}", label=predictor.label), w) for r, w in members]
+    from cnnlab.inference import InferenceModel
+
+    loaded = [(InferenceModel.load(out / f"models/{r.kind}"), w) for r, w in members]
     for m, _ in loaded:
         m.model  # the weights load now, inside the time limit (predict needs them next)
     elapsed = clock() - start  # the report and the loading included

@@ -8,7 +8,7 @@
     FIT_DIR/models/<kind>/    each candidate's run directory (model.safetensors + model.json)
 
 ``ImagePredictor.load(FIT_DIR)`` loads the leaderboard's best entry: one run directory, or the
-ensemble's members, whose probabilities it averages with the ensemble's weights.
+ensemble's members, whose probabilities it averages with the ensemble's weights (cnnlab.inference.Ensemble).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from cnnlab.errors import ModelError
 from cnnlab.utils.io import atomic_write_text
@@ -48,16 +46,19 @@ def read_fit(folder: Path) -> dict[str, Any]:
 
 
 def attach(pred: Any, folder: Path, info: dict[str, Any], members: list[tuple[Any, float]]) -> Any:
-    """Make ``pred`` the fit's predictor: its best entry (one model or an ensemble of members)."""
-    first = members[0][0]
-    pred.path, pred._card, pred._config, pred._model = first.path, first._card, first._config, first._model
+    """Make ``pred`` (an ImagePredictor) the fit's predictor: its best entry (one model or an ensemble)."""
+    from cnnlab.inference import Ensemble
+
+    inf = members[0][0] if len(members) == 1 else Ensemble(members)
+    pred.path, pred._inf = inf.path, inf
     pred._fit, pred._fit_path = {**info, "folder": str(folder)}, Path(folder)
-    pred._members = members if len(members) > 1 else None
     return pred
 
 
-def load_fit(cls: Any, folder: str | Path, **kwargs: Any) -> Any:
-    """The predictor of a fit folder (see the module docstring)."""
+def load_fit(folder: str | Path, **kwargs: Any) -> tuple[dict[str, Any], Any]:
+    """(fit.json, the inference of its best entry: an InferenceModel, or an Ensemble of members)."""
+    from cnnlab.inference import Ensemble, InferenceModel
+
     folder = Path(folder)
     info = read_fit(folder)
     members = []
@@ -65,21 +66,8 @@ def load_fit(cls: Any, folder: str | Path, **kwargs: Any) -> Any:
         path = folder / m["path"]
         if not path.is_dir():
             raise ModelError(f"{folder / FIT_NAME}: member {m['model']!r} is missing ({path})")
-        members.append((cls.load(path, **kwargs), float(m["weight"])))
-    pred = cls(kwargs.get("label", info.get("label", "label")), **{k: v for k, v in kwargs.items()
-                                                                      if k in ("tta", "precision", "batch_size")})
-    pred.image_column = info.get("image_column")
-    return attach(pred, folder, info, members)
-
-
-def ensemble_logits(members: list[tuple[Any, float]], x: Any) -> torch.Tensor:
-    """Log of the members' weighted mean probabilities (a softmax of it gives them back)."""
-    total = None
-    for m, w in members:
-        p = m.logits(x).softmax(1) * w
-        total = p if total is None else total + p
-    assert total is not None
-    return torch.log((total / sum(w for _, w in members)).clamp_min(1e-12))
+        members.append((InferenceModel.load(path, **kwargs), float(m["weight"])))
+    return info, (members[0][0] if len(members) == 1 else Ensemble(members))
 
 
 def save_fit(src: Path, dest: str | Path) -> Path:

@@ -1,5 +1,5 @@
 """The fit report: report.md with the plan against what happened, the leaderboard and the
-error analysis (errors.png / errors.csv from cnnlab.reports.error_analysis, when present)."""
+error analysis (errors.png / errors.csv from cnnlab.evaluation.error_analysis, when present)."""
 
 from __future__ import annotations
 
@@ -18,19 +18,10 @@ def error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: l
     """The 20 images with the lowest probability for their true class (4 x 5 grid + CSV); ``images``:
     the decoded pixels, ``paths``: the files they came from (named in the CSV where supported);
     ``explain``: indices -> heatmaps, drawn beside each image (cnnlab.evaluation.explain)."""
-    import inspect
+    from cnnlab.evaluation.error_analysis import write_error_analysis
 
-    try:
-        from cnnlab.reports.error_analysis import write_error_analysis
-    except ImportError:
-        log("error analysis: cnnlab.reports.error_analysis is not installed on this branch; skipped")
-        return None
-    kwargs: dict[str, Any] = {"k": 20, "split": split}
-    if paths is not None and "paths" in inspect.signature(write_error_analysis).parameters:
-        kwargs["paths"] = paths
-    if explain is not None:
-        kwargs["explain"] = explain
-    return write_error_analysis(probs, y, images, class_names, out_dir, **kwargs)
+    return write_error_analysis(probs, y, images, class_names, out_dir, k=20, split=split, paths=paths,
+                                explain=explain)
 
 
 def _pct(v: Any) -> str:
@@ -77,7 +68,7 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
         lines += [f"The 20 {split} images with the lowest probability for their true class (candidate label "
                   "errors): `errors.csv`.", "", "![errors](errors.png)"]
     else:
-        lines.append("Not written (cnnlab.reports.error_analysis is not available).")
+        lines.append("Not written (cnnlab.evaluation.error_analysis is not available).")
     path = folder / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -61,23 +61,22 @@ def deadline_callback(end: float, eval_seconds: float, clock: Clock = time.monot
     return callback
 
 
-def scorer(holder: dict[str, Any], predictor_cls: Any) -> Any:
-    """The trainer's evaluator for auto-fit: validation and test probabilities, once each
-    (``predictor_cls``: cnnlab.predictor.ImagePredictor, passed in: autofit never imports it)."""
+def scorer(holder: dict[str, Any]) -> Any:
+    """The trainer's evaluator for auto-fit: the temperature fitted on validation, then validation and
+    test probabilities, once each, through the one inference path (what ``ImagePredictor.load`` of
+    the fit folder gives for the same images)."""
 
     def evaluate(result: Any, prep: Any, cfg: ExperimentConfig, rd: Any, *, progress: bool,
                  log: Callable[[str], None]) -> dict[str, Any]:
-        from cnnlab.models.io import model_card
-        from cnnlab.training.orchestrate import card_extra
+        from cnnlab.inference.after_training import fresh_inference
 
-        card = model_card(result.model, card_extra(cfg, prep, result))
-        pred = predictor_cls.from_model(result.model, config=cfg, card=card, path=rd.path)
-        cached = "feature_cache" in result.extra and cfg.train.finetune is None
-        out: dict[str, Any] = {}
+        pred, _, calibration = fresh_inference(result, prep, cfg, rd, log=log)
+        out: dict[str, Any] = {"calibration": calibration} if calibration else {}
         for name, split in (("val", prep.val), ("test", prep.test)):
             if split is None:
                 continue
-            ev = pred.evaluate_details(split, feature_cache=cached, compile=False, progress=False, log=log)
+            # the whole model, eager: what ImagePredictor.load(fit).evaluate gives for the same images
+            ev = pred.evaluate_details(split, where=name, split_name=name, progress=False, log=log)
             holder[name] = ev.probabilities
             holder[f"{name}_seconds"] = ev.seconds
             out[name] = {k: ev.report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece")}
@@ -91,7 +90,7 @@ def scorer(holder: dict[str, Any], predictor_cls: Any) -> Any:
 
 
 def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: ImageArrays, test: ImageArrays | None,
-                  run_dir: Path, *, predictor_cls: Any, end: float, eval_seconds: float, clock: Clock = time.monotonic,
+                  run_dir: Path, *, end: float, eval_seconds: float, clock: Clock = time.monotonic,
                   log: Callable[[str], None] = print) -> CandidateResult | None:
     """Train candidate ``kind`` (config ``cfg``) so that it ends by ``end`` (a ``clock()`` value).
 
@@ -104,7 +103,7 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
     callback = None if cfg.train.recipe == "fast" else deadline_callback(end, eval_seconds, clock, log)
     bundle = DatasetBundle(kind, train, test, val, {"source": "auto-fit"})
     run = orchestrate.train(cfg, data=bundle, run_dir=run_dir, progress=False, log=log, epoch_callback=callback,
-                            evaluator=scorer(holder, predictor_cls))
+                            evaluator=scorer(holder))
     if not current().is_main:
         return None
     y_val = val.y

@@ -17,26 +17,23 @@ from typing import Any
 import numpy as np
 
 
-def soup_run(run_dir: Path, val_x: np.ndarray, val_y: np.ndarray, final_accuracy: float, predictor_cls: Any,
+def soup_run(run_dir: Path, val_x: np.ndarray, val_y: np.ndarray, final_accuracy: float,
              log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Soup ``run_dir``'s top-k checkpoints; returns what was done (None: skipped)."""
     index = run_dir / "checkpoints" / "index.json"
     if not index.is_file():
         return None
-    try:
-        from cnnlab.training.soup import greedy_soup
-    except ImportError:
-        log("soup: cnnlab.training.soup is not installed on this branch; skipped")
-        return None
+    from cnnlab.inference import InferenceModel
     from cnnlab.models.io import read_card, save_model
+    from cnnlab.training.soup import greedy_soup
 
     entries = json.loads(index.read_text(encoding="utf-8"))
     if len(entries) < 2:
         return None
-    pred = predictor_cls.load(run_dir)
+    pred = InferenceModel.load(run_dir)
     model = pred.model
 
-    def score(m: Any) -> float:
+    def score(m: Any) -> float:  # m is pred.model with the candidate weights loaded into it
         return float((pred.logits(val_x).argmax(1).numpy() == val_y).mean())
 
     cands = [(run_dir / e["path"], float(e["value"])) for e in entries]

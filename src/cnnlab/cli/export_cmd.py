@@ -26,11 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.cli.common import print_json
-    from cnnlab.export.onnx import export_onnx
+    from cnnlab.predictor import ImagePredictor
 
-    result = export_onnx(args.run_dir, args.out, weights=args.weights, opset=args.opset, quantize=args.quantize,
-                         data=args.data, parity_count=args.parity_images, exporter=args.exporter,
-                         log=None if args.json else print)
+    result = ImagePredictor.load(args.run_dir, weights=args.weights).export_onnx(
+        args.out, opset=args.opset, quantize=args.quantize, data=args.data, parity_count=args.parity_images,
+        exporter=args.exporter, log=None if args.json else print)
     if args.json:
         print_json(result)
     return 0

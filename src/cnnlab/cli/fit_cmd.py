@@ -16,8 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "limit x 1.05.")
     p.add_argument("--data", required=True, help="data source: cifar10, a folder, an archive or a CSV file")
     p.add_argument("--time-limit", required=True, metavar="DURATION", help="the whole fit's budget, e.g. 90s, 10m, 1.5h")
-    p.add_argument("--preset", default="medium_quality",
-                   help="medium_quality (default), high_quality or best_quality (see cnnlab/autofit/presets.py)")
+    p.add_argument("--quality", "--presets", dest="preset", default="medium_quality", metavar="QUALITY",
+                   help="medium_quality (default), high_quality or best_quality (see cnnlab/autofit/presets.py; "
+                        "--presets, AutoGluon's spelling, is the same flag). `cnnlab train --preset` names a "
+                        "recipe's config instead")
     p.add_argument("--out", help="the fit folder, new or empty (default: runs/fit-<time>)")
     p.add_argument("--tuning-data", help="a validation source (default: held out from --data)")
     p.add_argument("--label-column", default="label", help="CSV source: the label column (default: label, else detected)")

@@ -102,10 +102,28 @@ def _run(args: argparse.Namespace) -> int:
         from cnnlab.presets import preset_path
 
         config = preset_path(args.preset)
+    overrides.update(explicit_wins(config, overrides, log))
     run = api.train(config, overrides=overrides, run_dir=args.run_dir, progress=not args.no_progress, log=log)
     if args.json and current().is_main:
         print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
     return 0
+
+
+def explicit_wins(config: object, overrides: dict[str, object], log) -> dict[str, object]:  # noqa: ANN001
+    """What the user set wins over a planner: ``--epochs`` or ``--batch-size`` with the fast recipe's
+    ``size: auto`` (which would choose its own epochs and batch) turns the planner off, with a line."""
+    from cnnlab.training.orchestrate import resolve_config
+
+    given = [k for k in ("train.epochs", "train.batch_size") if k in overrides]
+    if not given:
+        return {}
+    cfg = resolve_config(config, overrides)  # type: ignore[arg-type]
+    if cfg.train.recipe != "fast" or cfg.train.recipe_options.get("size") != "auto":
+        return {}
+    flags = ", ".join("--" + k.split(".")[1].replace("_", "-") for k in given)
+    log(f"{flags} given: the fast recipe's size planner is off (size: fixed); the preset's widths, with "
+        f"{', '.join(f'{k.split(chr(46))[1]} {overrides[k]}' for k in given)} as given")
+    return {"train.recipe_options.size": "fixed"}
 
 
 def _discard_state(run_dir: str, log) -> None:  # noqa: ANN001

@@ -1,9 +1,10 @@
-"""Export trained runs (ONNX) and run them through interchangeable inference backends.
+"""Export trained runs (ONNX) and run the exported graph in ONNX Runtime.
 
     from cnnlab.export import export_onnx, create_backend
-    export_onnx("runs/quick")                      # runs/quick/model.onnx + a parity check
+    export_onnx("runs/quick")                      # runs/quick/model.onnx (the graph alone)
+    ImagePredictor.load("runs/quick").export_onnx()  # the same + the parity check against the torch path
     backend = create_backend("onnxruntime", "runs/quick")
-    logits = backend.predict_logits(images_uint8)  # (N, H, W, 3) uint8 -> (N, classes)
+    logits = backend.predict_logits(images_uint8)  # (N, H, W, 3) uint8 -> (N, classes), before the temperature
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Pick a backend for a run: ``create_backend("torch" | "onnxruntime", run_dir)``."""
+"""The ONNX Runtime backend of a run: ``create_backend("onnxruntime", run_dir)`` (exported when stale).
+
+The torch path is cnnlab.inference.InferenceModel (``ImagePredictor.load(run, backend="torch")``)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnlab.errors import ConfigError
-from cnnlab.export.runtime import BACKENDS, OnnxRuntimeBackend, TorchBackend, onnx_metadata
+from cnnlab.export.runtime import OnnxRuntimeBackend, onnx_metadata
 
 
 def _stale(onnx_path: Path, weights_path: Path) -> bool:
@@ -24,14 +26,13 @@ def _stale(onnx_path: Path, weights_path: Path) -> bool:
 
 def create_backend(name: str, run_dir: str | Path, weights: str = "final", *, onnx_path: str | Path | None = None,
                    threads: int | None = None, log: Callable[[str], None] | None = None
-                   ) -> TorchBackend | OnnxRuntimeBackend:
+                   ) -> OnnxRuntimeBackend:
     """A loaded backend. For ``onnxruntime`` without ``onnx_path``, the run's ``model.onnx``
     (``best.onnx`` for the best weights) is used, and exported first when missing or older than
     the weights."""
-    if name not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-    if name == "torch":
-        return TorchBackend(run_dir, weights)
+    if name != "onnxruntime":
+        raise ConfigError(f"backend must be one of onnxruntime, got {name!r} (the torch path: "
+                          "ImagePredictor.load(run, backend='torch'))")
     if onnx_path is None:
         from cnnlab.export.onnx import default_path, export_onnx
         from cnnlab.export.runtime import weights_file

@@ -7,9 +7,11 @@ normalisation of the model's preprocessing, and the resize to the model's input 
 run has one. The model card travels in the file's metadata (``cnnlab_card``), so the file alone
 is enough to serve it (class names included).
 
-After every export the file is loaded in ONNX Runtime and compared with the PyTorch model on up
+After every export the file is loaded in ONNX Runtime and compared with the torch inference path
+(``reference``: cnnlab.inference's, in the precision it serves in, passed by the predictor) on up
 to 1,000 images (real ones from ``data`` when given, else seeded synthetic ones): the largest
-absolute logit difference and the top-1 agreement are returned and printed by the CLI.
+absolute logit difference and the top-1 agreement are returned, printed by the CLI and held to
+:data:`PARITY_TOLERANCE` for that precision (``within_tolerance``).
 
 ``quantize="int8"`` adds ONNX Runtime's static quantization (QDQ, per-channel int8 weights,
 uint8 activations with reduce_range for AVX2 CPUs without VNNI), calibrated on the same images.
@@ -34,7 +36,6 @@ from cnnlab.export.runtime import (
     META_IMAGE_SIZE,
     META_LAYOUT,
     OnnxRuntimeBackend,
-    TorchBackend,
     load_torch_model,
     run_image_size,
 )
@@ -44,6 +45,11 @@ from cnnlab.utils.io import atomic_path
 DEFAULT_OPSET = 18
 QUANTIZE_MODES = ("int8",)
 CALIBRATION_IMAGES = 256
+#: The parity check's tolerance against the torch path, by the precision that path serves in:
+#: (largest |logit difference|, lowest top-1 agreement). fp32 against fp32 differs by rounding
+#: alone; bf16 keeps 8 bits of mantissa, so logits differ by up to a few hundredths and an image
+#: whose top two classes are that close may swap.
+PARITY_TOLERANCE = {"fp32": (1e-3, 0.999), "bf16": (0.5, 0.98), "fp16": (0.1, 0.99)}
 
 
 class UInt8NHWC(nn.Module):
@@ -110,7 +116,7 @@ def export_graph(run_dir: str | Path, path: Path, *, weights: str = "final", ops
         raise ConfigError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
     if not 7 <= opset <= 23:
         raise ConfigError(f"--opset must be between 7 and 23, got {opset}")
-    model = load_torch_model(run_dir, weights, for_export=True)
+    model = load_torch_model(run_dir, weights)
     wrapper = UInt8NHWC(model).eval()
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     # The dynamo exporter writes opset 18 and later; older opsets need the TorchScript exporter.
@@ -195,8 +201,13 @@ def export_onnx(
     parity_count: int = 1000,
     exporter: str = "auto",
     log: Callable[[str], None] | None = None,
+    reference: Callable[[np.ndarray], np.ndarray] | None = None,
+    reference_precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Export a run to ONNX (atomically), run the parity check, return what happened."""
+    """Export a run to ONNX (atomically), run the parity check, return what happened.
+
+    ``reference``: the torch path's logits of uint8 images (``ImagePredictor.export_onnx`` passes its
+    inference path's, without TTA), in ``reference_precision``; without it no parity check runs."""
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     if parity_count < 0:
@@ -234,13 +245,18 @@ def export_onnx(
             "output": {"name": "logits", "shape": ["batch", int(card["spec"]["num_classes"])]},
             "bytes": out.stat().st_size, "export_seconds": round(seconds, 2),
         }
-        if len(check):
-            reference = TorchBackend(run_dir, weights).predict_logits(check)
+        if len(check) and reference is not None:
+            ref = np.asarray(reference(check), np.float32)
+            max_diff, min_top1 = PARITY_TOLERANCE.get(reference_precision, PARITY_TOLERANCE["fp32"])
+            got = compare(ref, OnnxRuntimeBackend(out).predict_logits(check))
             result["parity"] = {"images": described if len(check) == len(images) else
-                                f"{len(check)} of {described}", "count": len(check),
-                                **compare(reference, OnnxRuntimeBackend(out).predict_logits(check))}
+                                f"{len(check)} of {described}", "count": len(check), **got,
+                                "torch_precision": reference_precision,
+                                "tolerance": {"max_abs_diff": max_diff, "top1_agreement": min_top1},
+                                "within_tolerance": got["max_abs_diff"] <= max_diff
+                                and got["top1_agreement"] >= min_top1}
             if quantize:  # the fp32 graph's parity too, so the int8 cost is visible
-                result["parity_fp32"] = compare(reference, OnnxRuntimeBackend(fp32).predict_logits(check))
+                result["parity_fp32"] = compare(ref, OnnxRuntimeBackend(fp32).predict_logits(check))
     if log is not None:
         log(format_result(result))
     return result
@@ -254,6 +270,9 @@ def format_result(r: dict[str, Any]) -> str:
         if key in r:
             p = r[key]
             what = f" on {p['images']}" if "images" in p else ""
-            lines.append(f"{label} vs PyTorch{what}: max |logit diff| {p['max_abs_diff']:.3g}, "
-                         f"top-1 agreement {100 * p['top1_agreement']:.2f}%")
+            torch_side = f" ({p['torch_precision']})" if "torch_precision" in p else ""
+            verdict = ("" if "within_tolerance" not in p else
+                       "; within tolerance" if p["within_tolerance"] else "; OUTSIDE the tolerance")
+            lines.append(f"{label} vs PyTorch{torch_side}{what}: max |logit diff| {p['max_abs_diff']:.3g}, "
+                         f"top-1 agreement {100 * p['top1_agreement']:.2f}%{verdict}")
     return "\n".join(lines)

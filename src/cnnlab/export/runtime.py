@@ -1,15 +1,13 @@
-"""Inference backends with one interface: ``predict_logits(images_uint8) -> np.ndarray``.
+"""The ONNX Runtime backend: ``predict_logits(images_uint8) -> np.ndarray`` of an exported file.
 
 ``images_uint8`` is an ``(N, H, W, 3)`` uint8 RGB batch, decoded as cnnlab decodes every image
-(cnnlab.data.decode) at the run's image size (:func:`run_image_size`). Both backends return
-float32 logits ``(N, classes)``:
+(cnnlab.data.decode) at the run's image size (:func:`run_image_size`); the result is float32
+logits ``(N, classes)`` before the card's temperature. :class:`OnnxRuntimeBackend` runs one
+intra-op thread per physical core and leaves no spinning threads behind after a call.
 
-- :class:`TorchBackend`: the saved PyTorch model, as ``cnnlab predict`` runs it;
-- :class:`OnnxRuntimeBackend`: an exported ONNX file (cnnlab.export.onnx) in ONNX Runtime, with
-  one intra-op thread per physical core and no spinning threads left behind after a call.
-
-This is also the one place a run's model is loaded for export and serving
-(:func:`load_torch_model`), so swapping in another loader touches only this file.
+The torch path has no backend here: cnnlab.inference.InferenceModel is the one path from images
+to probabilities (it uses this backend for ``backend="onnxruntime"``). :func:`load_torch_model`
+loads the plain modules that the exporter traces.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cnnlab.errors import DataError, ModelError
 from cnnlab.models.classifier import ImageClassifier
@@ -31,7 +28,6 @@ META_IMAGE_SIZE = "cnnlab_image_size"
 META_LAYOUT = "cnnlab_input"
 INPUT_LAYOUT = "uint8 NHWC RGB 0..255"
 
-BACKENDS = ("torch", "onnxruntime")
 
 
 def weights_file(weights: str) -> str:
@@ -39,7 +35,9 @@ def weights_file(weights: str) -> str:
 
 
 def run_image_size(run_dir: str | Path, card: dict[str, Any] | None = None) -> int | None:
-    """The square size images are decoded to before they reach the model (as ``cnnlab predict``)."""
+    """The square size images are decoded to before they reach the model: the card's
+    ``data_image_size`` (every run cnnlab trains records it), else the config's
+    ``data.image_size``, else the model's input size (the rule of cnnlab.inference.model)."""
     card = card if card is not None else read_card(run_dir)
     size = card.get("data_image_size")
     if size:
@@ -50,24 +48,16 @@ def run_image_size(run_dir: str | Path, card: dict[str, Any] | None = None) -> i
         cfg = RunDir(run_dir).read_config()
         if cfg.data.image_size:
             return int(cfg.data.image_size)
-        if cfg.data.source == "cifar10":
-            return 32
     spec_size = card["spec"].get("input_size")
     return int(spec_size) if spec_size else None
 
 
-def load_torch_model(run_dir: str | Path, weights: str = "final", *, for_export: bool = False) -> ImageClassifier:
-    """A run's model in eval mode on the CPU.
-
-    ``for_export``: the plain modules (no CPU kernel swaps, no gradients), whose inference path
-    is what tracing records; otherwise exactly what ``cnnlab predict`` runs.
-    """
+def load_torch_model(run_dir: str | Path, weights: str = "final") -> ImageClassifier:
+    """A run's plain modules for tracing (no CPU kernel swaps, no gradients), in eval mode on the CPU."""
     from cnnlab.models.classifier import ModelSpec
-    from cnnlab.models.io import load_model, load_weights
+    from cnnlab.models.io import load_weights
     from cnnlab.models.registry import model_from_spec
 
-    if not for_export:
-        return load_model(run_dir, weights).cpu().eval()
     card = read_card(run_dir)
     model = model_from_spec(ModelSpec.from_dict(card["spec"]))
     load_weights(model, Path(run_dir) / weights_file(weights))
@@ -86,38 +76,13 @@ def check_images(x: np.ndarray, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-class TorchBackend:
-    """The run's PyTorch model (fp32 on the CPU, the CPU kernel swaps of ``load_model``)."""
-
-    name = "torch"
-
-    def __init__(self, run_dir: str | Path, weights: str = "final", *, batch_size: int = 256):
-        self.card = read_card(run_dir)
-        self.model = load_torch_model(run_dir, weights)
-        self.image_size = run_image_size(run_dir, self.card)
-        self.class_names: list[str] = list(self.card["spec"]["class_names"])
-        self.batch_size = batch_size
-
-    def predict_logits(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
-        from cnnlab.evaluation.predict import predict_logits
-
-        x = check_images(images, self.image_size)
-        if len(x) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
-        from cnnlab.utils.cores import compute_threads
-
-        with compute_threads():  # this process's share of the cores, the caller's threads restored
-            out = predict_logits(self.model, x, batch_size=self.batch_size, device=torch.device("cpu"), tta=tta)
-        return out.numpy()
-
-
 def session_options(threads: int | None = None) -> Any:
     import onnxruntime as ort
 
-    from cnnlab.utils.hardware import physical_cores
+    from cnnlab.utils.cores import threads_per_process
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or physical_cores()
+    so.intra_op_num_threads = threads or threads_per_process(1)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

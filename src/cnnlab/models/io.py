@@ -119,6 +119,13 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     return card
 
 
+def update_card(folder: str | Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """Write ``changes`` into a saved model card (atomically); returns the new card."""
+    card = {**read_card(folder), **changes}
+    atomic_write_json(Path(folder) / CARD_NAME, card)
+    return card
+
+
 def load_model(folder: str | Path, weights: str = "final") -> ImageClassifier:
     """Load a saved model. ``weights``: "final" (model.safetensors) or "best" (best.safetensors)."""
     from cnnlab.models.registry import model_from_spec

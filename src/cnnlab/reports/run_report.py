@@ -96,7 +96,7 @@ def write_run_report(
     from cnnlab import figures
     from cnnlab.predictor import ImagePredictor
     from cnnlab.reports import gallery
-    from cnnlab.reports.error_analysis import write_error_analysis
+    from cnnlab.evaluation.error_analysis import write_error_analysis
     from cnnlab.reports.run_report_html import render
     from cnnlab.reports.speed import batch1_latency, speed_summary
     from cnnlab.training.orchestrate import prepare_data

@@ -66,10 +66,11 @@ def create_app(
     timeout_s: float = 30.0,
     threads: int | None = None,
 ) -> FastAPI:
-    """A FastAPI app serving ``run_dir`` with ``backend`` ("torch" or "onnxruntime")."""
-    from cnnlab.export.backends import create_backend
+    """A FastAPI app serving ``run_dir`` with ``backend`` ("torch" or "onnxruntime"), through the
+    predictor's one inference path (the same probabilities as ``cnnlab predict`` and ``evaluate``)."""
+    from cnnlab.serving.model import ServedModel
 
-    model = create_backend(backend, run_dir, weights, onnx_path=onnx_path, threads=threads)
+    model = ServedModel(run_dir, backend, weights=weights, onnx_path=onnx_path, threads=threads)
     batcher = MicroBatcher(model.predict_logits, max_batch=max_batch, window_ms=batch_window_ms)
     card, classes, size = model.card, model.class_names, model.image_size
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_images": max_images,

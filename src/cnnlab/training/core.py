@@ -1,6 +1,6 @@
 """The trainer core: one epoch loop that every recipe shares, with callbacks (Keras's shape).
 
-A recipe (training/loop.py, training/recipes/fast.py) supplies only what is its own, as an
+A recipe (training/recipes/standard.py, training/recipes/fast.py) supplies only what is its own, as an
 :class:`EpochRecipe`: the model and optimiser(s), how to train (and validate) one epoch, whether
 another epoch follows, and its extra resumable tensors. :class:`Trainer` owns the rest:
 

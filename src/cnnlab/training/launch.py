@@ -53,9 +53,9 @@ def launch(program: Sequence[str], *, nproc_per_node: int, nnodes: int = 1, node
     from torch.distributed.run import parse_args, run
 
     from cnnlab.training.distributed import RUN_DIR_FILE_ENV
-    from cnnlab.utils.hardware import physical_cores
+    from cnnlab.utils.cores import threads_per_process
 
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, physical_cores() // nproc_per_node))
+    threads = str(threads_per_process(nproc_per_node))
     with tempfile.TemporaryDirectory(prefix="cnnlab-launch-") as tmp:
         run_dir_file = Path(tmp) / "run_dir"
         argv = torchrun_args(program, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,

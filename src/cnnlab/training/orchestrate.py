@@ -30,7 +30,7 @@ from cnnlab.errors import ConfigError, DataError
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
 from cnnlab.training import distributed as ddp
-from cnnlab.training.loop import EpochCallback, FitResult, finish, fit
+from cnnlab.training.recipes.standard import EpochCallback, FitResult, finish, fit
 from cnnlab.training.rundir import RunDir, check_run_dir
 from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision
 
@@ -234,22 +234,30 @@ def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress
 
 @contextlib.contextmanager
 def _caller_threads_restored() -> Iterator[None]:
-    """The trainers set torch's thread count for themselves; the caller gets its own back."""
+    """The trainers set torch's thread count and seed torch's global generator (dropout and other
+    in-model randomness draw from it) for themselves; the caller gets both back as they were."""
     before = torch.get_num_threads()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        yield
+        with torch.random.fork_rng(devices=devices):
+            yield
     finally:
         torch.set_num_threads(before)
 
 
 def card_extra(cfg: ExperimentConfig, prep: Prepared, result: FitResult) -> dict[str, Any]:
-    """What the model card records beside the model: the decode size and the TTA the run uses.
+    """What the model card records beside the model: the decode size, the TTA the run uses, the
+    inference precision setting (resolved per machine by cnnlab.inference) and the temperature.
 
     The TTA is the recipe's choice when it made one (``result.extra["tta"]``), else ``train.tta``.
     """
     tta = result.extra.get("tta")
-    return {"data_image_size": prep.train.image_size[0], "tta": tta if isinstance(tta, str) else cfg.train.tta,
+    card = {"data_image_size": prep.train.image_size[0], "tta": tta if isinstance(tta, str) else cfg.train.tta,
+            "inference": {"precision": cfg.train.precision},
             "train": {"epochs_run": result.epochs_run, "data": cfg.data.source, "train_samples": len(prep.train)}}
+    if isinstance(result.extra.get("temperature"), float):  # fitted by the evaluator (cnnlab.inference)
+        card["temperature"] = result.extra["temperature"]
+    return card
 
 
 def use_feature_cache(cfg: ExperimentConfig) -> bool:

@@ -37,16 +37,10 @@ FINISH_SHARE, FINISH_MIN_SECONDS, FINISH_MAX_SECONDS = 0.05, 10.0, 60.0
 
 
 def parse_time_limit(value: str | float | int | None) -> float | None:
-    """Seconds from ``"90s"``, ``"20m"``, ``"1.5h"`` or a number of seconds; None stays None."""
-    from cnnlab.utils.durations import parse_duration
+    """Seconds of ``--time-limit`` (the one duration parser: ``"90s"``, ``"20m"``, ``"1h30m"``, a number); None stays None."""
+    from cnnlab.utils.durations import parse_optional_duration
 
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not value > 0:
-            raise ConfigError(f"--time-limit: must be more than 0, got {value!r}")
-        return float(value)
-    return parse_duration(str(value), "--time-limit")
+    return parse_optional_duration(value, "--time-limit")
 
 
 def process_start_time(max_age: float = 120.0) -> float | None:
@@ -90,15 +84,20 @@ class StudyBudget:
 
 
 class EpochGuard:
-    """An epoch callback: StopTraining once the next epoch (as long as the last) would end after ``end``.
+    """An epoch callback applying the trainer core's one stop rule (:class:`cnnlab.training.callbacks.
+    TimeBudget`: stop once the next epoch, at the mean epoch time so far, would end after ``end``) by
+    raising StopTraining, for trials and the final fit whose deadline is on the study's clock.
 
     The first epoch's duration counts from the guard's creation (set-up included), so its
     estimate errs on the long side.
     """
 
     def __init__(self, end: float, clock: Clock = time.time, what: str = "training"):
+        from cnnlab.training.callbacks import TimeBudget
+
         self.end, self.clock, self.what = end, clock, what
-        self.started = self.last = clock()
+        self.rule = TimeBudget(end, clock)
+        self.rule.started = self.started = self.last = clock()
         self.first_epoch: float | None = None
         self.last_epoch: float | None = None
         self.stopped = False
@@ -109,11 +108,11 @@ class EpochGuard:
         if self.first_epoch is None:
             self.first_epoch = self.last_epoch
         self.last = now
-        left = self.end - now
-        if now + self.last_epoch > self.end:
+        if self.rule.should_stop():
             self.stopped = True
+            per_epoch = (now - self.started) / max(1, self.rule.epochs)
             raise StopTraining(f"time limit: {self.what} stopped after epoch {epoch + 1} "
-                               f"({max(left, 0.0):.0f} s left, an epoch takes {self.last_epoch:.0f} s)")
+                               f"({max(self.end - now, 0.0):.0f} s left, an epoch takes {per_epoch:.0f} s)")
 
 
 __all__ = ["EpochGuard", "StudyBudget", "parse_time_limit", "process_start_time", "FINAL_SHARE"]

@@ -100,11 +100,11 @@ def main(argv: list[str]) -> int:
             from cnnlab.training.launch import launch
 
             return launch(["cnnlab.tuning.ddp_trial", cfg_path, run_dir], nproc_per_node=nproc)
-        from cnnlab import api
+        from cnnlab.training import orchestrate
         from cnnlab.training.distributed import session
 
         with session():
-            api.train(cfg_path, run_dir=run_dir, progress=False, evaluate_test=False)
+            orchestrate.train(cfg_path, run_dir=run_dir, progress=False)
         return 0
     except CnnlabError as exc:
         print(f"cnnlab: error: {exc}", file=sys.stderr, flush=True)

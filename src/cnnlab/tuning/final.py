@@ -67,20 +67,13 @@ def _merge_val(bundle: Any) -> Any:
 
 
 def _test_metrics(run_dir: Path, bundle: Any) -> dict[str, Any] | None:
-    """Evaluate a saved run on the bundle's test split (None when there is none)."""
-    from cnnlab.evaluation.metrics import classification_report
-    from cnnlab.evaluation.predict import predict_logits
-    from cnnlab.models.io import load_model
-    from cnnlab.utils.hardware import default_device
+    """A saved run on the bundle's test split through the one inference path (None: no test split)."""
+    from cnnlab.inference import InferenceModel
+    from cnnlab.inference.after_training import summary
 
     if bundle.test is None:
         return None
-    model = load_model(run_dir)
-    device = default_device()
-    model.to(device)
-    logits = predict_logits(model, bundle.test.x, batch_size=512, device=device)
-    report = classification_report(logits, bundle.test.y, bundle.test.class_names)
-    return {k: report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1")}
+    return summary(InferenceModel.load(run_dir).evaluate_details(bundle.test, where="test", split_name="test").report)
 
 
 def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str | Path, data: Any = None,
@@ -90,7 +83,8 @@ def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str
 
     ``deadline`` (on ``clock``'s scale, the study's time limit): training stops after the epoch
     after which the next would end later; none starts when no time is left."""
-    from cnnlab import api
+    from cnnlab.inference.after_training import evaluate_after_training
+    from cnnlab.training import orchestrate
 
     best = best_trial(study)
     if best is None:
@@ -107,7 +101,7 @@ def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str
             return {"mode": mode, "status": "skipped", "trial": best.number,
                     "reason": f"the best trial's model is not on this machine ({run_dir})"}
         cfg = config_from_dict(base)
-        bundle = data if data is not None and not isinstance(data, (str, Path)) else api.load_data(
+        bundle = data if data is not None and not isinstance(data, (str, Path)) else orchestrate.load_data(
             str(data) if data is not None else cfg.data.source, cfg)
         test = _test_metrics(run_dir, bundle)
         info = {"mode": mode, "status": "done", "trial": best.number, "run_dir": str(run_dir), "test": test}
@@ -125,7 +119,8 @@ def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str
     log(f"final fit ({mode}) of trial {best.number}'s setting for {cfg_dict['train']['epochs']} epochs")
     try:
         guard = EpochGuard(deadline, clock, "final fit") if deadline is not None else None
-        result = api.train(cfg_dict, data=data, run_dir=final_dir, progress=False, log=log, epoch_callback=guard)
+        result = orchestrate.train(cfg_dict, data=data, run_dir=final_dir, progress=False, log=log,
+                                   epoch_callback=guard, evaluator=evaluate_after_training)
     except CnnlabError as exc:  # e.g. a NaN loss: the search's results stand, the summary says why
         log(f"final fit failed: {exc}")
         return {"mode": mode, "status": "failed", "trial": best.number, "reason": str(exc)}

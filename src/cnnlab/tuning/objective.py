@@ -85,7 +85,7 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
-        from cnnlab import api
+        from cnnlab.training import orchestrate
 
         s = self.settings
         params = {p.key: p.suggest(trial) for p in s.params}
@@ -125,8 +125,8 @@ class Objective:
 
                 history = train_trial(cfg, run_dir, self.nproc_per_trial, on_epoch, log)
             else:
-                result = api.train(cfg, data=self.data, run_dir=run_dir, progress=False, epoch_callback=on_epoch,
-                                   log=log, evaluate_test=False)
+                result = orchestrate.train(cfg, data=self.data, run_dir=run_dir, progress=False,
+                                           epoch_callback=on_epoch, log=log)
                 history = result.fit.history if result.fit else []
         except optuna.TrialPruned as exc:
             self.log(f"trial {trial.number} pruned: {exc} ({time.perf_counter() - t0:.0f} s)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,10 @@ from cnnlab.data.dataset import DatasetBundle
 from cnnlab.errors import ConfigError
 from cnnlab.tuning import storage as st
 from cnnlab.tuning.budget import StudyBudget, parse_time_limit
+from cnnlab.utils.durations import parse_optional_duration
 from cnnlab.tuning.space import SearchSettings, parse_search
 from cnnlab.tuning.worker import WorkerSpec, quiet_optuna, run_worker, worker_process_main
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass
@@ -45,23 +43,6 @@ class TuneResult:
     @property
     def best_params(self) -> dict[str, Any]:
         return dict(self.summary["best"]["params"]) if self.summary["best"] else {}
-
-
-def parse_duration(text: str | float | int | None) -> float | None:
-    """Seconds from ``90``, ``45m``, ``2h``, ``1h30m`` or ``1.5d`` (None stays None)."""
-    if text is None:
-        return None
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower().replace(" ", "")
-        parts = _DURATION.findall(s)
-        if not s or "".join(n + u for n, u in parts) != s:
-            raise ConfigError(f"--timeout {text!r}: expected a duration like 600, 45m, 2h or 1h30m")
-        seconds = sum(float(n) * _UNIT[u] for n, u in parts)
-    if seconds <= 0:
-        raise ConfigError(f"--timeout {text!r}: must be positive")
-    return seconds
 
 
 def _first_end(timeout_end: float | None, budget: StudyBudget | None) -> float | None:
@@ -102,10 +83,10 @@ def _visible_device(k: int) -> str:
 def _run_processes(spec: WorkerSpec, workers: int, data: Any, log: Callable[[str], None]) -> None:
     import torch
 
-    from cnnlab.utils.hardware import physical_cores
+    from cnnlab.utils.cores import threads_per_process
 
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, physical_cores() // workers)
+    threads = threads_per_process(workers)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     procs = []
     for i in range(workers):
@@ -166,7 +147,7 @@ def tune(
     after an epoch (see budget.py). ``clock``: time.time (a fake one in tests; one worker only).
     ``started_at``: the clock() the limit counts from (default: now; the CLI: the process's start).
     """
-    from cnnlab.api import resolve_config
+    from cnnlab.training.orchestrate import resolve_config
     from cnnlab.tuning import figures
     from cnnlab.tuning.final import final_fit as run_final_fit
     from cnnlab.tuning.report import build_summary, write_summary
@@ -179,7 +160,7 @@ def tune(
     if isinstance(data, (str, Path)):
         cfg.data.source, data = str(data), None
     elif data is not None and not isinstance(data, DatasetBundle):  # a DataFrame: decode it once
-        from cnnlab.api import load_data
+        from cnnlab.training.orchestrate import load_data
 
         data = load_data(data, cfg)
     if workers < 1:
@@ -194,7 +175,7 @@ def tune(
                           "as a source (a path or cifar10), not a DataFrame or a loaded bundle")
     settings = parse_search(cfg, trials=trials, sampler=sampler, initial_random=initial_random, pruner=pruner,
                             final_fit=final_fit)
-    seconds = parse_duration(timeout)
+    seconds = parse_optional_duration(timeout, "--timeout")
     budget = StudyBudget.plan(t0, limit, settings.final_fit != "none") if limit is not None else None
     if budget is not None and workers > 1 and clock is not time.time:
         raise ConfigError("a fake clock works with one worker only")

@@ -102,7 +102,7 @@ def run_worker(spec: WorkerSpec, data: Any = None, log: Callable[[str], None] = 
                clock: Callable[[], float] = time.time) -> int:
     """Run trials until the study has ``settings.trials`` slots filled (or the deadline); returns
     how many trials this worker ran. ``clock``: time.time, or a fake one in tests."""
-    from cnnlab import api
+    from cnnlab.training import orchestrate
     from cnnlab.config import config_from_dict
 
     quiet_optuna()
@@ -113,7 +113,7 @@ def run_worker(spec: WorkerSpec, data: Any = None, log: Callable[[str], None] = 
     study = load_study(spec, worker_seed(spec.seed, spec.index, finished))
     if not isinstance(data, DatasetBundle):  # load (and decode) once for all this worker's trials
         cfg = config_from_dict(spec.base)
-        data = api.load_data(cfg.data.source if data is None else data, cfg)
+        data = orchestrate.load_data(cfg.data.source if data is None else data, cfg)
     check_validation(spec, data)
     objective = Objective(spec.base, spec.settings, data, Path(spec.out_dir) / "trials", log, spec.epoch_log,
                           deadline=spec.trial_deadline, clock=clock, started=spec.started)

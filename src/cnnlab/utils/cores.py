@@ -57,6 +57,14 @@ def live_processes(folder: Path | None = None) -> int:
     return live
 
 
+def threads_per_process(processes: int = 1) -> int:
+    """The one thread-count formula for N processes started together (torchrun ranks, tuning workers,
+    server workers, an ONNX Runtime session): ``OMP_NUM_THREADS`` when set, else physical cores // N."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, hardware.physical_cores() // max(1, processes))
+
+
 class CoreShare:
     """This process's registration; :meth:`threads` is its share of the cores right now."""
 
@@ -66,12 +74,9 @@ class CoreShare:
         self.fd: int | None = None
 
     def threads(self) -> int:
-        if os.environ.get("OMP_NUM_THREADS"):
-            return max(1, int(os.environ["OMP_NUM_THREADS"]))
-        cores = hardware.physical_cores()
         if os.environ.get(SHARE_ENV, "1") == "0" or self.fd is None:
-            return cores
-        return max(1, cores // max(1, live_processes(self.folder)))
+            return threads_per_process(1)
+        return threads_per_process(live_processes(self.folder))
 
     def __enter__(self) -> CoreShare:
         if os.environ.get(SHARE_ENV, "1") == "0" or not hasattr(fcntl, "flock"):
@@ -114,10 +119,11 @@ _active: contextvars.ContextVar[CoreShare | None] = contextvars.ContextVar("cnnl
 
 
 @contextlib.contextmanager
-def compute_threads() -> Iterator[CoreShare]:
-    """Register this process, run the block with its share of the cores, then restore the
-    caller's thread count. Inside it, :func:`share_now` follows processes that start or end."""
-    with CoreShare() as share, scoped_threads(share.threads()):
+def compute_threads(threads: int | None = None) -> Iterator[CoreShare]:
+    """Register this process, run the block with its share of the cores (``threads`` when given:
+    e.g. ``cnnlab serve --threads``), then restore the caller's thread count. Inside it,
+    :func:`share_now` follows processes that start or end."""
+    with CoreShare() as share, scoped_threads(threads or share.threads()):
         token = _active.set(share)
         try:
             yield share

@@ -39,8 +39,14 @@ def cpu_flags() -> frozenset[str]:
 
 
 #: Set to 0 to treat this CPU as lacking bf16 instructions (run the fp32 path on any machine,
-#: e.g. to check on an AMX Xeon what a user on an AVX2-only CPU gets); 1 to trust the CPU flags.
+#: e.g. to check on an AMX Xeon what a user on an AVX2-only CPU gets); 1 to trust the CPU flags;
+#: "force" to take the bf16 path on any CPU (the test mode that lets a developer on a CPU without
+#: bf16 run what a Sapphire Rapids runs: correct, but emulated and slow, so for tiny models only).
 BF16_ENV = "CNNLAB_CPU_BF16"
+
+
+def bf16_forced() -> bool:
+    return os.environ.get(BF16_ENV, "1").lower() == "force"
 
 
 def cpu_has_amx() -> bool:
@@ -54,7 +60,7 @@ def cpu_has_bf16() -> bool:
     Without them PyTorch emulates bf16 with conversions: a bf16 matrix product measured 0.8
     GFLOP/s against 34 GFLOP/s in fp32 on an AVX2-only AMD EPYC (Zen 3) core.
     """
-    return os.environ.get(BF16_ENV, "1") != "0" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bf16_forced() or (os.environ.get(BF16_ENV, "1") != "0" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}))
 
 
 @functools.cache
@@ -129,7 +135,8 @@ def choose_precision(precision: str, device: torch.device | str) -> Precision:
         return Precision(None, precision, "asked for")
     if device.type == "cpu":
         if cpu_has_bf16():
-            kind = "AMX-BF16" if cpu_has_amx() else "AVX512-BF16"
+            kind = (f"{BF16_ENV}=force" if bf16_forced() and not cpu_flags() & {"avx512_bf16", "amx_bf16"}
+                    else "AMX-BF16" if cpu_has_amx() else "AVX512-BF16")
             return Precision(torch.bfloat16, precision, f"{cpu_name()} has {kind}")
         why = (f"{BF16_ENV}=0" if os.environ.get(BF16_ENV) == "0"
                else f"{cpu_name()} has no bf16 instructions (AVX512-BF16 or AMX)")

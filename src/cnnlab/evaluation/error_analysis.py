@@ -1,6 +1,6 @@
 """The study's error analysis: the images with the lowest probability for their true class.
 
-    from cnnlab.reports.error_analysis import write_error_analysis
+    from cnnlab.evaluation.error_analysis import write_error_analysis
     out = write_error_analysis(probs, y, images, class_names, "runs/quick/figures", k=20, split="test")
     out["png"], out["csv"], out["rows"]
 
