@@ -247,5 +247,8 @@ def embed(
                 np.save(fh, feats)
         side = out.with_suffix(".labels.csv")
         with atomic_path(side) as tmp:
-            pd.DataFrame({"path": paths, "label": labels}).to_csv(tmp, index=False)
+            from cnnlab.utils.io import csv_safe
+
+            pd.DataFrame({"path": [csv_safe(p) for p in paths], "label": [csv_safe(x) for x in labels]}
+                         ).to_csv(tmp, index=False)
     return {"path": str(out), "shape": list(feats.shape), "images": len(labels)}

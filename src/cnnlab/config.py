@@ -312,7 +312,11 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a config file as a mapping, resolving ``extends:`` chains relative to the file."""
+    """Read a config file as a mapping, resolving ``extends:`` chains relative to the file.
+
+    ``extends`` is a relative path that must resolve inside the folder of the config file named
+    first (the chain cannot climb out of it) or inside cnnlab's presets folder: a config passed
+    around cannot make cnnlab read any other file on disk."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -320,12 +324,28 @@ def read_yaml_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
     parent = data.pop("extends", None)
-    if parent:
-        parent_path = (path.parent / parent).resolve()
+    if parent is not None:
+        parent_path = _extends_path(path, parent, _seen[0].parent if _seen else path.resolve().parent)
         if parent_path in _seen:
             raise ConfigError(f"{path}: 'extends' loops back to {parent_path}")
         data = _deep_merge(read_yaml_dict(parent_path, _seen + (path.resolve(),)), data)
     return data
+
+
+def _extends_path(path: Path, parent: Any, root: Path) -> Path:
+    import os
+
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: 'extends' must be a file name (a string), got {parent!r:.60}")
+    if Path(parent).is_absolute() or parent.startswith("~"):
+        raise ConfigError(f"{path}: 'extends: {parent}' must be a relative path (to a file next to the config)")
+    resolved = (path.parent / parent).resolve()
+    presets = Path(__file__).resolve().parent / "presets"
+    for allowed in (root, presets):
+        if os.path.commonpath([str(allowed), str(resolved)]) == str(allowed):
+            return resolved
+    raise ConfigError(f"{path}: 'extends: {parent}' points outside the config's folder {root} "
+                      "(and outside cnnlab's presets); refused")
 
 
 def parse_yaml_file(path: Path) -> Any:

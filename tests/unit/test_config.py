@@ -189,7 +189,8 @@ def test_wrong_type_is_named(overrides, key):
 
 
 def test_wrong_type_in_a_file_is_named(tmp_path):
-    path = _write(tmp_path / "bad.yaml", "extends: " + str(MOBILENET / "I.yaml") + "\ntrain:\n  epochs: [1, 2]\n")
+    (tmp_path / "I.yaml").write_text((MOBILENET / "I.yaml").read_text())  # extends: relative paths only
+    path = _write(tmp_path / "bad.yaml", "extends: I.yaml\ntrain:\n  epochs: [1, 2]\n")
     with pytest.raises(ConfigError, match="train.epochs"):
         load_config(path)
 

@@ -65,10 +65,14 @@ def _label_column(data: Any, label: str) -> str | None:
 
 
 def _out_dir(path: Path | None) -> Path:
-    out = path or Path("runs") / f"fit-{datetime.now():%Y%m%d-%H%M%S}"
+    from cnnlab.utils.locks import LOCK_NAME, new_folder
+
+    if path is None:  # a new name, claimed by mkdir itself (two fits in one second get two folders)
+        return new_folder(Path("runs") / f"fit-{datetime.now():%Y%m%d-%H%M%S}")
+    out = path
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise ConfigError(f"{out}: not empty; a fit writes into a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -80,16 +84,30 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
-    torchrun, rank 0's)."""
+    torchrun, rank 0's). The fit folder is locked for the fit's lifetime (utils/locks.py)."""
+    import contextlib
+
+    from cnnlab.utils.locks import folder_lock
+
+    start = clock() if started_at is None else started_at
+    time_limit_seconds(time_limit), get_preset(presets)  # bad arguments refused before a folder is made
+    out = ddp.from_main(lambda: _out_dir(predictor.path))
+    with folder_lock(out, "fit folder") if ddp.current().is_main else contextlib.nullcontext():
+        return _auto_fit(predictor, train_data, tuning_data, out, time_limit=time_limit, presets=presets,
+                         seed=seed, log=log, clock=clock, started_at=start)
+
+
+def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, time_limit: Any,
+              presets: str | None, seed: int, log: Callable[[str], None], clock: Callable[[], float],
+              started_at: float) -> Any:
     from cnnlab.autofit import speed
     from cnnlab.autofit.runner import run_candidate
     from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
 
-    start = clock() if started_at is None else started_at
+    start = started_at
     limit = time_limit_seconds(time_limit)
     preset = get_preset(presets)
     log = ddp.main_log(log)  # DDP: rank 0 logs, and alone writes the fit folder
-    out = ddp.from_main(lambda: _out_dir(predictor.path))
     start = ranks.synced_start(start, clock)  # DDP: every rank counts the limit from rank 0's start
     source = _source_name(train_data)
     bundle, mixed = load_bundle(train_data, label_column=_label_column(train_data, predictor.label),

@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Any
 
-from cnnlab.utils.io import atomic_write_text
+from cnnlab.utils.io import atomic_write_text, csv_safe_rows
 
 COLUMNS = ("model", "kind", "val_accuracy", "test_accuracy", "fit_seconds", "epochs", "tta", "parameters", "weight")
 
@@ -29,7 +29,7 @@ def write_csv(rows: list[dict[str, Any]], path: Any) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=("rank", *COLUMNS), extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows(csv_safe_rows(rows))
     atomic_write_text(path, buf.getvalue())
 
 

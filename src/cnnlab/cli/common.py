@@ -43,7 +43,9 @@ def print_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = No
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows)
+    from cnnlab.utils.io import csv_safe_rows
+
+    w.writerows(csv_safe_rows(rows))  # no spreadsheet formulas from file or class names
     sys.stdout.write(buf.getvalue())
 
 

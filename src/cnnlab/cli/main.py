@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CnnlabError as exc:
         print(f"cnnlab: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except MemoryError:  # e.g. a data source or a model larger than this machine's memory
+        print("cnnlab: error: out of memory (a data source, image size or model too large for this "
+              "machine's memory)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 _EPILOG = """\
 examples:
   cnnlab tune --config experiments/mobilenet/II.5.yaml --epochs 10 --trials 20
   cnnlab tune -c experiments/mobilenet/II.5.yaml --workers 2 --timeout 2h
   cnnlab tune -c experiments/mobilenet/II.5.yaml --time-limit 20m
-  cnnlab tune -c II.5.yaml --storage postgresql+psycopg2://user:pw@db-host/cnnlab --study-name ii5
+  CNNLAB_STORAGE=postgresql+psycopg2://user:pw@db-host/cnnlab cnnlab tune -c II.5.yaml --study-name ii5
 
 Run the same command again to resume after a crash or kill; run it on other machines with the
 same --storage and --study-name to add workers (see docs/tuning.md).
 """
+
+
+#: The study storage's URL from the environment: a password in it stays off the command line.
+STORAGE_ENV = "CNNLAB_STORAGE"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), help="early stopping of trials")
     p.add_argument("--final-fit", choices=("train+val", "train", "none"),
                    help="retrain the best setting on train+val (default), on train, or not at all")
-    p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of the study storage "
-                                                     "(default: sqlite:///OUT/study.db)")
+    p.add_argument("--storage", metavar="URL", default=None,
+                   help="SQLAlchemy URL of the study storage (default: $CNNLAB_STORAGE, else sqlite:///OUT/study.db); "
+                        "a URL with a password belongs in CNNLAB_STORAGE, where other users' `ps` cannot see it")
     p.add_argument("--study-name", help="name of the study in the storage (default: the config's name)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--nproc-per-trial", type=int, default=1, metavar="N",
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     result = tuning.tune(args.config, data=args.data, overrides=overrides, trials=args.trials, timeout=args.timeout,
                          time_limit=args.time_limit, started_at=process_start_time() if args.time_limit else None,
                          sampler=args.sampler, initial_random=args.initial_random, pruner=args.pruner,
-                         storage=args.storage, study_name=args.study_name, workers=args.workers,
+                         storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name, workers=args.workers,
                          final_fit=args.final_fit, out=args.out, seed=args.seed, epoch_log=not args.quiet,
                          nproc_per_trial=args.nproc_per_trial)
     s = result.summary

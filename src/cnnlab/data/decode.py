@@ -3,7 +3,12 @@
 The rules, applied in this order:
 
 1. The file is opened with Pillow; anything Pillow cannot identify, an empty file, a truncated
-   file or an image over ``max_pixels`` (a decompression bomb) is an error naming the file.
+   file or an image over ``max_pixels`` (a decompression bomb, checked from the header before any
+   pixel is decoded) is an error naming the file. A JPEG larger than twice ``size`` is decoded in
+   draft mode (the decoder's DCT scaling: 1/2, 1/4 or 1/8 of full size, never below twice ``size``),
+   and any other image more than four times ``size`` on its shorter side is first reduced by
+   box averaging to about twice ``size`` (``Image.reduce``), so a large upload costs no
+   full-size copies in the steps below.
 2. The EXIF orientation tag is applied (a phone photo taken sideways comes out upright).
 3. Colour modes become 8-bit RGB:
    - RGB: unchanged; L / 1 (grayscale, bilevel): the gray value is copied to R, G and B;
@@ -36,7 +41,7 @@ from cnnlab.errors import DataError
 MAX_PIXELS = 89_478_485
 
 #: Bumped whenever a rule above (or the folder order, folder.py) changes, so on-disk caches of decoded pixels are rebuilt.
-DECODE_VERSION = 3
+DECODE_VERSION = 4
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -101,6 +106,49 @@ def _resize_crop_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
+def _shrink_early(img: Image.Image, size: int | None) -> Image.Image:
+    """Cheap downscaling before the colour conversion: JPEG draft mode, else an integer box reduce,
+    keeping the shorter side at least twice ``size`` (the final antialiased resize does the rest)."""
+    if size is None:
+        return img
+    w, h = img.size
+    if img.format == "JPEG" and min(w, h) >= 4 * size:
+        img.draft(img.mode if img.mode in ("RGB", "L") else None, (2 * size, 2 * size))
+        return img
+    factor = min(w, h) // (2 * size)
+    if factor >= 2:
+        img.load()
+        try:
+            return img.reduce(factor)
+        except ValueError:  # a mode reduce does not take (P, 1, ...): convert first, as before
+            return img
+    return img
+
+
+def image_header(data: bytes, *, name: str = "<bytes>", max_pixels: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` from an image file's header, nothing decoded; DataError when it is not an
+    image Pillow can identify or is over ``max_pixels``."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if not data:
+        raise DataError(f"{name}: empty file")
+    try:
+        # No warnings.catch_warnings() here: it swaps process-wide filters and is not thread-safe,
+        # and this runs in the server's decode threads. Pillow warns only above its own limit
+        # (89 M pixels), which the check below refuses anyway.
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{name}: exceeds cnnlab's limit of {limit:,} pixels (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{name}: corrupt or truncated image ({exc})") from None
+    if w * h > limit:
+        raise DataError(f"{name}: {w}x{h} = {w * h:,} pixels exceeds cnnlab's limit of {limit:,} "
+                        "(possible decompression bomb)")
+    return w, h
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -180,6 +228,7 @@ def decode_image(
                         f"{label}: {w}x{h} = {w * h:,} pixels exceeds cnnlab's limit of {max_pixels:,} "
                         "(possible decompression bomb)"
                     )
+                img = _shrink_early(img, size)
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 img = _to_rgb(img)

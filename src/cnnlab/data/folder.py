@@ -32,6 +32,13 @@ SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "va
 ORDER_SEED = 1337
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
+# Caps on what an archive may ask cnnlab to hold in memory (an archive is untrusted input): each
+# member is read whole, so a member declaring 100 GB (a GNU sparse tar member costs a few bytes),
+# or a zip member expanding 1000:1, would exhaust memory. Read at call time (tests lower them).
+MAX_MEMBER_BYTES = 256 * 1024 * 1024  # one image file
+MAX_MEMBERS = 2_000_000  # files listed in one archive
+MAX_ZIP_RATIO = 200  # uncompressed / compressed size of one zip member (PNG/JPEG barely compress)
+
 
 def is_archive(path: str | Path) -> bool:
     name = str(path).lower()
@@ -152,14 +159,53 @@ def _archive_names(path: Path) -> tuple[list[str], list[str]]:
         if str(path).lower().endswith(".zip"):
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
+                _check_count(path, len(infos))
+                for info in infos:
+                    if not info.is_dir():
+                        _check_zip_member(path, info)
                 return [i.filename for i in infos if not i.is_dir()], [
                     i.filename for i in infos if i.is_dir()
                 ]
         with tarfile.open(path) as tf:
-            members = tf.getmembers()
+            members = []
+            for m in tf:  # one member at a time, so a huge member list stops at the cap
+                members.append(m)
+                _check_count(path, len(members))
+                if m.isfile():
+                    _check_tar_member(path, m)
             return [m.name for m in members if m.isfile()], [m.name for m in members if m.isdir()]
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read archive ({_brief(exc)})") from None
+
+
+def _check_count(path: Path, n: int) -> None:
+    if n > MAX_MEMBERS:
+        raise DataError(f"{path}: archive lists over {MAX_MEMBERS:,} members, refused (cnnlab's limit)")
+
+
+def _check_tar_member(path: Path, m: tarfile.TarInfo) -> None:
+    if m.issparse():
+        raise DataError(f"{path}:{m.name}: sparse tar member, refused (an image file is never sparse)")
+    if m.size > MAX_MEMBER_BYTES:
+        raise DataError(f"{path}:{m.name}: member of {m.size:,} bytes exceeds cnnlab's limit of "
+                        f"{MAX_MEMBER_BYTES:,} bytes per file")
+
+
+def _check_zip_member(path: Path, info: zipfile.ZipInfo) -> None:
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise DataError(f"{path}:{info.filename}: member of {info.file_size:,} bytes exceeds cnnlab's limit of "
+                        f"{MAX_MEMBER_BYTES:,} bytes per file")
+    if info.file_size > 1024 * 1024 and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
+        raise DataError(f"{path}:{info.filename}: member expands {info.file_size / max(1, info.compress_size):,.0f}:1 "
+                        f"(over {MAX_ZIP_RATIO}:1), refused as a possible zip bomb")
+
+
+def _read_capped(fh, where: str) -> bytes:  # noqa: ANN001 - a zip or tar member's file object
+    """The member's bytes, refusing one that turns out larger than its header said (zip sizes can lie)."""
+    data = fh.read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise DataError(f"{where}: member exceeds cnnlab's limit of {MAX_MEMBER_BYTES:,} bytes per file")
+    return data
 
 
 def _iter_bytes(source: Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
@@ -169,13 +215,16 @@ def _iter_bytes(source: Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
             with zipfile.ZipFile(source) as zf:
                 for info in zf.infolist():
                     if info.filename in wanted:
-                        yield info.filename, zf.read(info)
+                        _check_zip_member(source, info)
+                        with zf.open(info) as fh:
+                            yield info.filename, _read_capped(fh, f"{source}:{info.filename}")
             return
         with tarfile.open(source, mode="r|*") as tf:  # streaming: one pass over a .tar.gz
             for member in tf:
                 if member.isfile() and member.name in wanted:
+                    _check_tar_member(source, member)  # the archive may have changed since the scan
                     fh = tf.extractfile(member)
-                    yield member.name, fh.read() if fh else b""
+                    yield member.name, _read_capped(fh, f"{source}:{member.name}") if fh else b""
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{source}: archive is corrupt or truncated ({_brief(exc)})") from None
 

@@ -103,7 +103,18 @@ def _tree_stamp(root: Path) -> list[Any]:
     return stamp
 
 
-def load_source(
+def load_source(source: str | os.PathLike[str] | Any, **kwargs: Any) -> DatasetBundle:
+    """Load a data source into memory (see :func:`_load_source` for the arguments); running out of
+    memory is one line naming the source, not a traceback."""
+    try:
+        return _load_source(source, **kwargs)
+    except MemoryError:
+        what = "a DataFrame" if not isinstance(source, (str, os.PathLike)) else repr(os.fspath(source))
+        raise DataError(f"data source {what}: out of memory while loading it (try a smaller --image-size, "
+                        "or fewer images)") from None
+
+
+def _load_source(
     source: str | os.PathLike[str] | Any,
     *,
     image_size: int | None = None,

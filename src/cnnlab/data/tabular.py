@@ -4,10 +4,16 @@ Columns: an image-path column (``image``, ``path``, ``filepath``, ``file``, ``fi
 the name given) and a label column (``label``, ``class``, ``target`` or the name given); an
 optional ``split`` column with train / val / test. Relative paths are relative to the CSV's
 folder (or ``base_dir`` for a DataFrame). Class names are the sorted distinct labels.
+
+A CSV is a file people pass around, so its paths must stay inside the CSV's folder (after
+resolving ``..`` and symbolic links): ``/etc/...`` or ``../../x`` is refused with one line, unless
+``CNNLAB_CSV_ANY_PATH=1`` allows paths anywhere. A DataFrame (built by the caller's own code) is
+not confined.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
 
 IMAGE_COLUMNS = ("image", "path", "filepath", "file_path", "file", "filename", "image_path")
 LABEL_COLUMNS = ("label", "class", "target", "y", "category")
+ANY_PATH_ENV = "CNNLAB_CSV_ANY_PATH"
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
@@ -69,8 +76,11 @@ def load_frame(
     image_size: int | None = None,
     skip_bad: bool = False,
     class_names: list[str] | None = None,
+    confine: bool = False,
 ) -> DatasetBundle:
+    """``confine``: every image path must resolve inside ``base_dir`` (a CSV's folder)."""
     columns = [str(c) for c in df.columns]
+    root = os.path.realpath(base_dir) if confine and os.environ.get(ANY_PATH_ENV) != "1" else None
     img_col = _pick(columns, image_column, IMAGE_COLUMNS, "image path", where)
     lab_col = _pick(columns, label_column, LABEL_COLUMNS, "label", where)
     if len(df) == 0:
@@ -104,6 +114,9 @@ def load_frame(
         path = Path(raw_path)
         if not path.is_absolute():
             path = base_dir / path
+        if root is not None and os.path.commonpath([root, os.path.realpath(path)]) != root:
+            raise DataError(f"{where}: row {row}: image path {raw_path!r} is outside the CSV's folder {root}; "
+                            f"refused (set {ANY_PATH_ENV}=1 to allow paths anywhere)")
         try:
             if not path.is_file():
                 raise DataError(f"{where}: row {row}: image file not found: {path}")
@@ -175,4 +188,4 @@ def load_csv(path: Path, **kwargs: object) -> DatasetBundle:
         df = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from None
-    return load_frame(df, path.parent, where=str(path), **kwargs)  # type: ignore[arg-type]
+    return load_frame(df, path.parent, where=str(path), confine=True, **kwargs)  # type: ignore[arg-type]

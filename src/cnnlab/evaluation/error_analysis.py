@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.utils.io import atomic_path, atomic_write_text
+from cnnlab.utils.io import atomic_path, atomic_write_text, csv_safe_rows
 
 PNG_NAME = "errors.png"
 CSV_NAME = "errors.csv"
@@ -91,7 +91,7 @@ def error_figure(images: Any, rows: Sequence[dict[str, Any]], heatmaps: Sequence
     Panels are placed with ``add_axes`` and titled with a text artist, not ``set_title``:
     matplotlib positions titles by measuring the (hidden) axis ticks, which made a 20-panel
     figure take seconds to save."""
-    from cnnlab.figures import new_figure
+    from cnnlab.figures import new_figure, plain
 
     nrows = max(1, math.ceil(len(rows) / COLS))
     panel_w, panel_h = (3.6 if heatmaps is not None else 2.0), 2.3  # inches: the image(s) plus two lines of title
@@ -106,7 +106,7 @@ def error_figure(images: Any, rows: Sequence[dict[str, Any]], heatmaps: Sequence
             img = _beside_overlay(img, heatmaps[j])
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
         wrong = r["true"] != r["predicted"]
-        ax.text(0.5, 1.02, f"true: {r['true']}\npred: {r['predicted']} ({r['p_pred']:.2f})", fontsize=8,
+        ax.text(0.5, 1.02, f"true: {plain(r['true'])}\npred: {plain(r['predicted'])} ({r['p_pred']:.2f})", fontsize=8,
                 ha="center", va="bottom", transform=ax.transAxes, color="red" if wrong else "black")
     return fig
 
@@ -158,7 +158,7 @@ def write_error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_na
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows([dict(r, p_true=f"{r['p_true']:.6f}", p_pred=f"{r['p_pred']:.6f}") for r in rows])
+    writer.writerows(csv_safe_rows(dict(r, p_true=f"{r['p_true']:.6f}", p_pred=f"{r['p_pred']:.6f}") for r in rows))
     atomic_write_text(out / CSV_NAME, buf.getvalue())
     return {"png": out / PNG_NAME, "csv": out / CSV_NAME, "rows": rows, "split": split, "k": k,
             "overlays": maps is not None}

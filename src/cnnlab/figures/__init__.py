@@ -19,6 +19,12 @@ from matplotlib.figure import Figure
 from cnnlab.utils.io import atomic_path
 
 
+
+def plain(text: object) -> str:
+    """``text`` shown as written: ``$`` escaped, so a class named ``$5_to_$10`` is not parsed as
+    matplotlib mathtext (which fails on it, or typesets it as a formula)."""
+    return str(text).replace("$", r"\$")
+
 def new_figure(figsize: tuple[float, float]) -> Figure:
     """A figure outside pyplot, with an Agg canvas to render it."""
     fig = Figure(figsize=figsize)
@@ -66,7 +72,7 @@ def example_images(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], pat
             if r < len(idx):
                 ax.imshow(x[idx[r]], interpolation="nearest")
             if r == 0:
-                ax.set_title(name, fontsize=8)
+                ax.set_title(plain(name), fontsize=8)
     fig.tight_layout()
     return save(fig, path, dpi=dpi)
 
@@ -76,7 +82,7 @@ def label_scatter(y: np.ndarray, class_names: Sequence[str], path: str | Path, f
     n = min(first, len(y))
     fig, ax = subplots(figsize=(8, 3))
     ax.scatter(np.arange(n), y[:n], s=1, alpha=0.5)
-    ax.set_yticks(range(len(class_names)), list(class_names), fontsize=7)
+    ax.set_yticks(range(len(class_names)), [plain(c) for c in class_names], fontsize=7)
     ax.set_xlabel("position in the training set")
     ax.set_title(f"labels of the first {n:,} training images (a shuffled set looks like noise)")
     return save(fig, path)
@@ -135,8 +141,8 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | Pa
     size = max(5.0, 0.55 * k + 2)
     fig, ax = subplots(figsize=(size, size * 0.85))
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(k), list(class_names), rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), list(class_names), fontsize=8)
+    ax.set_xticks(range(k), [plain(c) for c in class_names], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), [plain(c) for c in class_names], fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 20:

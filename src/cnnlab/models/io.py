@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cnnlab.errors import ModelError
+from cnnlab.models.card_check import check_spec_dict
 from cnnlab.models.classifier import ImageClassifier, ModelSpec
 from cnnlab.utils.io import atomic_path, atomic_write_json
 
@@ -116,6 +117,8 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     if card.get("format") != CARD_FORMAT:
         raise ModelError(f"{path}: unknown model card format {card.get('format')!r} "
                          f"(this cnnlab reads {CARD_FORMAT!r})")
+    # The card is untrusted: its spec (above all spec.kwargs, passed to timm) is checked before use.
+    check_spec_dict(card["spec"], str(path))
     return card
 
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from cnnlab.config import ModelConfig
 from cnnlab.errors import ModelError
+from cnnlab.models.card_check import check_model_kwargs
 from cnnlab.models.classifier import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -65,6 +66,7 @@ def create_backbone(name: str, drop_rate: float = 0.0, pretrained: str | None = 
     import timm
 
     arch = _resolve(name)
+    check_model_kwargs(kwargs, f"model {name!r}")  # no file-, URL- or hub-reading argument reaches timm
     try:
         backbone = timm.create_model(arch, pretrained=False, num_classes=0, drop_rate=drop_rate, **kwargs)
     except TypeError as exc:

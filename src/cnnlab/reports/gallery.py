@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cnnlab.utils.io import atomic_write_text
+from cnnlab.utils.io import atomic_write_text, csv_safe_rows
 
 LABEL_ERROR_COLUMNS = ("index", "image", "true_label", "predicted_label", "confidence", "p_true")
 
@@ -43,6 +43,6 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequenc
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_safe_rows(rows))
     atomic_write_text(path, buf.getvalue())
     return Path(path)

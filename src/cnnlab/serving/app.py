@@ -1,20 +1,22 @@
 """The web service: ``create_app(run_dir)`` returns a FastAPI app serving one trained run.
 
 Endpoints: ``POST /predict`` (multipart field ``files``, one or more images; or JSON
-``{"images": [base64, ...]}``; query ``top_k``), ``POST /explain`` (the same inputs; query ``method``,
-``target``: heatmap overlays, cnnlab.evaluation.explain), ``GET /health``, ``GET /metadata``, ``GET /``
-(a page to drop an image on) and the OpenAPI docs at ``/docs``.
+``{"images": [base64, ...]}``; query ``top_k``), ``POST /explain`` (the same inputs and limits; query
+``method``, ``target``: heatmap overlays, cnnlab.evaluation.explain), ``GET /health``, ``GET /metadata``, ``GET /``
+(a page to drop an image on) and the OpenAPI schema at ``/openapi.json`` (no ``/docs`` page:
+FastAPI's loads Swagger UI from a CDN).
 
 The model is loaded once, when the app is created. Images are decoded by cnnlab's own rules
 (cnnlab.data.decode, at the run's image size), so the service and ``cnnlab predict`` agree.
 Every bad request gets a 4xx JSON body ``{"error": code, "detail": message}`` (errors.py).
+Reading and decoding uploads (uploads.py) and admission control, the API key and the Host check
+(guard.py) live in their own modules, so every endpoint that takes images shares them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import os
 from contextlib import asynccontextmanager
@@ -25,14 +27,11 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from cnnlab.errors import DataError
 from cnnlab.serving.batcher import MicroBatcher
 from cnnlab.serving.errors import ApiError, install_handlers
-
-#: Content types accepted for an uploaded image part (octet-stream: what curl sends for unknown files).
-ACCEPTED_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/gif",
-                            "image/tiff", "image/x-portable-pixmap", "application/octet-stream", ""})
-DECODE_INLINE_BYTES = 64 * 1024  # larger uploads are decoded in a thread, off the event loop
+from cnnlab.serving.guard import Admission, install_guards
+from cnnlab.serving.uploads import ACCEPTED_TYPES, FALLBACK_SIZE  # noqa: F401 (ACCEPTED_TYPES: re-exported)
+from cnnlab.serving.uploads import UploadLimits, UploadReader, default_max_pixels
 
 PREDICT_BODY = {
     "required": True,
@@ -61,144 +60,61 @@ def create_app(
     max_batch: int = 32,
     batch_window_ms: float = 2.0,
     max_upload_bytes: int = 10 * 1024 * 1024,
-    max_pixels: int = 40_000_000,
+    max_pixels: int | None = None,
     max_images: int = 64,
     timeout_s: float = 30.0,
     threads: int | None = None,
+    max_request_pixels: int | None = None,
+    max_in_flight: int = 16,
+    decode_threads: int = 2,
+    api_key: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``run_dir`` with ``backend`` ("torch" or "onnxruntime"), through the
-    predictor's one inference path (the same probabilities as ``cnnlab predict`` and ``evaluate``)."""
+    predictor's one inference path (the same probabilities as ``cnnlab predict`` and ``evaluate``).
+
+    ``max_pixels`` (per image) defaults to :func:`default_max_pixels` of the decode size,
+    ``max_request_pixels`` to four times that; see uploads.py and guard.py for every limit."""
     from cnnlab.serving.model import ServedModel
 
     model = ServedModel(run_dir, backend, weights=weights, onnx_path=onnx_path, threads=threads)
     batcher = MicroBatcher(model.predict_logits, max_batch=max_batch, window_ms=batch_window_ms)
-    card, classes, size = model.card, model.class_names, model.image_size
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_images": max_images,
-              "timeout_s": timeout_s, "accepted_content_types": sorted(t for t in ACCEPTED_TYPES if t)}
+    card, classes = model.card, model.class_names
+    # A run without a decode size is served at its model's input size (or FALLBACK_SIZE), never at
+    # whatever size a client sends (the model resizes to its input size anyway).
+    size = model.image_size or card["spec"].get("input_size") or FALLBACK_SIZE
+    max_pixels = max_pixels or default_max_pixels(size)
+    upload_limits = UploadLimits(max_upload_bytes, max_pixels, max_request_pixels or 4 * max_pixels, max_images)
+    uploads = UploadReader(size, upload_limits, decode_threads)
+    admission = Admission(max_in_flight)
+    limits = {**upload_limits.to_dict(), "timeout_s": timeout_s, "max_in_flight": max_in_flight}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        uploads.start()
         await batcher.start()
         yield
         await batcher.stop()
+        uploads.close()
 
+    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN. /openapi.json stays.
     app = FastAPI(title="cnnlab", version=str(card.get("cnnlab_version", "")), lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description=f"Image classification with the cnnlab run {Path(run_dir).name} "
                               f"({card['spec']['arch']}, {len(classes)} classes).")
     app.state.batcher, app.state.backend = batcher, model
+    app.state.uploads, app.state.admission = uploads, admission
     install_handlers(app)
-
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ApiError(400, "bad_request", "Content-Length is not a number")
-            if int(declared) > max_upload_bytes:
-                raise ApiError(413, "too_large", f"request body of {int(declared):,} bytes exceeds the "
-                                                 f"limit of {max_upload_bytes:,} bytes")
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_upload_bytes:
-                raise ApiError(413, "too_large", f"request body exceeds the limit of {max_upload_bytes:,} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        if not body:
-            raise ApiError(400, "empty_body", "empty request body; send images as multipart field 'files' "
-                                              "or JSON {\"images\": [base64, ...]}")
-        return body
-
-    async def files_from_multipart(request: Request, body: bytes) -> list[tuple[str, bytes]]:
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=max_images + 1, max_fields=100)
-        except Exception as exc:  # starlette raises HTTPException / MultiPartException here
-            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-            raise ApiError(400, "bad_multipart", f"malformed multipart body ({detail})") from None
-        uploads = form.getlist("files")
-        if not uploads:
-            other = sorted(set(form.keys()))
-            hint = f" (got field{'s' if len(other) > 1 else ''} {', '.join(map(repr, other))})" if other else ""
-            raise ApiError(400, "missing_field", f"no images: send them as multipart field 'files'{hint}")
-        out = []
-        for i, up in enumerate(uploads):
-            label = f"files[{i}]"
-            if isinstance(up, str) or not hasattr(up, "read"):
-                raise ApiError(400, "wrong_field", f"{label}: field 'files' must be a file upload, not text")
-            name = f"{label} ({up.filename})" if up.filename else label
-            ctype = (up.content_type or "").split(";")[0].strip().lower()
-            if ctype not in ACCEPTED_TYPES:
-                raise ApiError(415, "unsupported_type", f"{name}: content type {ctype!r} is not accepted "
-                                                        f"(accepted: {', '.join(limits['accepted_content_types'])})")
-            out.append((name, await up.read()))
-        await form.close()
-        return out
-
-    def files_from_json(body: bytes) -> list[tuple[str, bytes]]:
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_json", f"body is not valid JSON ({exc})") from None
-        if not isinstance(doc, dict) or "images" not in doc:
-            raise ApiError(400, "missing_field", "JSON body must be an object with a list 'images' of base64 strings")
-        images = doc["images"]
-        if not isinstance(images, list) or not images:
-            raise ApiError(400, "wrong_field", "'images' must be a non-empty list of base64 strings")
-        out = []
-        for i, item in enumerate(images):
-            if not isinstance(item, str):
-                raise ApiError(400, "wrong_field", f"images[{i}]: must be a base64 string, got {type(item).__name__}")
-            text = item.split(",", 1)[1] if item.startswith("data:") and "," in item else item
-            try:
-                data = base64.b64decode("".join(text.split()), validate=True)
-            except (binascii.Error, ValueError):
-                raise ApiError(400, "bad_base64", f"images[{i}]: not valid base64") from None
-            out.append((f"images[{i}]", data))
-        return out
-
-    def decode(name: str, data: bytes) -> np.ndarray:
-        from cnnlab.data.decode import decode_image
-
-        try:
-            return decode_image(data, size, name=name, max_pixels=max_pixels)
-        except DataError as exc:
-            if "decompression bomb" in str(exc):
-                raise ApiError(413, "too_many_pixels", str(exc)) from None
-            raise ApiError(400, "not_an_image" if "not an image" in str(exc) else "bad_image", str(exc)) from None
+    install_guards(app, api_key=api_key, allowed_hosts=allowed_hosts)
 
     async def handle(request: Request, top_k: int) -> dict[str, Any]:
-        body = await read_body(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            files = await files_from_multipart(request, body)
-        elif ctype == "application/json":
-            files = files_from_json(body)
-        else:
-            raise ApiError(415, "unsupported_media_type",
-                           f"Content-Type {ctype or '(none)'!r}: send multipart/form-data (field 'files') "
-                           "or application/json ({\"images\": [base64, ...]})")
-        if len(files) > max_images:
-            raise ApiError(413, "too_many_images", f"{len(files)} images in one request; the limit is {max_images}")
-        loop = asyncio.get_running_loop()
-        arrays = []
-        for name, data in files:
-            if len(data) > DECODE_INLINE_BYTES:
-                arrays.append(await loop.run_in_executor(None, decode, name, data))
-            else:
-                arrays.append(decode(name, data))
-        logits = await batcher.submit(np.stack(arrays))
+        async with admission.slot():
+            names, images = await uploads.read_images(request)
+            logits = await batcher.submit(images)
         probs = _softmax(logits.astype(np.float64))
         k = min(top_k, len(classes))
         preds = []
-        for (name, _), p in zip(files, probs):
+        for name, p in zip(names, probs):
             order = np.argsort(-p, kind="stable")[:k]
             preds.append({"image": name, "top": [{"label": classes[i], "probability": float(p[i])} for i in order]})
         return {"model": card["spec"]["arch"], "backend": model.name, "predictions": preds}
@@ -212,19 +128,19 @@ def create_app(
 
     explainer: dict[str, Any] = {}  # the torch predictor /explain uses, loaded on its first request
 
-    def explain_arrays(files: list[tuple[str, bytes]], arrays: list[np.ndarray], method: str,
+    def explain_images(files: list[tuple[str, bytes]], images: np.ndarray, method: str,
                        target: str | None) -> dict[str, Any]:
+        from PIL import Image
+
         from cnnlab.data.decode import to_original_xy, upright_size
         from cnnlab.errors import CnnlabError
         from cnnlab.evaluation.overlay import overlay, peak_xy, png_bytes
         from cnnlab.predictor import ImagePredictor
-        from PIL import Image
 
         if "predictor" not in explainer:
             explainer["predictor"] = ImagePredictor.load(run_dir, weights=weights)
-        pred = explainer["predictor"]
         try:
-            e = pred.explanation(np.stack(arrays), target, method=method)
+            e = explainer["predictor"].explanation(images, target, method=method)
         except CnnlabError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         out = []
@@ -236,24 +152,18 @@ def create_app(
         return {"model": card["spec"]["arch"], "method": method, "layer": e.layer, "explanations": out}
 
     async def handle_explain(request: Request, method: str, target: str | None) -> dict[str, Any]:
-        body = await read_body(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in ("multipart/form-data", "application/json"):
-            raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype or '(none)'!r}: send "
-                           "multipart/form-data (field 'files') or application/json ({\"images\": [base64, ...]})")
-        files = await files_from_multipart(request, body) if ctype == "multipart/form-data" else files_from_json(body)
-        if len(files) > max_images:
-            raise ApiError(413, "too_many_images", f"{len(files)} images in one request; the limit is {max_images}")
-        loop = asyncio.get_running_loop()
-        arrays = [await loop.run_in_executor(None, decode, name, data) for name, data in files]
-        return await loop.run_in_executor(None, explain_arrays, files, arrays, method, target)
+        async with admission.slot():  # the same reading, limits and decoding as /predict
+            files = await uploads.read_files(request)
+            images = await uploads.decode(files)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, explain_images, files, images, method, target)
 
     @app.post("/explain", summary="Class-activation heatmaps: an overlay PNG (base64), label, probability, peak",
               openapi_extra={"requestBody": PREDICT_BODY})
     async def explain(request: Request,
                       method: str = Query("gradcam", description="gradcam or occlusion (gradient-free)"),
                       target: str | None = Query(None, description="a class to explain (default: the predicted)")):
-        try:  # the same inputs and limits as /predict; heatmaps in fp32 with the torch model
+        try:  # heatmaps in fp32 with the run's torch model (cnnlab.evaluation.explain), whatever the backend
             return JSONResponse(await asyncio.wait_for(handle_explain(request, method, target), timeout_s))
         except TimeoutError:
             raise ApiError(503, "timeout", f"the request did not finish within {timeout_s:g} s") from None
@@ -261,15 +171,18 @@ def create_app(
     @app.get("/health", summary="Liveness, the backend and batching statistics")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": card["spec"]["arch"], "backend": model.name,
-                "batching": {"max_batch": max_batch, "window_ms": batch_window_ms, **batcher.stats.to_dict()}}
+                "batching": {"max_batch": max_batch, "window_ms": batch_window_ms, **batcher.stats.to_dict()},
+                "admission": admission.to_dict()}
 
-    @app.get("/metadata", summary="Classes, input size and the model card")
+    @app.get("/metadata", summary="Architecture, classes, input size, version and the request limits")
     async def metadata() -> dict[str, Any]:
-        return {"classes": classes, "num_classes": len(classes), "image_size": size,
-                "model_input_size": card["spec"].get("input_size") or size, "backend": model.name,
+        # What a client needs, nothing more: the card holds server paths (the training data's folder).
+        return {"architecture": card["spec"]["arch"], "classes": classes, "num_classes": len(classes),
+                "image_size": size, "model_input_size": card["spec"].get("input_size") or size,
+                "cnnlab_version": str(card.get("cnnlab_version", "")), "backend": model.name,
                 "input": "any image file; decoded to RGB, EXIF-rotated, shorter side resized to image_size "
                          "and centre-cropped (cnnlab.data.decode)",
-                "limits": limits, "model_card": card}
+                "limits": limits}
 
     page = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 

@@ -46,7 +46,7 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            detail = f"no such route: {request.method} {request.url.path} (see /docs)"
+            detail = f"no such route: {request.method} {request.url.path} (see /openapi.json)"
         elif exc.status_code == 405:
             detail = f"method {request.method} is not allowed on {request.url.path}"
         else:

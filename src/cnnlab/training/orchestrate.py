@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -150,14 +151,15 @@ def train(
         check_run_dir(run_dir)
     # DDP: run directories are named by time, so rank 0 names it; rank 0 alone writes it.
     rd = RunDir(run_dir) if run_dir else ddp.from_main(lambda: RunDir.new(cfg.name))
-    if ddp.current().is_main:
-        rd.path.mkdir(parents=True, exist_ok=True)
-        rd.write_config(cfg)
-        ddp.announce_run_dir(rd.path)
-    log, progress = ddp.main_log(log), progress and ddp.current().is_main
-    with _caller_threads_restored():
-        return _run(cfg, rd, data, resume=False, progress=progress, epoch_callback=epoch_callback, log=log,
-                    evaluator=evaluator, started_at=started_at, deadline=deadline)
+    # The run directory is held for the run's lifetime: a second train / resume into it is refused.
+    with _held(rd):
+        if ddp.current().is_main:
+            rd.write_config(cfg)
+            ddp.announce_run_dir(rd.path)
+        log, progress = ddp.main_log(log), progress and ddp.current().is_main
+        with _caller_threads_restored():
+            return _run(cfg, rd, data, resume=False, progress=progress, epoch_callback=epoch_callback, log=log,
+                        evaluator=evaluator, started_at=started_at, deadline=deadline)
 
 
 def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log: Callable[[str], None] = print,
@@ -173,11 +175,37 @@ def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log:
     if finished:
         log(f"{rd.path} is already finished")
         return RunResult(rd.path, cfg, rd.read_metrics() if ddp.current().is_main else {})
-    if ddp.current().is_main:
-        ddp.announce_run_dir(rd.path)
-    with _caller_threads_restored():
-        return _run(cfg, rd, data, resume=has_state, progress=progress, epoch_callback=epoch_callback, log=log,
-                    evaluator=evaluator, deadline=deadline)
+    _check_same_source(rd, cfg, data)
+    with _held(rd):
+        if ddp.current().is_main:
+            ddp.announce_run_dir(rd.path)
+        with _caller_threads_restored():
+            return _run(cfg, rd, data, resume=has_state, progress=progress, epoch_callback=epoch_callback, log=log,
+                        evaluator=evaluator, deadline=deadline)
+
+
+def _held(rd: RunDir) -> Any:
+    """The run directory's lock (rank 0 holds it for a DDP job; the other ranks write nothing)."""
+    from cnnlab.utils.locks import folder_lock
+
+    return folder_lock(rd.path, "run directory") if ddp.current().is_main else contextlib.nullcontext()
+
+
+def _check_same_source(rd: RunDir, cfg: ExperimentConfig, data: Any) -> None:
+    """``resume(RUN, data=OTHER)``: refused when the run's own source still exists and OTHER is not it
+    (continuing on other data would mix two datasets in one run); allowed for a source that moved."""
+    if not isinstance(data, (str, Path)) or cfg.data.source in (None, DATAFRAME_SOURCE):
+        return
+    recorded, given = str(cfg.data.source), str(data)
+    if recorded.lower() == "cifar10" or given.lower() == "cifar10":
+        same = recorded.lower() == given.lower()
+    else:
+        if not Path(recorded).expanduser().exists():
+            return  # the data moved: the given copy stands in for it
+        same = os.path.realpath(Path(recorded).expanduser()) == os.path.realpath(Path(given).expanduser())
+    if not same:
+        raise ConfigError(f"--data {given}: {rd.path} was trained on {recorded}; resuming it on other data "
+                          "is refused (start a new run instead)")
 
 
 def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress: bool,

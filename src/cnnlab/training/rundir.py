@@ -24,7 +24,7 @@ from typing import Any
 
 from cnnlab.config import ExperimentConfig, read_run_config
 from cnnlab.errors import ConfigError
-from cnnlab.utils.io import atomic_write_json, atomic_write_text
+from cnnlab.utils.io import atomic_write_json, atomic_write_text, csv_safe_rows
 
 
 class RunDir:
@@ -33,13 +33,12 @@ class RunDir:
 
     @classmethod
     def new(cls, name: str, root: str | Path = "runs") -> "RunDir":
+        """A new run directory, created here: ``ROOT/NAME-TIME`` (``-2``, ``-3`` ... when taken; the
+        name is claimed by ``mkdir`` itself, so two runs started in the same second never share one)."""
+        from cnnlab.utils.locks import new_folder
+
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(root) / f"{name}-{stamp}"
-        path, k = base, 1
-        while path.exists():
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
-        return cls(path)
+        return cls(new_folder(Path(root) / f"{name}-{stamp}"))
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -65,7 +64,7 @@ class RunDir:
         fields = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_safe_rows(rows))
         atomic_write_text(self.path / "history.csv", buf.getvalue())
 
     def read_history(self) -> list[dict[str, Any]]:

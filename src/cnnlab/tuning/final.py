@@ -26,6 +26,7 @@ from cnnlab.tuning.budget import EpochGuard
 from cnnlab.utils.io import atomic_write_json
 
 MARKER = "tune_final.json"
+OWNER = ".cnnlab-tune-final"  # written when the final fit's folder is made: cnnlab may replace it
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -115,7 +116,15 @@ def final_fit(study: optuna.Study, base: dict[str, Any], mode: str, out_dir: str
     if mode == "train+val" and data is not None and getattr(data, "val", None) is not None:
         data = _merge_val(data)
     if final_dir.exists():
+        # Only a folder cnnlab made (its OWNER mark, or the finished fit's marker) is ever deleted.
+        if not ((final_dir / OWNER).is_file() or marker.is_file()):
+            why = (f"{final_dir} exists and was not made by cnnlab tune; move it away or choose another --out "
+                   "(cnnlab deletes only its own final fit)")
+            log(f"final fit skipped: {why}")
+            return {"mode": mode, "status": "skipped", "trial": best.number, "reason": why}
         shutil.rmtree(final_dir)  # an unfinished or outdated final fit
+    final_dir.mkdir(parents=True)
+    (final_dir / OWNER).write_text("made by cnnlab tune: deleted and rewritten by the next final fit\n")
     log(f"final fit ({mode}) of trial {best.number}'s setting for {cfg_dict['train']['epochs']} epochs")
     try:
         guard = EpochGuard(deadline, clock, "final fit") if deadline is not None else None

@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,10 +36,28 @@ def register_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"cnnlab-cores-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
+def owned_private_dir(folder: Path) -> bool:
+    """Make ``folder`` (mode 0700) if missing; True only when it is a real folder (not a symlink) that
+    this user owns and nobody else can write to. In a shared /tmp another user could have made the
+    predictable name first: such a folder is not used (the process computes without a registration)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return False
+    return not st.st_mode & 0o022
+
+
 def live_processes(folder: Path | None = None) -> int:
     """How many processes hold a registration in ``folder`` (stale files are removed)."""
     folder = folder or register_dir()
     live = 0
+    if not owned_private_dir(folder):
+        return live
     for path in folder.glob("*.lock"):
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -81,10 +100,11 @@ class CoreShare:
     def __enter__(self) -> CoreShare:
         if os.environ.get(SHARE_ENV, "1") == "0" or not hasattr(fcntl, "flock"):
             return self
+        if not owned_private_dir(self.folder):
+            return self
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
             self.path = self.folder / f"{os.getpid()}-{id(self)}.lock"
-            self.fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o644)
+            self.fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600)
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # a read-only /tmp: compute without a registration
             self._release()

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic file writes: write to a temporary file in the same folder, fsync, rename, fsync the folder.
 
 A reader (or a process killed mid-write) never sees a half-written file: it sees the old
 file or the new one. Every file cnnlab writes goes through these helpers.
@@ -32,10 +32,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut only once the folder is synced
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """fsync a folder (its entries: a rename into it); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -55,6 +70,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+#: First characters that make a spreadsheet read a CSV cell as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula (``=``, ``+``,
+    ``-``, ``@``, tab, CR: e.g. a class folder named ``=HYPERLINK(...)``) gets a leading ``'``.
+    Numbers are left alone."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_safe_rows(rows: Any) -> list[dict[str, Any]]:
+    """``rows`` (dicts) with every cell passed through :func:`csv_safe`."""
+    return [{k: csv_safe(v) for k, v in row.items()} for row in rows]
 
 
 def _json_default(obj: Any) -> Any:
