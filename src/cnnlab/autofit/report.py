@@ -20,8 +20,8 @@ def error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: l
     ``explain``: indices -> heatmaps, drawn beside each image (cnnlab.evaluation.explain)."""
     from cnnlab.evaluation.error_analysis import write_error_analysis
 
-    return write_error_analysis(probs, y, images, class_names, out_dir, k=20, split=split, paths=paths,
-                                explain=explain)
+    extra = {"explain": explain} if explain is not None else {}
+    return write_error_analysis(probs, y, images, class_names, out_dir, k=20, split=split, paths=paths, **extra)
 
 
 def _pct(v: Any) -> str:
