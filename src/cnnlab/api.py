@@ -54,13 +54,20 @@ def train(
     epoch_callback: EpochCallback | None = None,
     log: Callable[[str], None] = print,
     evaluate_test: bool = True,
+    class_weight: dict[Any, float] | str | None = None,
 ) -> RunResult:
     """Train a model from a config (file, dict or object) and evaluate it on the test split.
+
+    ``class_weight``: loss weights as Keras takes them, {class index or name: weight} or
+    "balanced" (sets ``train.class_balance: weights``; see training/balance.py).
 
     ``data`` overrides ``config.data.source`` (a source string, a DataFrame or a loaded bundle);
     the caller's config object is not changed. The run directory (default
     ``runs/<name>-<time>``) receives everything; see rundir.py.
     """
+    from cnnlab.training.balance import with_class_weight
+
+    overrides = with_class_weight(overrides, class_weight)
     return orchestrate.train(config, data=data, run_dir=run_dir, overrides=overrides, progress=progress,
                              epoch_callback=epoch_callback, log=log,
                              evaluator=evaluate_after_training if evaluate_test else None)

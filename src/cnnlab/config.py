@@ -178,6 +178,13 @@ class TrainConfig:
     recipe: Literal["standard", "fast"] = "standard"
     recipe_options: dict[str, Any] = field(default_factory=dict)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # under torchrun only
+    # Class imbalance (training/balance.py): none | weights | resample | logit_adjust | auto
+    # (auto: logit_adjust when the largest class has >= 3x the images of the smallest, else none).
+    class_balance: Literal["none", "weights", "resample", "logit_adjust", "auto"] = "none"
+    class_weight_kind: Literal["inverse", "effective"] = "inverse"  # the weights of class_balance: weights
+    # Explicit loss weights, class name (or index) -> weight, as Keras's fit(class_weight=...);
+    # the classes left out weigh 1. Needs class_balance none or weights.
+    class_weight: dict[str, float] | None = None
 
 
 @dataclass

@@ -102,7 +102,8 @@ class ImagePredictor:
 
     def fit(self, train_data: Any, tuning_data: Any = None, config: Any = None, *, time_limit: Any = None,
             presets: str | None = None, overrides: dict[str, Any] | list[str] | None = None, progress: bool = False,
-            log: Callable[[str], None] = print, epoch_callback: Any = None) -> "ImagePredictor":
+            log: Callable[[str], None] = print, epoch_callback: Any = None,
+            class_weight: dict[Any, float] | str | None = None) -> "ImagePredictor":
         """Train on ``train_data`` (any data source; ``tuning_data``: the validation split) and keep the model.
 
         With ``time_limit`` (seconds or "10m"; default 600 when only ``presets`` is given) and/or
@@ -110,11 +111,14 @@ class ImagePredictor:
         folder ``path``, all within time_limit x 1.05.
         Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
+        ``class_weight``: Keras-style loss weights ({class index or name: weight} or "balanced"),
+        one run only (auto-fit chooses how to handle imbalance itself).
         """
         if time_limit is not None or presets is not None:
             started_at = time.monotonic()  # the time limit counts from here: imports and loading included
-            if config is not None or overrides:
-                raise ConfigError("fit: give either config/overrides (one run) or time_limit/presets (auto-fit)")
+            if config is not None or overrides or class_weight is not None:
+                raise ConfigError("fit: give either config/overrides/class_weight (one run) or time_limit/presets "
+                                  "(auto-fit, which handles class imbalance itself)")
             from cnnlab.autofit.fit import auto_fit
 
             return auto_fit(self, train_data, tuning_data, time_limit=600 if time_limit is None else time_limit,
@@ -122,7 +126,9 @@ class ImagePredictor:
         from cnnlab.training import orchestrate
 
 
-        cfg = orchestrate.resolve_config(config, overrides)
+        from cnnlab.training.balance import with_class_weight
+
+        cfg = orchestrate.resolve_config(config, with_class_weight(overrides, class_weight))
         cfg.data.image_column = cfg.data.image_column or self.image_column
         if cfg.data.label_column is None and _has_column(train_data, self.label):
             cfg.data.label_column = self.label
@@ -355,7 +361,8 @@ class ImagePredictor:
                 "metrics": {k: metrics[k] for k in ("test", "val") if k in metrics}}
 
     def leaderboard(self) -> Any:
-        """An auto-fit's leaderboard: a pandas DataFrame, best validation accuracy first."""
+        """An auto-fit's leaderboard: a pandas DataFrame, best first (validation accuracy, or balanced
+        validation accuracy on imbalanced data)."""
         from cnnlab.autofit.leaderboard import to_frame
 
         return to_frame(self.fit_summary()["leaderboard"])

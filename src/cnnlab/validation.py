@@ -149,4 +149,14 @@ def check_config(cfg: Any) -> Any:
         value = _get(cfg, key)
         if value is not _MISSING:
             check_value(key, value, rule)
+    tc = getattr(cfg, "train", None)
+    if tc is not None and getattr(tc, "class_weight", None) is not None:  # training/balance.py
+        if tc.class_balance not in ("none", "weights"):
+            raise ConfigError(f"train.class_weight is given, so train.class_balance must be 'weights' (or 'none'), "
+                              f"not {tc.class_balance!r}")
+        bad = {k: v for k, v in tc.class_weight.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise ConfigError(f"train.class_weight[{k!r}] must be a weight >= 0; got {v!r}")
     return cfg

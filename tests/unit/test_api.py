@@ -144,6 +144,11 @@ def test_cli_evaluate_json(runs, capsys):
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         assert (r["precision"], r["recall"], r["f1"]) == pytest.approx((precision, recall, f1))
         assert r["support"] == 5
+    recalls = [r["recall"] for r in report["per_class"]]
+    assert report["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    assert report["macro_f1"] == pytest.approx(np.mean([r["f1"] for r in report["per_class"]]))
+    assert report["worst_class"]["recall"] == pytest.approx(min(recalls))
+    assert report["worst_class"]["class"] == CLASSES[int(np.argmin(recalls))]
     assert (rd / "figures" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     lines = (rd / "confusion_matrix.csv").read_text().splitlines()
     assert lines[0].split(",")[1:] == CLASSES
@@ -155,7 +160,7 @@ def test_cli_evaluate_table_tta_and_best_weights(runs, capsys):
     rd = runs["tree_run"].run_dir
     assert main(["evaluate", str(rd), "--tta", "flip", "--weights", "best"]) == 0
     out = capsys.readouterr().out
-    assert "accuracy" in out and "precision" in out
+    assert "accuracy" in out and "precision" in out and "balanced accuracy" in out and "worst class" in out
     for name in CLASSES:
         assert name in out
     report = api.evaluate(rd, tta="flip_translate")

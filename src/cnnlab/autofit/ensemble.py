@@ -15,18 +15,21 @@ import numpy as np
 ROUNDS = 25
 
 
-def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+def log_loss(probs: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))
+    return float(np.average(losses, weights=sample_weight))
 
 
-def caruana_weights(val_probs: Sequence[np.ndarray], y: np.ndarray, rounds: int = ROUNDS) -> np.ndarray:
-    """Weights (summing to 1) of the members whose ``val_probs`` (each (N, C)) are given."""
+def caruana_weights(val_probs: Sequence[np.ndarray], y: np.ndarray, rounds: int = ROUNDS,
+                    sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Weights (summing to 1) of the members whose ``val_probs`` (each (N, C)) are given;
+    ``sample_weight``: per-image weights of the log loss (class-balanced on imbalanced data)."""
     if not val_probs:
         raise ValueError("an ensemble needs at least one member")
     counts = np.zeros(len(val_probs))
     total = np.zeros_like(val_probs[0], dtype=np.float64)
     for r in range(rounds):
-        losses = [log_loss((total + p) / (r + 1), y) for p in val_probs]
+        losses = [log_loss((total + p) / (r + 1), y, sample_weight) for p in val_probs]
         best = int(np.argmin(losses))  # ties: the earlier member (the caller lists the best first)
         counts[best] += 1
         total += val_probs[best]

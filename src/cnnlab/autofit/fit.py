@@ -22,6 +22,7 @@ import numpy as np
 
 from cnnlab.autofit import leaderboard as lb
 from cnnlab.autofit import ranks
+from cnnlab.autofit import selection
 from cnnlab.autofit.candidates import build_config, ema_decay
 from cnnlab.autofit.planner import EPOCHS, INFER_FACTOR, FitPlan, make_plan
 from cnnlab.autofit.presets import get_preset
@@ -123,6 +124,8 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
     ranks.check_same_data(train, val, test)  # DDP: the same seed held out the same split on every rank
     profile = profile_data(train, val, test, mixed_sizes=mixed, validation=where)
     log(profile.describe())
+    metric = selection.selection_metric(profile)  # balanced accuracy on imbalanced data (selection.py)
+    log(selection.describe(metric, profile))
     device = default_device()
     precision = choose_precision("auto", device)
     log(precision.note())
@@ -174,6 +177,7 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
                                soup_top_k=preset.soup_top_k,
                                ema=ema_decay(steps) if preset.ema and kind != "frozen" else None)
         cfg.data.source = source
+        selection.apply(cfg, metric)  # class_balance auto on imbalanced data
         log(f"{kind}: training, {seconds:.0f}s for it; {start + limit - now:.0f}s of the fit left")
         res = run_candidate(kind, cfg, train, val, test, out / "models" / kind, end=share_end, eval_seconds=eval_s,
                             clock=clock, log=log)
@@ -187,21 +191,33 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
             souped = soup_run(res.run_dir, val.x, val.y, res.val_accuracy, log=log)
             if souped and souped["applied"]:
                 res = run_candidate_rescore(res, val, test)
+        res.extra.update(selection.scores(res.val_probs, val.y, train.class_names, "val"))
+        if test is not None:
+            res.extra.update(selection.scores(res.test_probs, test.y, train.class_names, "test"))
         c.status, c.actual_seconds, c.actual_epochs = "done", round(res.seconds, 1), res.epochs
         c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy
         plan.write(out / "plan.json")
         results.append(res)
         log(f"{kind}: done in {res.seconds:.0f}s, val {res.val_accuracy:.4f}"
+            + (f" (balanced {res.extra['val_balanced_accuracy']:.4f})" if metric == selection.BALANCED else "")
             + (f", test {res.test_accuracy:.4f}" if res.test_accuracy is not None else "")
+            + (f" (balanced {res.extra['test_balanced_accuracy']:.4f})"
+               if metric == selection.BALANCED and res.extra.get("test_balanced_accuracy") is not None else "")
             + f"; {start + limit - clock():.0f}s of the fit left")
 
     def finish() -> None:  # rank 0 alone; an error there is raised on every rank
         if not results:
             raise ConfigError(f"time_limit {limit:.0f}s: no model could be trained in it; give more time")
-        _finish(predictor, out, plan, results, preset, profile, val, test, source, limit, start, clock, log)
+        _finish(predictor, out, plan, results, preset, profile, val, test, source, limit, start, clock, log, metric)
 
     ddp.from_main(finish)
     return predictor
+
+
+def _balanced(extra: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard's balanced columns from a candidate's (or the ensemble's) scores."""
+    keys = ("val_balanced_accuracy", "test_balanced_accuracy", "val_worst_class", "test_worst_class")
+    return {k: extra.get(k) for k in keys}
 
 
 def run_candidate_rescore(res: Any, val: Any, test: Any) -> Any:
@@ -219,20 +235,24 @@ def run_candidate_rescore(res: Any, val: Any, test: Any) -> Any:
 
 def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset: Any, profile: Any, val: Any,
             test: Any, source: str, limit: float, start: float, clock: Callable[[], float],
-            log: Callable[[str], None]) -> Any:
+            log: Callable[[str], None], metric: str = selection.ACCURACY) -> Any:
     from cnnlab.autofit.ensemble import blend, caruana_weights
     from cnnlab.autofit.folder import FORMAT, attach, write_fit
     from cnnlab.autofit.report import error_analysis, write_report
 
     rows = [{"model": r.kind, "kind": r.kind, "val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
              "fit_seconds": round(r.seconds, 1), "epochs": r.epochs, "tta": r.tta, "parameters": r.parameters,
-             "weight": None, "path": f"models/{r.kind}"} for r in results]
-    best_single = max(results, key=lambda r: r.val_accuracy)
+             "weight": None, "path": f"models/{r.kind}", **_balanced(r.extra)} for r in results]
+
+    def score(r: Any) -> float:  # the selection figure: balanced validation accuracy on imbalanced data
+        return r.extra["val_balanced_accuracy"] if metric == selection.BALANCED else r.val_accuracy
+
+    best_single = max(results, key=score)
     members = [(best_single, 1.0)]
     ens_probs = None
     if preset.ensemble and len(results) > 1 and start + limit - clock() > ENSEMBLE_MIN_S:
-        ordered = sorted(results, key=lambda r: -r.val_accuracy)
-        w = caruana_weights([r.val_probs for r in ordered], val.y)
+        ordered = sorted(results, key=lambda r: -score(r))
+        w = caruana_weights([r.val_probs for r in ordered], val.y, sample_weight=selection.sample_weights(val.y, metric))
         used = [(r, float(wi)) for r, wi in zip(ordered, w) if wi > 0]
         ens_val = blend([r.val_probs for r, _ in used], [wi for _, wi in used])
         ens_acc = float((ens_val.argmax(1) == val.y).mean())
@@ -245,9 +265,12 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
         if len(used) > 1:
             rows.append({"model": "ensemble", "kind": "ensemble", "val_accuracy": ens_acc, "test_accuracy": ens_test,
                          "fit_seconds": round(sum(r.seconds for r, _ in used), 1), "epochs": None, "tta": None,
-                         "parameters": sum(r.parameters or 0 for r, _ in used), "weight": weights, "path": None})
+                         "parameters": sum(r.parameters or 0 for r, _ in used), "weight": weights, "path": None,
+                         **_balanced({**selection.scores(ens_val, val.y, profile.class_names, "val"),
+                                      **(selection.scores(ens_probs, test.y, profile.class_names, "test")
+                                         if ens_probs is not None else {})})})
             members = used  # used when the ensemble ranks first on validation
-    rows = lb.rank(rows)
+    rows = lb.rank(rows, by="val_balanced_accuracy" if metric == selection.BALANCED else "val_accuracy")
     best = rows[0]["model"]
     if best != "ensemble":
         members = [(next(r for r in results if r.kind == best), 1.0)]
@@ -264,11 +287,16 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
         "label": predictor.label, "image_column": predictor.image_column, "class_names": profile.class_names,
         "preset": preset.name, "time_limit": limit, "data_source": source, "profile": profile.to_dict(),
         "val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"], "leaderboard": rows,
+        "selection_metric": f"val_{metric}", "selection": selection.describe(metric, profile),
+        f"{split}_per_class_recall": selection.per_class_recall(probs, y, profile.class_names),
+        "val_balanced_accuracy": row.get("val_balanced_accuracy"),
+        "test_balanced_accuracy": row.get("test_balanced_accuracy"), "test_worst_class": row.get("test_worst_class"),
         "errors": {k: str(v) for k, v in errors.items() if k in ("png", "csv")} if errors else None,
     }
     elapsed = clock() - start
     info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
-    plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best}
+    plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best,
+                   "selection_metric": info["selection_metric"]}
     plan.write(out / "plan.json")
     write_report(out, plan.to_dict(), info, errors)
     from cnnlab.inference import InferenceModel

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.data.dataset import DatasetBundle, ImageArrays, align_labels
+from cnnlab.data.dataset import DatasetBundle, ImageArrays, align_labels, describe_imbalance, imbalance
 from cnnlab.data.split import split_train_val
 from cnnlab.errors import DataError
 
@@ -42,6 +42,8 @@ class DataProfile:
     file_sizes: dict[str, Any] = field(default_factory=dict)  # min / median / max side of a sample
     modes: dict[str, int] = field(default_factory=dict)  # PIL modes in a sample of the files
     validation: str = ""  # where the validation split came from
+    class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
+    imbalance_ratio: float = 1.0  # largest / smallest class (training split)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +53,8 @@ class DataProfile:
         files = (f", files {sizes['min']}-{sizes['max']} px (median {sizes['median']})" if sizes else "")
         return (f"data: {self.count:,} train, {self.val_count:,} val ({self.validation}), {self.test_count:,} test "
                 f"images, {self.num_classes} classes (smallest {self.per_class_min:,}), decoded at "
-                f"{self.image_size}x{self.image_size}{' (mixed sizes)' if self.mixed_sizes else ''}{files}")
+                f"{self.image_size}x{self.image_size}{' (mixed sizes)' if self.mixed_sizes else ''}{files}; "
+                f"{describe_imbalance(imbalance(self.class_counts))}")
 
 
 def load_bundle(source: Any, *, label_column: str | None = None, image_column: str | None = None,
@@ -101,7 +104,8 @@ def profile_data(train: ImageArrays, val: ImageArrays, test: ImageArrays | None,
         num_classes=train.num_classes, class_names=list(train.class_names), per_class_min=int(counts.min()),
         image_size=int(train.image_size[0]), mixed_sizes=mixed_sizes,
         file_sizes=({"min": int(min(sides)), "median": int(np.median(sides)), "max": int(max(sides))} if sides else {}),
-        modes=modes, validation=validation)
+        modes=modes, validation=validation, class_counts=train.class_counts(),
+        imbalance_ratio=imbalance(train.class_counts())["ratio"])
 
 
 def _file_sample(paths: list[str]) -> tuple[list[int], dict[str, int]]:

@@ -32,6 +32,19 @@ def _s(v: Any) -> str:
     return f"{v:.0f} s" if isinstance(v, (int, float)) else "-"
 
 
+def _worst(w: Any, before: str = "", after: str = "") -> str:
+    return f"{before}{w['class']} {_pct(w['recall'])}{after}" if isinstance(w, dict) else ""
+
+
+def _imbalance(p: dict[str, Any]) -> str:
+    counts = p.get("class_counts") or {}
+    if not counts:
+        return "class counts: -"
+    lo, hi = min(counts, key=counts.get), max(counts, key=counts.get)
+    return (f"class counts (train): {hi} {counts[hi]:,} most, {lo} {counts[lo]:,} fewest; imbalance ratio "
+            f"{p.get('imbalance_ratio', 1.0):.1f}")
+
+
 def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], errors: dict[str, Any] | None) -> Path:
     p = info["profile"]
     lines = [f"# Auto-fit report: {folder.name}", "",
@@ -43,7 +56,10 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
              f"figure), {plan['precision']} on "
              f"{plan['device']} ({plan['machine']})",
              f"- best: **{info['best']}**, validation {_pct(info.get('val_accuracy'))}, test "
-             f"{_pct(info.get('test_accuracy'))}", "",
+             f"{_pct(info.get('test_accuracy'))}; balanced: validation {_pct(info.get('val_balanced_accuracy'))}, "
+             f"test {_pct(info.get('test_balanced_accuracy'))}{_worst(info.get('test_worst_class'), ' (worst test class ', ')')}",
+             f"- {_imbalance(p)}",
+             f"- selection: {info.get('selection') or 'by validation accuracy'}", "",
              "## Plan against what happened", "",
              f"Measuring took {plan['probe_seconds']:.1f} s; {plan['available_seconds']:.0f} s were planned for "
              f"the models, {plan['reserve_seconds']:.0f} s kept for the end.", "",
@@ -56,10 +72,13 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
                      f"{c['epochs']:.1f} | {c['actual_epochs'] if c['actual_epochs'] is not None else '-'} | "
                      f"{_pct(c['predicted_val_accuracy'])} | {_pct(c['actual_val_accuracy'])} | "
                      f"{_pct(c['actual_test_accuracy'])} | {c['status']}: {c['why']} |")
-    lines += ["", "## Leaderboard", "", "| rank | model | val accuracy | test accuracy | fit time | epochs | TTA | weight |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Leaderboard", "", "| rank | model | val accuracy | val balanced | test accuracy | test balanced "
+              "| worst test class | fit time | epochs | TTA | weight |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in info["leaderboard"]:
-        lines.append(f"| {r['rank']} | {r['model']} | {_pct(r['val_accuracy'])} | {_pct(r.get('test_accuracy'))} | "
+        lines.append(f"| {r['rank']} | {r['model']} | {_pct(r['val_accuracy'])} | {_pct(r.get('val_balanced_accuracy'))} "
+                     f"| {_pct(r.get('test_accuracy'))} | {_pct(r.get('test_balanced_accuracy'))} | "
+                     f"{_worst(r.get('test_worst_class')) or '-'} | "
                      f"{_s(r.get('fit_seconds'))} | {r.get('epochs') or '-'} | {r.get('tta') or '-'} | "
                      f"{r.get('weight') or '-'} |")
     lines += ["", "## Error analysis", ""]

@@ -25,6 +25,7 @@ import numpy as np
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import DatasetBundle, ImageArrays
+from cnnlab.evaluation.metrics import SUMMARY_KEYS
 from cnnlab.training.callbacks import StopTraining
 
 Clock = Callable[[], float]
@@ -79,7 +80,7 @@ def scorer(holder: dict[str, Any]) -> Any:
             ev = pred.evaluate_details(split, where=name, split_name=name, progress=False, log=log)
             holder[name] = ev.probabilities
             holder[f"{name}_seconds"] = ev.seconds
-            out[name] = {k: ev.report[k] for k in ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece")}
+            out[name] = {k: ev.report[k] for k in SUMMARY_KEYS}
             log(f"{cfg.name}: {name} accuracy {ev.report['accuracy']:.4f} ({len(split):,} images, "
                 f"{ev.seconds:.1f}s, TTA {pred.tta})")
         holder["tta"] = pred.tta

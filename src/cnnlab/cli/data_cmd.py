@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     for cls in summary["classes"]:
         rows.append({"class": cls, **{split: s["class_counts"][cls] for split, s in summary["splits"].items()}})
     print_table(rows)
+    if summary.get("imbalance"):
+        from cnnlab.data.dataset import describe_imbalance
+
+        print(f"train: {describe_imbalance(summary['imbalance'])}")
     if summary["skipped"]:
         print(f"skipped {summary['skipped']} unreadable files")
     for name, path in summary.get("figures", {}).items():

@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report['source']} ({report['split']}, {report['count']:,} images, weights: {report['weights']})")
     print(f"loss {report['loss']:.4f}  accuracy {report['accuracy']:.4f}  top-5 {report['top5_accuracy']:.4f}  "
           f"macro F1 {report['macro_f1']:.4f}  ECE {report['ece']:.4f}")
+    worst = report.get("worst_class")
+    print(f"balanced accuracy {report['balanced_accuracy']:.4f}"
+          + (f"  worst class {worst['class']} (recall {worst['recall']:.4f}, {worst['support']} images)" if worst else ""))
     print_table(report["per_class"], ["class", "precision", "recall", "f1", "support"])
     print(f"confusion matrix: {args.run_dir}/figures/confusion_matrix.png, {args.run_dir}/confusion_matrix.csv")
     return 0

@@ -67,6 +67,8 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     if args.json:
         print_json(info)
         return 0
+    if info.get("selection"):
+        print(info["selection"])
     print("leaderboard:")
     for line in text(info["leaderboard"]):
         print("  " + line)
@@ -74,6 +76,10 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
         print(f"test accuracy: {info['test_accuracy']:.4f} ({info['best']})")
     else:
         print(f"validation accuracy: {info['val_accuracy']:.4f} ({info['best']}; the source has no test split)")
+    if info.get("test_balanced_accuracy") is not None:
+        worst = info.get("test_worst_class")
+        print(f"test balanced accuracy: {info['test_balanced_accuracy']:.4f}"
+              + (f"; worst class {worst['class']} (recall {worst['recall']:.4f})" if worst else ""))
     print(f"elapsed: {info['elapsed_seconds']:.1f}s of {info['time_limit']:.0f}s ({info['overrun']:+.1%})")
     print(f"fit folder: {info['folder']}")
     return 0

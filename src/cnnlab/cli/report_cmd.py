@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         rep = json.loads((path.parent / "report.json").read_text())
         print_json({"html": str(path), "json": str(path.parent / "report.json"),
                     "eval_split": rep.get("eval_split"),
-                    "evaluation": {k: rep["evaluation"][k] for k in ("count", "loss", "accuracy", "top5_accuracy",
-                                                                     "macro_f1", "ece")},
+                    "evaluation": {k: rep["evaluation"].get(k) for k in (
+                        "count", "loss", "accuracy", "balanced_accuracy", "macro_f1", "worst_class", "top5_accuracy",
+                        "ece")},
                     "label_errors": rep.get("label_errors", {}).get("count"), "figures": rep.get("figures")})
         return 0
     print(path)

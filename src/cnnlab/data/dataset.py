@@ -8,6 +8,7 @@ layer ever sees a file path again, except for galleries and predictions that nam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,32 @@ class ImageArrays:
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.y, minlength=self.num_classes)
         return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+
+def imbalance_ratio(counts: Any) -> float:
+    """Largest / smallest class count (inf when a class has no image; 1.0 for no classes)."""
+    c = np.asarray(list(counts.values()) if isinstance(counts, dict) else counts, dtype=float)
+    if not len(c):
+        return 1.0
+    return float(c.max() / c.min()) if c.min() > 0 else float("inf")
+
+
+def imbalance(counts: dict[str, int]) -> dict[str, Any]:
+    """The class counts with their imbalance ratio and the largest and smallest class, named."""
+    if not counts:
+        return {"class_counts": {}, "ratio": 1.0, "largest": None, "smallest": None}
+    largest = max(counts, key=lambda k: counts[k])
+    smallest = min(counts, key=lambda k: counts[k])
+    return {"class_counts": dict(counts), "ratio": imbalance_ratio(counts), "largest": largest, "smallest": smallest}
+
+
+def describe_imbalance(info: dict[str, Any]) -> str:
+    """One line: "imbalance ratio 100.0 (largest airplane 5,000, smallest truck 50 images)"."""
+    if not info.get("class_counts"):
+        return "imbalance ratio -"
+    c = info["class_counts"]
+    return (f"imbalance ratio {info['ratio']:.1f} (largest {info['largest']} {c[info['largest']]:,}, "
+            f"smallest {info['smallest']} {c[info['smallest']]:,} images)")
 
 
 @dataclass
@@ -107,6 +134,12 @@ def check_classes(class_names: list[str], counts: dict[str, int], where: str) ->
     empty = [c for c in class_names if counts.get(c, 0) == 0]
     if empty:
         raise DataError(f"{where}: class folder {empty[0]!r} holds no images")
+    folded: dict[str, str] = {}
+    for c in class_names:  # "Cat" and "cat": one class spelt two ways, almost always a mistake
+        other = folded.setdefault(str(c).casefold().strip(), c)
+        if other != c:
+            raise DataError(f"{where}: classes {other!r} and {c!r} differ only in letter case (or spaces); "
+                            "rename or merge them (one label per class)")
     if len(class_names) < 2:
         found = ", ".join(repr(c) for c in class_names) or "none"
         raise DataError(f"{where}: need at least two classes to train a classifier, found {found}")

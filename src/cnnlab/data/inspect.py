@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnnlab.data.dataset import DatasetBundle
+from cnnlab.data.dataset import DatasetBundle, imbalance
 
 
 def summarize(bundle: DatasetBundle) -> dict[str, Any]:
@@ -21,6 +21,7 @@ def summarize(bundle: DatasetBundle) -> dict[str, Any]:
         "name": bundle.name,
         "classes": bundle.class_names,
         "splits": splits,
+        "imbalance": imbalance(bundle.train.class_counts()),  # of the training split
         "skipped": bundle.info.get("skipped", 0),
         "skipped_files": bundle.info.get("skipped_files", []),
         "cache": bundle.info.get("cache"),

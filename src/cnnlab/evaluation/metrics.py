@@ -1,4 +1,8 @@
-"""Classification metrics from logits and labels: the one place accuracy is computed."""
+"""Classification metrics from logits and labels: the one place accuracy is computed.
+
+Beside accuracy every report has the figures that stay honest on imbalanced data: balanced
+accuracy (mean per-class recall), macro-F1 and the worst class's recall (named).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+#: the summary keys every evaluation records (metrics.json, the auto-fit's candidates, the CLI)
+SUMMARY_KEYS = ("count", "loss", "accuracy", "balanced_accuracy", "macro_f1", "worst_class", "top5_accuracy", "ece")
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -37,6 +44,26 @@ def per_class(cm: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
     ]
 
 
+def balanced_metrics(y_true: np.ndarray, y_pred: np.ndarray, cm: np.ndarray, class_names: list[str]
+                     ) -> dict[str, Any]:
+    """Balanced accuracy (the mean recall over the classes present, scikit-learn's definition),
+    macro-F1 (over every class, scikit-learn's ``f1_score(average="macro")``) and the class with
+    the lowest recall among those present, named."""
+    from sklearn.metrics import f1_score
+
+    support = cm.sum(1)
+    present = np.flatnonzero(support > 0)
+    if not len(present):
+        return {"balanced_accuracy": float("nan"), "macro_f1": float("nan"), "worst_class": None}
+    recall = np.diag(cm)[present] / support[present]
+    # sklearn.metrics.balanced_accuracy_score gives the same number but warns when a class is
+    # predicted that no image has; the confusion matrix is already here
+    worst = int(present[int(np.argmin(recall))])
+    macro_f1 = f1_score(y_true, y_pred, labels=np.arange(len(class_names)), average="macro", zero_division=0)
+    return {"balanced_accuracy": float(recall.mean()), "macro_f1": float(macro_f1),
+            "worst_class": {"class": class_names[worst], "recall": float(recall.min()), "support": int(support[worst])}}
+
+
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> tuple[float, list[dict]]:
     """ECE over equal-width confidence bins, and the bins for a reliability diagram."""
     conf, pred = probs.max(1)
@@ -56,7 +83,8 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
 
 
 def classification_report(logits: torch.Tensor, y: np.ndarray | torch.Tensor, class_names: list[str]) -> dict[str, Any]:
-    """Loss, accuracy, top-5, per-class precision/recall/F1, confusion matrix and ECE."""
+    """Loss, accuracy, balanced accuracy, macro-F1, the worst class's recall, top-5, per-class
+    precision/recall/F1, confusion matrix and ECE."""
     y_t = torch.as_tensor(np.asarray(y), dtype=torch.long)
     logits = logits.float()
     probs = logits.softmax(1)
@@ -69,7 +97,7 @@ def classification_report(logits: torch.Tensor, y: np.ndarray | torch.Tensor, cl
         "loss": float(F.cross_entropy(logits, y_t)) if len(y_t) else float("nan"),
         "accuracy": accuracy(logits, y_t),
         "top5_accuracy": topk_accuracy(logits, y_t, 5),
-        "macro_f1": float(np.mean([r["f1"] for r in rows])),
+        **balanced_metrics(y_t.numpy(), pred.numpy(), cm, list(class_names)),
         "ece": ece,
         "per_class": rows,
         "confusion_matrix": cm.tolist(),

@@ -59,12 +59,19 @@ def _pyplot_managed(fig: Any) -> bool:
     return any(m.canvas.figure is fig for m in Gcf.get_all_fig_managers())
 
 
+#: the most classes a per-class figure draws one by one (200 classes would make a 70,000-px grid)
+MAX_FIGURE_CLASSES = 30
+
+
 def example_images(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], path: str | Path,
                    per_class: int = 5, dpi: int = 300) -> Path:
-    """The study's grid: the first ``per_class`` images of each class, class names over columns."""
-    k = len(class_names)
+    """The study's grid: the first ``per_class`` images of each class, class names over columns
+    (the first MAX_FIGURE_CLASSES classes when there are more, said in the title)."""
+    k = min(len(class_names), MAX_FIGURE_CLASSES)
     fig, axes = subplots(per_class, k, figsize=(1.2 * k, 1.25 * per_class), squeeze=False)
-    for c, name in enumerate(class_names):
+    if k < len(class_names):
+        fig.suptitle(f"the first {k} of {len(class_names)} classes", fontsize=9)
+    for c, name in enumerate(class_names[:k]):
         idx = np.flatnonzero(y == c)[:per_class]
         for r in range(per_class):
             ax = axes[r][c]
@@ -138,11 +145,12 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | Pa
     cm = np.asarray(cm, dtype=float)
     shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
     k = len(class_names)
-    size = max(5.0, 0.55 * k + 2)
+    size = min(max(5.0, 0.55 * k + 2), 20.0)  # many classes: a bounded figure, no tick labels past 60
     fig, ax = subplots(figsize=(size, size * 0.85))
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(k), [plain(c) for c in class_names], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), [plain(c) for c in class_names], fontsize=8)
+    if k <= 60:
+        ax.set_xticks(range(k), [plain(c) for c in class_names], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), [plain(c) for c in class_names], fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 20:
@@ -167,4 +175,29 @@ def reliability_diagram(bins: list[dict[str, float]], ece: float, path: str | Pa
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability diagram (ECE {ece:.3f})")
     ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def per_class_recall(per_class: list[dict[str, Any]], path: str | Path, balanced_accuracy: float | None = None
+                     ) -> Path:
+    """Horizontal bars of each class's recall (lowest first), with its support, and the balanced
+    accuracy (their mean) as a line: on imbalanced data the classes plain accuracy hides."""
+    rows = sorted((r for r in per_class if r.get("support", 0) > 0), key=lambda r: r["recall"])
+    shown_of = len(rows)
+    if len(rows) > MAX_FIGURE_CLASSES:  # many classes: the lowest recalls, which are the point
+        rows = rows[:MAX_FIGURE_CLASSES]
+    k = max(1, len(rows))
+    fig, ax = subplots(figsize=(6.0, max(2.5, 0.28 * k + 1.2)))
+    names = [f"{r['class']} ({r['support']:,})" for r in rows]
+    recalls = [r["recall"] for r in rows]
+    ax.barh(range(len(rows)), recalls, color=["#c0392b" if v < 0.5 else "#2e86c1" for v in recalls])
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("recall (images of the class predicted as it)")
+    if balanced_accuracy is not None:
+        ax.axvline(balanced_accuracy, color="black", ls="--", lw=1, label=f"balanced accuracy {balanced_accuracy:.3f}")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("recall per class (support in brackets; red: below 0.5)" if shown_of == len(rows)
+                 else f"the {len(rows)} lowest recalls of {shown_of} classes (support in brackets)")
+    fig.tight_layout()
     return save(fig, path)

@@ -17,12 +17,11 @@ import numpy as np
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.evaluation.calibration import ece, fit_temperature
+from cnnlab.evaluation.metrics import SUMMARY_KEYS
 from cnnlab.inference.model import InferenceModel
 from cnnlab.models.io import model_card
 from cnnlab.training.rundir import RunDir
 
-SUMMARY_KEYS = ("count", "loss", "accuracy", "top5_accuracy", "macro_f1", "ece", "balanced_accuracy",
-                "worst_class_recall")
 
 
 def fresh_inference(result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *, calibrate: bool = True,

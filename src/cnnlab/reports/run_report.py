@@ -146,6 +146,8 @@ def write_run_report(
     names = pred.class_names
     rep["figures"]["confusion_matrix"] = str(figures.confusion_heatmap(
         np.array(ev["confusion_matrix"]), names, out_dir / "confusion_matrix.png"))
+    rep["figures"]["per_class_recall"] = str(figures.per_class_recall(
+        ev["per_class"], out_dir / "per_class_recall.png", ev.get("balanced_accuracy")))
     rep["figures"]["reliability"] = str(figures.reliability_diagram(
         ev["calibration_bins"], ev["ece"], out_dir / "reliability.png"))
 

@@ -13,13 +13,19 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "n/a"
 
 
+def _worst(w: Any) -> str:
+    return f"{w['class']}: {_pct(w['recall'])}" if isinstance(w, dict) else "n/a"
+
+
 def _overview(rep: dict[str, Any]) -> str:
     ev, tr = rep["evaluation"], rep["training"]
     items = [
         (f"{rep['eval_split']} accuracy", _pct(ev["accuracy"])),
         (f"{rep['eval_split']} loss", f"{ev['loss']:.4f}"),
         ("top-5 accuracy", _pct(ev["top5_accuracy"])),
+        ("balanced accuracy", _pct(ev.get("balanced_accuracy"))),
         ("macro F1", f"{ev['macro_f1']:.4f}"),
+        ("worst class recall", _worst(ev.get("worst_class"))),
         ("ECE", f"{ev['ece']:.4f}"),
         ("epochs run", str(tr["epochs_run"])),
         ("training time", f"{tr['train_seconds']:.1f} s" if tr.get("train_seconds") is not None else "n/a"),
@@ -103,7 +109,12 @@ def _training(rep: dict[str, Any]) -> str:
 def _evaluation(rep: dict[str, Any]) -> str:
     ev = rep["evaluation"]
     body = h.para(f"{ev['count']:,} {rep['eval_split']} images: accuracy {_pct(ev['accuracy'])}, "
-                  f"top-5 {_pct(ev['top5_accuracy'])}, loss {ev['loss']:.4f}, macro F1 {ev['macro_f1']:.4f}.")
+                  f"balanced accuracy {_pct(ev.get('balanced_accuracy'))} (the mean per-class recall), "
+                  f"top-5 {_pct(ev['top5_accuracy'])}, loss {ev['loss']:.4f}, macro F1 {ev['macro_f1']:.4f}, "
+                  f"worst class {_worst(ev.get('worst_class'))}.")
+    if "per_class_recall" in rep["figures"]:
+        body += h.figure(rep["figures"]["per_class_recall"], "Recall per class, lowest first (support in "
+                         "brackets); the dashed line is the balanced accuracy.")
     body += h.figure(rep["figures"]["confusion_matrix"], "Confusion matrix (rows: true class; colour: share "
                      "of the true class; numbers: counts).")
     body += "<h3>Per-class precision, recall and F1</h3>"

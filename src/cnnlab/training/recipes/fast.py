@@ -52,6 +52,7 @@ from cnnlab.errors import TrainingError
 from cnnlab.evaluation.predict import as_nchw
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
+from cnnlab.training import balance as class_balance
 from cnnlab.training import distributed as ddp
 from cnnlab.training.callbacks import EarlyStopping
 from cnnlab.training.core import EpochCallback, EpochFunctions, FitResult, Trainer, config_callbacks
@@ -206,7 +207,10 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         log("target_accuracy: no validation split, so the test split's accuracy is watched "
             "(as in published time-to-accuracy results)")
 
-    train_step = TrainStep(step_model, workers, device, dtype, label_smoothing)
+    balance = class_balance.from_config(tc, train.y, list(train.class_names)).to(device)
+    if balance.mode != "none":
+        log(balance.describe())
+    train_step = TrainStep(step_model, workers, device, dtype, label_smoothing, balance)
     step, train_seconds = 0, 0.0
     beat = o["heartbeat_seconds"]
     averaged_at = 0
@@ -218,7 +222,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
         train_bias = epoch < o["whiten_bias_epochs"]
         whiten_bias.requires_grad_(train_bias)  # frozen, the first conv needs no input gradient
         params = [p for p in all_params if train_bias or p is not whiten_bias]
-        perm = torch.randperm(n, generator=gen)
+        perm = balance.order(n, gen)  # a permutation, or class-balanced draws (train.class_balance)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         t0 = last_beat = time.perf_counter()

@@ -139,16 +139,18 @@ class TrainStep:
     ``p.grad``. fp16 (GPUs) scales the loss so small gradients survive; bf16 and fp32 do not."""
 
     def __init__(self, model: nn.Module, workers: "Workers", device: torch.device, dtype: torch.dtype | None,
-                 label_smoothing: float):
+                 label_smoothing: float, balance: Any = None):
         self.model, self.workers, self.device, self.dtype = model, workers, device, dtype
         self.label_smoothing = label_smoothing
+        self.balance = balance  # training/balance.py's Balance: the class-balanced loss (None: plain)
         self.loss_scale = 2.0**12 if dtype == torch.float16 else 1.0
 
     def _worker(self, xb: torch.Tensor, yb: torch.Tensor, params: list[torch.Tensor], weight: float):
         with autocast(self.device, self.dtype):
             logits = self.model(xb)
         logits = logits.float()
-        loss = F.cross_entropy(logits, yb, label_smoothing=self.label_smoothing)
+        loss = (self.balance.loss(logits, yb, self.label_smoothing) if self.balance is not None
+                else F.cross_entropy(logits, yb, label_smoothing=self.label_smoothing))
         grads = torch.autograd.grad(loss * (weight * self.loss_scale), params)
         return grads, loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
 

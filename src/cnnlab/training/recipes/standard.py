@@ -28,7 +28,9 @@ from cnnlab.evaluation.predict import as_nchw, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.cpu_kernels import optimize_for_cpu
 from cnnlab.models.io import save_model
+from cnnlab.training import balance as class_balance
 from cnnlab.training import distributed as ddp
+from cnnlab.training.balance import Balance
 from cnnlab.training.core import EpochCallback, FitResult, Trainer, config_callbacks
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
@@ -54,16 +56,18 @@ def _train_epoch(
     progress: bool,
     images: bool = True,
     after_step: Callable[[int], None] | None = None,
+    balance: Balance | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the data; returns (mean loss, accuracy, steps done). ``after_step(step)``
-    runs after every optimiser step (the weight average)."""
+    runs after every optimiser step (the weight average); ``balance`` (training/balance.py) picks
+    the epoch's images and the loss."""
     tc = cfg.train
     bs = tc.batch_size
     n = x.shape[0]
     steps = math.ceil(n / bs)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 7_919 + epoch)  # dropout and other in-model randomness
-    perm = torch.randperm(n, generator=gen)
+    perm = balance.order(n, gen) if balance is not None else torch.randperm(n, generator=gen)
     aug = tc.augment
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -94,7 +98,8 @@ def _train_epoch(
         with autocast(device, dtype):
             logits = model(xb)
         logits = logits.float()
-        loss = F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing)
+        loss = (balance.loss(logits, yb, tc.label_smoothing) if balance is not None
+                else F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing))
         inner = ddp.unwrap(model)  # DDP: the penalty is the model's own, not the wrapper's
         penalty = inner.l2_penalty() if hasattr(inner, "l2_penalty") else None
         if penalty is not None:
@@ -172,6 +177,7 @@ class _Standard:
         if self.device.type != "cpu":
             x, y = x.to(self.device), y.to(self.device)  # the whole uint8 set lives on the GPU
         self.x, self.y = x, y
+        self.balance = class_balance.from_config(tc, train.y, list(train.class_names)).to(self.device)
         self.total_steps = math.ceil(len(y) / tc.batch_size) * tc.epochs
         self.step = 0
 
@@ -189,7 +195,8 @@ class _Standard:
         t0 = time.perf_counter()
         loss, acc, steps = _train_epoch(self.step_model, self.opt, self.x, self.y, self.cfg, epoch, self.step,
                                         self.total_steps, self.device, self.precision.dtype, self.progress,
-                                        self.images, self._update_ema if self.ema is not None else None)
+                                        self.images, self._update_ema if self.ema is not None else None,
+                                        self.balance)
         self.step += steps
         train_seconds = time.perf_counter() - t0
         logs = {"loss": loss, "accuracy": acc}
@@ -245,6 +252,8 @@ def _fit(
     recipe = _Standard(cfg, model, train, val, progress)
     if recipe.precision.downgraded:
         log(recipe.precision.note())
+    if recipe.balance.mode != "none":
+        log(recipe.balance.describe())
     if ddp.current().enabled:
         log(ddp.describe(tc.batch_size))  # DDP: the global batch, the per-rank batch, the learning-rate rule
     if recipe.ema is not None:
