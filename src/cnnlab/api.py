@@ -157,12 +157,15 @@ def explain(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, out_
 
 
 def inspect_data(source: Any, out_dir: str | Path | None = None, **load_kwargs: Any) -> dict[str, Any]:
-    """The study's sanity check; with ``out_dir``, also its example-images and label-order figures."""
+    """The study's sanity check and its duplicates search (exact and near-duplicate pairs within and
+    across splits); with ``out_dir``, also its example-images and label-order figures and a page of
+    example duplicate pairs (duplicates.html)."""
     from cnnlab import figures
+    from cnnlab.data.duplicates import write_pairs_page
     from cnnlab.data.inspect import summarize
 
     bundle = load_source(source, **load_kwargs)
-    summary = summarize(bundle)
+    summary = summarize(bundle, duplicates=True)
     if out_dir is not None:
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
@@ -171,6 +174,7 @@ def inspect_data(source: Any, out_dir: str | Path | None = None, **load_kwargs: 
         summary["figures"] = {
             "example_images": str(figures.example_images(tr.x, tr.y, tr.class_names, out / "example_images.png")),
             "label_scatter": str(figures.label_scatter(tr.y, tr.class_names, out / "label_scatter.png")),
+            "duplicates_page": str(write_pairs_page(summary, bundle.splits(), out / "duplicates.html")),
         }
     return summary
 

@@ -26,13 +26,17 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImagePredictor, Pa
 
     root = tmp_path_factory.mktemp("af")
     home = root / "home"
+    from cnnlab.autofit import fewshot
+
     old = os.environ.get("CNNLAB_HOME")
     os.environ["CNNLAB_HOME"] = str(home)
+    few, fewshot.FEW_SHOT_MAX = fewshot.FEW_SHOT_MAX, 0  # the planner's path, not the few-shot one
     try:
         data = _write_tree(root / "tiny", per_class=16)
         pred = ImagePredictor(label="label", path=root / "fit").fit(str(data), time_limit=LIMIT,
                                                                     log=lambda s: None)
     finally:
+        fewshot.FEW_SHOT_MAX = few
         if old is None:
             os.environ.pop("CNNLAB_HOME", None)
         else:
@@ -97,7 +101,7 @@ def test_fit_on_a_csv_and_a_dataframe(make_tree, tmp_path):
                                                                           log=lambda s: None)
     for pred in (by_csv, by_frame):
         assert pred.class_names == ["blue", "green", "red"]
-        assert pred.fit_summary()["profile"]["count"] == 24
+        assert pred.fit_summary()["profile"]["count"] == 30  # 10 a class: few-shot, all cross-validated
         assert pred.predict(frame.iloc[:3])[0] in pred.class_names
     assert by_frame.fit_summary()["data_source"] == "<DataFrame>"
 
@@ -110,7 +114,7 @@ def test_photos_of_mixed_sizes_need_no_image_size(make_tree, tmp_path):
     prof = pred.fit_summary()["profile"]
     assert prof["mixed_sizes"] and prof["image_size"] == MIXED_DECODE_SIZE
     assert prof["file_sizes"]["min"] == 30 and prof["file_sizes"]["max"] == 48
-    assert pred.fit_summary()["best"] == "frozen"  # a few photos: pretrained transfer learning
+    assert pred.fit_summary()["best"] == "fewshot"  # 8 photos a class: pretrained embeddings, cross-validated
     assert list(pred.predict([str(root / "red" / "003.png")])) == ["red"]
 
 
@@ -246,7 +250,10 @@ def test_error_analysis_is_handed_the_best_models_probabilities(tmp_path, monkey
 def test_high_quality_trains_two_models_and_weighs_an_ensemble(make_tree, tmp_path, monkeypatch):
     from cnnlab.autofit import planner
 
+    from cnnlab.autofit import fewshot
+
     monkeypatch.setattr(planner, "ENSEMBLE_GAP", 1.0)  # any second model is worth it here
+    monkeypatch.setattr(fewshot, "FEW_SHOT_MAX", 0)  # 12 a class: the planner's candidates, not the few-shot path
     root = tmp_path / "data"
     make_tree(root / "train", per_class=12)
     make_tree(root / "test", per_class=4, seed=3)

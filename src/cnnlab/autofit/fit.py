@@ -81,11 +81,13 @@ def _out_dir(path: Path | None) -> Path:
 
 def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
              seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-             started_at: float | None = None) -> Any:
+             started_at: float | None = None, drop_leaks: bool = False) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
-    torchrun, rank 0's). The fit folder is locked for the fit's lifetime (utils/locks.py)."""
+    torchrun, rank 0's). The fit folder is locked for the fit's lifetime (utils/locks.py). The splits
+    are searched for duplicates first (one warning line); ``drop_leaks``: training images that
+    duplicate a validation or test image are removed."""
     import contextlib
 
     from cnnlab.utils.locks import folder_lock
@@ -95,12 +97,12 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     out = ddp.from_main(lambda: _out_dir(predictor.path))
     with folder_lock(out, "fit folder") if ddp.current().is_main else contextlib.nullcontext():
         return _auto_fit(predictor, train_data, tuning_data, out, time_limit=time_limit, presets=presets,
-                         seed=seed, log=log, clock=clock, started_at=start)
+                         seed=seed, log=log, clock=clock, started_at=start, drop_leaks=drop_leaks)
 
 
 def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, time_limit: Any,
               presets: str | None, seed: int, log: Callable[[str], None], clock: Callable[[], float],
-              started_at: float) -> Any:
+              started_at: float, drop_leaks: bool = False) -> Any:
     from cnnlab.autofit import speed
     from cnnlab.autofit.runner import run_candidate
     from cnnlab.utils.hardware import choose_precision, default_device, machine_summary
@@ -121,6 +123,9 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
                              label_column=_label_column(tuning_data, predictor.label),
                              image_column=predictor.image_column)
     train, val, test, where = with_validation(bundle, tuning, seed)
+    from cnnlab.data.duplicates import check_splits
+
+    train, _ = check_splits(train, val, test, drop_leaks=drop_leaks, log=log)
     ranks.check_same_data(train, val, test)  # DDP: the same seed held out the same split on every rank
     profile = profile_data(train, val, test, mixed_sizes=mixed, validation=where)
     log(profile.describe())
@@ -129,6 +134,14 @@ def _auto_fit(predictor: Any, train_data: Any, tuning_data: Any, out: Path, *, t
     device = default_device()
     precision = choose_precision("auto", device)
     log(precision.note())
+    from cnnlab.autofit.fewshot import is_few_shot, run_few_shot
+
+    if is_few_shot(train, val):  # 5-20 images a class: cross-validated embeddings + logistic regression
+        ddp.from_main(lambda: run_few_shot(
+            predictor, out, train, val, test, profile, preset, limit=limit, start=start, clock=clock, log=log,
+            seed=seed, precision=precision.name, device=str(device), machine=machine_summary(), source=source,
+            finish=_finish))
+        return predictor
     sample = np.random.default_rng(seed).permutation(len(train))[:64]
 
     def measure(kind: str) -> float:
@@ -293,6 +306,9 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
         "test_balanced_accuracy": row.get("test_balanced_accuracy"), "test_worst_class": row.get("test_worst_class"),
         "errors": {k: str(v) for k, v in errors.items() if k in ("png", "csv")} if errors else None,
     }
+    cv = {r.kind: r.extra["cv"] for r in results if "cv" in r.extra}  # the few-shot candidate's (fewshot.py)
+    if cv:
+        info["cross_validation"] = cv
     elapsed = clock() - start
     info.update(elapsed_seconds=round(elapsed, 2), overrun=round(elapsed / limit - 1, 4))
     plan.actual = {"elapsed_seconds": info["elapsed_seconds"], "overrun": info["overrun"], "best": best,

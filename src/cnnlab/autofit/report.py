@@ -59,7 +59,10 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
              f"{_pct(info.get('test_accuracy'))}; balanced: validation {_pct(info.get('val_balanced_accuracy'))}, "
              f"test {_pct(info.get('test_balanced_accuracy'))}{_worst(info.get('test_worst_class'), ' (worst test class ', ')')}",
              f"- {_imbalance(p)}",
-             f"- selection: {info.get('selection') or 'by validation accuracy'}", "",
+             f"- selection: {info.get('selection') or 'by validation accuracy'}",
+             *[f"- {k}: validated by {cv['method']} cross-validation on {cv['images']} images: {_pct(cv['accuracy'])}"
+               f" (95% CI {_pct(cv['ci95'][0])}-{_pct(cv['ci95'][1])}; folds {cv['fold_mean']:.3f} +- "
+               f"{cv['fold_std']:.3f})" for k, cv in (info.get("cross_validation") or {}).items()], "",
              "## Plan against what happened", "",
              f"Measuring took {plan['probe_seconds']:.1f} s; {plan['available_seconds']:.0f} s were planned for "
              f"the models, {plan['reserve_seconds']:.0f} s kept for the end.", "",

@@ -11,7 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dsub.required = True
     q = dsub.add_parser("inspect", help="shapes, class counts, pixel range and example images",
                         description="The study's sanity check: array shapes, per-class counts for each split, "
-                                    "pixel min/max, a label-order scatter and the example-images grid (PNG).")
+                                    "pixel min/max, a label-order scatter and the example-images grid (PNG); "
+                                    "exact and near-duplicate images within and across splits (leaks), with "
+                                    "example pairs in duplicates.html.")
     q.add_argument("source", help="cifar10, a folder, an archive or a CSV file")
     q.add_argument("--out", default="data-inspect", help="folder for the figures (default: data-inspect)")
     q.add_argument("--image-size", type=int, help="resize images to N x N when loading")
@@ -49,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"train: {describe_imbalance(summary['imbalance'])}")
     if summary["skipped"]:
         print(f"skipped {summary['skipped']} unreadable files")
+    exact, near, cross = (summary[k] for k in ("exact_duplicates", "near_duplicates", "cross_split_duplicates"))
+    print(f"duplicates: {len(exact)} exact pairs, {len(near)} near-duplicate pairs (pHash distance <= "
+          f"{summary['near_max_distance']}), {len(cross)} across splits ({summary['leaked_train_images']} "
+          "training images duplicate a validation or test image)")
+    for p in (cross or exact + near)[:5]:
+        print(f"  {p['a']} ~ {p['b']} (distance {p['distance']})")
     for name, path in summary.get("figures", {}).items():
         print(f"{name}: {path}")
     return 0

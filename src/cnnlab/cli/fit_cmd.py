@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tuning-data", help="a validation source (default: held out from --data)")
     p.add_argument("--label-column", default="label", help="CSV source: the label column (default: label, else detected)")
     p.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
+    p.add_argument("--drop-leaks", action="store_true",
+                   help="remove training images that duplicate (exactly or nearly) a validation or test image")
     add_json_flag(p, "the fit summary (fit.json)")
     from cnnlab.cli.launch import add_flags
 
@@ -60,7 +62,7 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     get_preset(args.preset)
     pred = ImagePredictor(label=args.label_column, path=args.out, image_column=args.image_column)
     pred = auto_fit(pred, args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,
-                    started_at=started_at)
+                    started_at=started_at, drop_leaks=args.drop_leaks)
     if not current().is_main:
         return 0  # DDP: rank 0 wrote the fit folder and prints its summary
     info = pred.fit_summary()
@@ -72,6 +74,9 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     print("leaderboard:")
     for line in text(info["leaderboard"]):
         print("  " + line)
+    for kind, cv in (info.get("cross_validation") or {}).items():
+        print(f"{kind}: {cv['method']} cross-validation accuracy {cv['accuracy']:.4f} (95% CI {cv['ci95'][0]:.3f}-"
+              f"{cv['ci95'][1]:.3f}; folds {cv['fold_mean']:.3f} +- {cv['fold_std']:.3f})")
     if info.get("test_accuracy") is not None:
         print(f"test accuracy: {info['test_accuracy']:.4f} ({info['best']})")
     else:

@@ -1,4 +1,5 @@
-"""The study's sanity check of a dataset: shapes, per-class counts per split, pixel range."""
+"""The study's sanity check of a dataset: shapes, per-class counts per split, pixel range, and
+(``duplicates=True``) exact and near-duplicate pairs within and across splits (duplicates.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from cnnlab.data.dataset import DatasetBundle, imbalance
 
 
-def summarize(bundle: DatasetBundle) -> dict[str, Any]:
+def summarize(bundle: DatasetBundle, *, duplicates: bool = False) -> dict[str, Any]:
     splits = {}
     for name, arr in bundle.splits().items():
         splits[name] = {
@@ -17,7 +18,7 @@ def summarize(bundle: DatasetBundle) -> dict[str, Any]:
             "pixel_max": int(arr.x.max()) if len(arr) else None,
             "class_counts": arr.class_counts(),
         }
-    return {
+    out = {
         "name": bundle.name,
         "classes": bundle.class_names,
         "splits": splits,
@@ -26,3 +27,8 @@ def summarize(bundle: DatasetBundle) -> dict[str, Any]:
         "skipped_files": bundle.info.get("skipped_files", []),
         "cache": bundle.info.get("cache"),
     }
+    if duplicates:
+        from cnnlab.data.duplicates import find_duplicates
+
+        out.update(find_duplicates(bundle.splits()).to_dict())
+    return out

@@ -2,7 +2,7 @@
 
 Confidently wrong predictions are the usual way to find wrong labels in a data set (CIFAR-10's
 test set has about 0.54%). The study's gallery of the images with the lowest probability for
-their true class is reports/error_analysis.py.
+their true class is evaluation/error_analysis.py.
 """
 
 from __future__ import annotations
