@@ -39,6 +39,7 @@ from cnnlab.training.orchestrate import (
 )
 
 __all__ = ["DATAFRAME_SOURCE", "ConfigLike", "ImagePredictor", "Prepared", "RunResult", "align_labels", "embed",
+           "explain",
            "evaluate", "inspect_data", "load_data", "model_info", "predict", "predict_proba", "prepare_data",
            "resolve_config", "resume", "train"]
 
@@ -141,6 +142,18 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, *, t
         order = np.argsort(-p)[:k]
         out.append({"image": name, "top": [{"label": classes[i], "probability": float(p[i])} for i in order]})
     return out
+
+
+def explain(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, out_dir: str | Path = "explanations", *,
+            method: str = "gradcam", target: str | int | None = None, layer: str | None = None,
+            weights: str = "final") -> list[dict[str, Any]]:
+    """Class-activation heatmaps for image files / folders: one overlay PNG each in ``out_dir`` and,
+    per image, {"image", "label", "probability", "heatmap_png", "peak": [x, y]} (see ImagePredictor.explain)."""
+    from cnnlab.evaluation.overlay import write_overlays
+
+    pred = ImagePredictor.load(run_dir, weights=weights)
+    explanation = pred.explanation(inputs, target, method=method, layer=layer)
+    return write_overlays(explanation, out_dir, pred.decode_size)
 
 
 def inspect_data(source: Any, out_dir: str | Path | None = None, **load_kwargs: Any) -> dict[str, Any]:

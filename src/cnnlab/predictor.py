@@ -295,6 +295,28 @@ class ImagePredictor:
         x, _, _ = self._unlabelled(data)
         return self.inference.embed(x, progress=progress)
 
+    def explain(self, images: Any, target: Any = None, method: str = "gradcam", layer: str | None = None) -> np.ndarray:
+        """Class-activation heatmaps (N, H, W) float32 in [0, 1], one per image at its decoded size,
+        for the predicted class or ``target`` (a class name or index, or one per image).
+
+        ``method``: "gradcam" or "occlusion" (gradient-free); ``layer``: Grad-CAM's layer by name
+        (default: the last feature map larger than 1x1). Heatmaps are computed in fp32 (they need
+        gradients); see :meth:`explanation` for the labels and probabilities with them."""
+        return self.explanation(images, target, method=method, layer=layer).heatmaps
+
+    def explanation(self, images: Any, target: Any = None, *, method: str = "gradcam",
+                    layer: str | None = None) -> Any:
+        """:meth:`explain` with the images, labels and probabilities (this predictor's precision
+        and TTA): a cnnlab.evaluation.explain.Explanation. An ensemble shows its best member's map."""
+        from cnnlab.evaluation.explain import explain_images
+        from cnnlab.utils.cores import compute_threads
+
+        x, names, _ = self._unlabelled(images)
+        probs = self.logits(x).softmax(1).numpy()
+        with compute_threads():
+            return explain_images(self.model, x, probs, self.class_names, names, target=target, method=method,
+                                  layer=layer)
+
     # ------------------------------------------------------------------ saved form
 
     def save(self, path: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """The service's page end to end in real headless Chromium: `cnnlab serve` in a subprocess on
 127.0.0.1, Chromium driven over the DevTools protocol (a tiny client on `websockets`): load the
-page, upload an image through its file input, read the top-1 label the page shows, screenshot."""
+page, upload an image through its file input, read the top-1 label the page shows, screenshot,
+then toggle the heatmap overlay (POST /explain) on and off."""
 
 from __future__ import annotations
 
@@ -186,3 +187,17 @@ def test_page_classifies_an_uploaded_image_in_chromium(server, browser, tmp_path
 
     assert top1 == expected[0]["label"] == "red", (top1, expected, status)
     assert rows == [t["label"] for t in expected]  # the bar chart: every class, most likely first
+
+    # The heatmap overlay (POST /explain) arrives behind a toggle: off, the image; on, the overlay.
+    browser.wait_for("document.getElementById('overlay').src.indexOf('data:image/png;base64,') === 0 && "
+                     "document.getElementById('toggle').style.display === 'block'")
+    shown = "['preview', 'overlay'].map(i => getComputedStyle(document.getElementById(i)).display)"
+    assert browser.evaluate(shown) == ["inline-block", "none"]
+    browser.evaluate("document.getElementById('heatmap').click()")
+    assert browser.evaluate(shown) == ["none", "inline-block"]
+    size = browser.wait_for("document.getElementById('overlay').complete && "
+                            "[document.getElementById('overlay').naturalWidth, "
+                            "document.getElementById('overlay').naturalHeight]")
+    assert size == [16, 16]  # the overlay at the run's decoded size (make_tree's 16 x 16 images)
+    browser.evaluate("document.getElementById('heatmap').click()")
+    assert browser.evaluate(shown) == ["inline-block", "none"]

@@ -426,7 +426,8 @@ def _finish(predictor: Any, out: Path, plan: FitPlan, results: list[Any], preset
     split, y, probs, images = ("test", test.y, ens_probs if best == "ensemble" else top.test_probs, test) \
         if test is not None else ("val", val.y, blend([r.val_probs for r, _ in members], [w for _, w in members]), val)
     named = images.paths if images.paths and Path(images.paths[0]).is_file() else None  # files, not archive members
-    errors = error_analysis(probs, y, images.x, profile.class_names, out, split, log=log, paths=named)
+    errors = error_analysis(probs, y, images.x, profile.class_names, out, split, log=log, paths=named,
+                            explain=lambda i: type(predictor).load(top.run_dir).explain(images.x[i]))  # best member's
     row = rows[0]
     info: dict[str, Any] = {
         "format": FORMAT, "best": best, "members": [{"model": r.kind, "path": f"models/{r.kind}", "weight": w} for r, w in members],

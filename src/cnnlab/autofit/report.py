@@ -13,13 +13,15 @@ from cnnlab.utils.io import atomic_write_text
 
 
 def error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: list[str], out_dir: Path,
-                   split: str, log: Callable[[str], None] = print, paths: list[str] | None = None
-                   ) -> dict[str, Any] | None:
+                   split: str, log: Callable[[str], None] = print, paths: list[str] | None = None,
+                   explain: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any] | None:
     """The 20 images with the lowest probability for their true class (4 x 5 grid + CSV); ``images``:
-    the decoded pixels, ``paths``: the files they came from (named in the CSV where supported)."""
+    the decoded pixels, ``paths``: the files they came from (named in the CSV where supported);
+    ``explain``: indices -> heatmaps, drawn beside each image (cnnlab.evaluation.explain)."""
     from cnnlab.evaluation.error_analysis import write_error_analysis
 
-    return write_error_analysis(probs, y, images, class_names, out_dir, k=20, split=split, paths=paths)
+    extra = {"explain": explain} if explain is not None else {}
+    return write_error_analysis(probs, y, images, class_names, out_dir, k=20, split=split, paths=paths, **extra)
 
 
 def _pct(v: Any) -> str:

@@ -101,6 +101,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def _resize_crop_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) of rule 4 for a w x h image."""
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def _shrink_early(img: Image.Image, size: int | None) -> Image.Image:
     """Cheap downscaling before the colour conversion: JPEG draft mode, else an integer box reduce,
     keeping the shorter side at least twice ``size`` (the final antialiased resize does the rest)."""
@@ -148,11 +155,30 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     if (w, h) == (size, size):
         return img
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh, left, top = _resize_crop_geometry(w, h, size)
     img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
+
+
+def upright_size(source: str | Path | bytes) -> tuple[int, int]:
+    """(width, height) of an image file (a path or its bytes) as decode_image sees it before
+    resizing (EXIF rotation applied), read from the header without decoding the pixels."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def to_original_xy(x: float, y: float, original: tuple[int, int], size: int | None) -> tuple[int, int]:
+    """A pixel (x, y) of an image decoded at ``size`` -> the same point in the upright original
+    (width, height) ``original``: rule 4's resize and centre crop undone."""
+    w, h = original
+    if size is None or (w, h) == (size, size):
+        return int(x), int(y)
+    nw, nh, left, top = _resize_crop_geometry(w, h, size)
+    ox = (x + 0.5 + left) * w / nw - 0.5
+    oy = (y + 0.5 + top) * h / nh - 0.5
+    return int(min(max(round(ox), 0), w - 1)), int(min(max(round(oy), 0), h - 1))
 
 
 def decode_image(

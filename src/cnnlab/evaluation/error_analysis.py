@@ -5,7 +5,8 @@
     out["png"], out["csv"], out["rows"]
 
 ``errors.png`` is a grid, 5 images a row (k = 20: 4 x 5), each titled with its true label, the
-predicted label and the prediction's confidence (red when wrong); ``errors.csv`` beside it lists
+predicted label and the prediction's confidence (red when wrong), and, when an explainer is given,
+beside its Grad-CAM overlay for the predicted class (what the model looked at); ``errors.csv`` beside it lists
 the same images worst first (index, path, true, predicted, p_true, p_pred): candidates for
 label errors. Both are written atomically (temporary file, then rename). The figure is drawn on
 a matplotlib ``Figure`` with the Agg canvas (no pyplot, no backend switch).
@@ -17,11 +18,11 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cnnlab.errors import DataError
+from cnnlab.errors import CnnlabError, DataError
 from cnnlab.utils.io import atomic_path, atomic_write_text, csv_safe_rows
 
 PNG_NAME = "errors.png"
@@ -69,8 +70,23 @@ def _thumbnail(images: Any, i: int) -> np.ndarray:
     return img
 
 
-def error_figure(images: Any, rows: Sequence[dict[str, Any]]) -> Any:
-    """The grid as a matplotlib Figure: one panel per row, 5 a row (20 rows -> 4 x 5 panels).
+def _beside_overlay(img: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """The image and its heatmap overlay side by side (a 2-pixel white gap), for one panel."""
+    from PIL import Image
+
+    from cnnlab.evaluation.overlay import overlay
+
+    rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+    if heatmap.shape != rgb.shape[:2]:  # a thumbnail of a file: the heatmap resized to it
+        heatmap = np.asarray(Image.fromarray(heatmap.astype(np.float32)).resize(
+            (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR))
+    gap = np.full((rgb.shape[0], max(2, rgb.shape[1] // 16), 3), 255, np.uint8)
+    return np.concatenate([rgb, gap, overlay(rgb, heatmap)], axis=1)
+
+
+def error_figure(images: Any, rows: Sequence[dict[str, Any]], heatmaps: Sequence[np.ndarray] | None = None) -> Any:
+    """The grid as a matplotlib Figure: one panel per row, 5 a row (20 rows -> 4 x 5 panels);
+    with ``heatmaps`` (one per row) each image is shown beside its heatmap overlay.
 
     Panels are placed with ``add_axes`` and titled with a text artist, not ``set_title``:
     matplotlib positions titles by measuring the (hidden) axis ticks, which made a 20-panel
@@ -78,7 +94,7 @@ def error_figure(images: Any, rows: Sequence[dict[str, Any]]) -> Any:
     from cnnlab.figures import new_figure, plain
 
     nrows = max(1, math.ceil(len(rows) / COLS))
-    panel_w, panel_h = 2.0, 2.3  # inches: the image plus two lines of title
+    panel_w, panel_h = (3.6 if heatmaps is not None else 2.0), 2.3  # inches: the image(s) plus two lines of title
     fig = new_figure((panel_w * COLS, panel_h * nrows))
     for j, r in enumerate(rows):
         row, col = divmod(j, COLS)
@@ -86,6 +102,8 @@ def error_figure(images: Any, rows: Sequence[dict[str, Any]]) -> Any:
                            (1 / nrows) * (panel_h - 0.45) / panel_h))
         ax.set_axis_off()
         img = _thumbnail(images, r["index"])
+        if heatmaps is not None:
+            img = _beside_overlay(img, heatmaps[j])
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
         wrong = r["true"] != r["predicted"]
         ax.text(0.5, 1.02, f"true: {plain(r['true'])}\npred: {plain(r['predicted'])} ({r['p_pred']:.2f})", fontsize=8,
@@ -105,11 +123,15 @@ def error_rows(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str],
 
 def write_error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_names: Sequence[str],
                          out_dir: str | Path, *, k: int = 20, split: str = "test",
-                         paths: Sequence[str] | None = None) -> dict[str, Any]:
+                         paths: Sequence[str] | None = None,
+                         explain: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """Write ``errors.png`` and ``errors.csv`` into ``out_dir``; return {"png", "csv", "rows", "split", "k"}.
 
     ``images``: uint8 (N, H, W, 3), (N, H, W, 1) or (N, H, W) pixels, or a list of N image paths
     (then the CSV's path column holds them). ``paths`` names array images in the CSV.
+    ``explain``: indices -> heatmaps (len, H, W) in [0, 1] for the predicted class (e.g. a predictor's
+    Grad-CAM, cnnlab.evaluation.explain); each image is then shown beside its overlay ("overlays" in
+    the result says whether they were drawn). A model Grad-CAM cannot explain leaves them out.
     """
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
@@ -124,7 +146,13 @@ def write_error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_na
     rows = error_rows(probs, y, class_names, paths, k)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig = error_figure(images, rows)
+    maps = None
+    if explain is not None and rows:
+        try:
+            maps = list(explain(np.array([r["index"] for r in rows])))
+        except CnnlabError:  # e.g. no feature map larger than 1x1: the plain grid
+            maps = None
+    fig = error_figure(images, rows, maps)
     with atomic_path(out / PNG_NAME) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     buf = io.StringIO()
@@ -132,16 +160,18 @@ def write_error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_na
     writer.writeheader()
     writer.writerows(csv_safe_rows(dict(r, p_true=f"{r['p_true']:.6f}", p_pred=f"{r['p_pred']:.6f}") for r in rows))
     atomic_write_text(out / CSV_NAME, buf.getvalue())
-    return {"png": out / PNG_NAME, "csv": out / CSV_NAME, "rows": rows, "split": split, "k": k}
+    return {"png": out / PNG_NAME, "csv": out / CSV_NAME, "rows": rows, "split": split, "k": k,
+            "overlays": maps is not None}
 
 
 def run_error_analysis(probs: np.ndarray, y: np.ndarray, split: Any, class_names: Sequence[str],
-                       run_dir: str | Path, split_name: str, k: int = 20) -> dict[str, str]:
+                       run_dir: str | Path, split_name: str, k: int = 20,
+                       explain: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, str]:
     """A trained run's error analysis on ``split`` (ImageArrays): run_dir/figures/errors.png and
     errors.csv; returns their paths relative to run_dir and the split (for metrics.json)."""
     run_dir = Path(run_dir)
     out = write_error_analysis(probs, y, split.x, class_names, run_dir / "figures", k=k, split=split_name,
-                               paths=split.paths)
+                               paths=split.paths, explain=explain)
     return {"png": out["png"].relative_to(run_dir).as_posix(), "csv": out["csv"].relative_to(run_dir).as_posix(),
             "split": split_name}
 

@@ -54,6 +54,7 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
     """The fresh model on the test split (else validation) -> metrics.json entries."""
     from cnnlab import figures
     from cnnlab.evaluation.error_analysis import run_error_analysis
+    from cnnlab.evaluation.explain import heatmaps
     from cnnlab.models.io import load_weights
 
     split = prep.test if prep.test is not None else prep.val
@@ -80,7 +81,9 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
         out[f"{split_name}_best_checkpoint"] = summary(binf.evaluate_details(split, where=split_name).report)
     report = ev.report
     out["error_analysis"] = run_error_analysis(ev.probabilities, ev.y, split, report["class_names"], rd.path,
-                                               split_name)  # the study's 20 lowest-p(true) images
+                                               split_name,  # the study's 20 lowest-p(true) images
+                                               explain=lambda i: heatmaps(result.model, split.x[i],  # beside their
+                                                                          ev.probabilities[i].argmax(1))[0])  # Grad-CAM
     figures.confusion_heatmap(np.array(report["confusion_matrix"]), report["class_names"],
                               rd.figures / "confusion_matrix.png")
     log(f"{split_name} accuracy: {report['accuracy']:.4f} (top-5 {report['top5_accuracy']:.4f}, "

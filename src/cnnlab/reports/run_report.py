@@ -153,12 +153,18 @@ def write_run_report(
 
     probs = evaluation.probabilities
     if n_worst > 0:
-        ea = write_error_analysis(probs, y, split.x, names, out_dir, k=n_worst, split=split_name, paths=split.paths)
+        ea = write_error_analysis(probs, y, split.x, names, out_dir, k=n_worst, split=split_name, paths=split.paths,
+                                  explain=lambda i: pred.explain(split.x[i]))  # each beside its Grad-CAM overlay
         rep["figures"]["errors"] = str(ea["png"])
         rep["error_analysis"] = {"png": str(ea["png"]), "csv": str(ea["csv"]), "k": n_worst, "split": split_name}
         rep["worst"] = [{"index": r["index"], "image": r["path"] or f"#{r['index']}", "true_label": r["true"],
                          "predicted_label": r["predicted"], "confidence": r["p_pred"], "p_true": r["p_true"]}
                         for r in ea["rows"]]
+    from cnnlab.reports.explain_gallery import PNG_NAME, write_gallery
+
+    log("report: heatmaps of a few correct and wrong predictions per class")
+    rep["explanations"] = write_gallery(split.x, probs, y, names, lambda i: pred.explain(split.x[i]),
+                                        out_dir / PNG_NAME)
     errors = gallery.label_error_rows(probs, y, names, split.paths, label_error_confidence)
     gallery.write_csv(errors, out_dir / "label_errors.csv", gallery.LABEL_ERROR_COLUMNS)
     rep["label_errors"] = {"min_confidence": label_error_confidence, "count": len(errors), "rows": errors,

@@ -127,7 +127,8 @@ def _errors(rep: dict[str, Any]) -> str:
         n = len(rep.get("worst", []))
         body += h.figure(rep["figures"]["errors"],
                          f"The {n} {rep['eval_split']} images with the lowest probability for their true class: "
-                         "true label, predicted label and its confidence (red: wrong).")
+                         "true label, predicted label and its confidence (red: wrong); beside each, where the "
+                         "model looked for its prediction (Grad-CAM, when the model has a feature map for it).")
         body += (f'<p>The same images as a table: <a href="{h.esc(Path(rep["error_analysis"]["csv"]).name)}">'
                  f'{h.esc(Path(rep["error_analysis"]["csv"]).name)}</a> (index, path, true, predicted, p_true, '
                  "p_pred; candidates for label errors).</p>")
@@ -138,6 +139,17 @@ def _errors(rep: dict[str, Any]) -> str:
     if le["rows"]:
         body += h.table(le["rows"][:20], ["image", "true_label", "predicted_label", "confidence", "p_true"])
     return body
+
+
+def _explanations(rep: dict[str, Any]) -> str:
+    info = rep.get("explanations")
+    if not info:
+        return h.para("No heatmaps: this model has no feature map larger than 1x1 for Grad-CAM "
+                      "(`cnnlab explain --method occlusion` works on any model).")
+    return h.figure(info["png"], f"Grad-CAM for the predicted class (red: high) on {info['correct']} correct and "
+                    f"{info['wrong']} wrong {rep['eval_split']} predictions, up to {info['per_class']} of each per "
+                    "class (a row per true class: most confident first; red titles: wrong). "
+                    "`cnnlab explain RUN IMAGE` draws one for any image.")
 
 
 def _calibration(rep: dict[str, Any]) -> str:
@@ -177,6 +189,7 @@ def render(rep: dict[str, Any]) -> str:
         ("training", "Training", _training(rep)),
         ("evaluation", "Evaluation", _evaluation(rep)),
         ("errors", "Worst mistakes", _errors(rep)),
+        ("explanations", "Where the model looks", _explanations(rep)),
         ("calibration", "Calibration", _calibration(rep)),
         ("speed", "Speed", _speed(rep)),
     ]

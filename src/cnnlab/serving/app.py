@@ -1,7 +1,8 @@
 """The web service: ``create_app(run_dir)`` returns a FastAPI app serving one trained run.
 
 Endpoints: ``POST /predict`` (multipart field ``files``, one or more images; or JSON
-``{"images": [base64, ...]}``; query ``top_k``), ``GET /health``, ``GET /metadata``, ``GET /``
+``{"images": [base64, ...]}``; query ``top_k``), ``POST /explain`` (the same inputs and limits; query
+``method``, ``target``: heatmap overlays, cnnlab.evaluation.explain), ``GET /health``, ``GET /metadata``, ``GET /``
 (a page to drop an image on) and the OpenAPI schema at ``/openapi.json`` (no ``/docs`` page:
 FastAPI's loads Swagger UI from a CDN).
 
@@ -15,6 +16,7 @@ Reading and decoding uploads (uploads.py) and admission control, the API key and
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from contextlib import asynccontextmanager
@@ -121,6 +123,48 @@ def create_app(
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="labels per image")):
         try:  # a plain JSONResponse: the result is already JSON types (skips FastAPI's encoder)
             return JSONResponse(await asyncio.wait_for(handle(request, top_k), timeout_s))
+        except TimeoutError:
+            raise ApiError(503, "timeout", f"the request did not finish within {timeout_s:g} s") from None
+
+    explainer: dict[str, Any] = {}  # the torch predictor /explain uses, loaded on its first request
+
+    def explain_images(files: list[tuple[str, bytes]], images: np.ndarray, method: str,
+                       target: str | None) -> dict[str, Any]:
+        from PIL import Image
+
+        from cnnlab.data.decode import to_original_xy, upright_size
+        from cnnlab.errors import CnnlabError
+        from cnnlab.evaluation.overlay import overlay, peak_xy, png_bytes
+        from cnnlab.predictor import ImagePredictor
+
+        if "predictor" not in explainer:
+            explainer["predictor"] = ImagePredictor.load(run_dir, weights=weights)
+        try:
+            e = explainer["predictor"].explanation(images, target, method=method)
+        except CnnlabError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        out = []
+        for i, (name, data) in enumerate(files):
+            x, y = to_original_xy(*peak_xy(e.heatmaps[i]), upright_size(data), size)
+            png = png_bytes(Image.fromarray(overlay(e.images[i], e.heatmaps[i])))
+            out.append({"image": name, "label": e.labels[i], "probability": e.probabilities[i], "peak": [x, y],
+                        "overlay_png": base64.b64encode(png).decode("ascii")})
+        return {"model": card["spec"]["arch"], "method": method, "layer": e.layer, "explanations": out}
+
+    async def handle_explain(request: Request, method: str, target: str | None) -> dict[str, Any]:
+        async with admission.slot():  # the same reading, limits and decoding as /predict
+            files = await uploads.read_files(request)
+            images = await uploads.decode(files)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, explain_images, files, images, method, target)
+
+    @app.post("/explain", summary="Class-activation heatmaps: an overlay PNG (base64), label, probability, peak",
+              openapi_extra={"requestBody": PREDICT_BODY})
+    async def explain(request: Request,
+                      method: str = Query("gradcam", description="gradcam or occlusion (gradient-free)"),
+                      target: str | None = Query(None, description="a class to explain (default: the predicted)")):
+        try:  # heatmaps in fp32 with the run's torch model (cnnlab.evaluation.explain), whatever the backend
+            return JSONResponse(await asyncio.wait_for(handle_explain(request, method, target), timeout_s))
         except TimeoutError:
             raise ApiError(503, "timeout", f"the request did not finish within {timeout_s:g} s") from None
 
