@@ -13,7 +13,9 @@ The rules, applied in this order:
      data, i.e. 65535 -> 255), then treated as grayscale;
    - F (32-bit float): values assumed in [0, 1] when they all are, else in [0, 255]; clipped;
    - CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB.
-4. Resizing to ``size`` x ``size`` (when a size is given and differs): the shorter side is scaled
+4. Resizing to ``size`` x ``size`` (when a size is given and differs): a JPEG at least four times
+   larger is first decoded at a reduced scale by libjpeg (``draft``), its shorter side staying at
+   least ``2 * size``; then the shorter side is scaled
    to ``size`` with Pillow's antialiased bilinear filter, then the centre is cropped, so the
    aspect ratio is kept (what timm's evaluation transform does; Keras's squash is not used).
 """
@@ -21,6 +23,7 @@ The rules, applied in this order:
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings
@@ -36,7 +39,7 @@ from cnnlab.errors import DataError
 MAX_PIXELS = 89_478_485
 
 #: Bumped whenever a rule above (or the folder order, folder.py) changes, so on-disk caches of decoded pixels are rebuilt.
-DECODE_VERSION = 3
+DECODE_VERSION = 4
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -154,6 +157,13 @@ def decode_image(
                         f"{label}: {w}x{h} = {w * h:,} pixels exceeds cnnlab's limit of {max_pixels:,} "
                         "(possible decompression bomb)"
                     )
+                if size is not None and img.format == "JPEG":
+                    # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the shorter side stays at
+                    # least twice ``size`` (Pillow's thumbnail does the same): a 12 MP photo for a
+                    # 224-px set is never held at full size, and the final resize still antialiases.
+                    scale = 2 * size / min(w, h)
+                    if scale < 0.5:
+                        img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 img = _to_rgb(img)
