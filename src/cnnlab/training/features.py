@@ -66,9 +66,13 @@ def _hash_tensor_dict(state: dict[str, torch.Tensor]) -> str:
 
 
 def _hash_array(x: np.ndarray) -> str:
+    from cnnlab.data.rows import release_pages
+
     h = hashlib.blake2b(digest_size=16)
-    h.update(str(x.shape).encode())
-    h.update(np.ascontiguousarray(x).data)
+    h.update(str(tuple(x.shape)).encode())
+    for i in range(0, len(x), 4096):  # a chunk at a time: pixels decoded to disk are never all in memory
+        h.update(np.ascontiguousarray(np.asarray(x[i : i + 4096])).data)
+        release_pages(x)
     return h.hexdigest()
 
 

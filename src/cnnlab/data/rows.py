@@ -1,0 +1,126 @@
+"""Rows of memory-mapped pixels: index views, batch reads and releasing mapped pages.
+
+A split decoded to disk (decode_store.py) is an ``np.memmap``. Indexing it with an index array
+(a train/validation split, a subset) would copy every chosen row into memory, so
+:meth:`ImageArrays.subset <cnnlab.data.dataset.ImageArrays.subset>` returns a :class:`RowView`
+instead: the base array and the row numbers, read only when a batch asks for them.
+
+Pages read through a memory map count in the process's resident memory until it drops them,
+although they are the kernel's page cache (shared by every process mapping the file, e.g. the
+DDP ranks of one machine, and reclaimable). :func:`release_pages` drops them from this process
+(``madvise(MADV_DONTNEED)``; the page cache keeps them), which the trainers call every few
+batches so resident memory stays flat however large the data set is.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+
+
+class RowView:
+    """Rows ``index`` of ``base`` (N, ...), read lazily. Behaves enough like an ndarray for the
+    trainers: ``len``, ``shape``, ``dtype``, ``ndim``, ``nbytes``; an int gives one row, a slice
+    another view, an index array (numpy or torch) the rows as an in-memory ndarray, and
+    ``np.asarray(view)`` the whole view in memory (only for small ones)."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray):
+        self.base = base
+        self.index = np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.base.dtype.itemsize
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self.base[self.index[key]]
+        if isinstance(key, slice):
+            return RowView(self.base, self.index[key])
+        if hasattr(key, "numpy"):  # a torch index tensor
+            key = key.cpu().numpy()
+        return take_rows(self.base, self.index[np.asarray(key)])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = take_rows(self.base, self.index)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+def is_disk_backed(x: Any) -> bool:
+    """Pixels read from a file as batches ask for them (a memory map or a view of one)."""
+    return isinstance(x, RowView) or mapping_of(x) is not None
+
+
+def take_rows(x: Any, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of ``x`` as an in-memory array, reading only those rows (in file order)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if isinstance(x, RowView):
+        return take_rows(x.base, x.index[idx])
+    if idx.ndim != 1 or len(idx) < 2 or mapping_of(x) is None:
+        return np.asarray(x[idx])
+    order = np.argsort(idx, kind="stable")
+    out = np.empty((len(idx), *x.shape[1:]), dtype=x.dtype)
+    out[order] = x[idx[order]]
+    return out
+
+
+def subset(x: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` of ``x``: a slice view for a run of rows, a :class:`RowView` of a disk-backed
+    array, else an in-memory copy (what numpy indexing gives)."""
+    index = np.asarray(index, dtype=np.int64)
+    if isinstance(x, RowView):
+        return RowView(x.base, x.index[index])
+    if is_disk_backed(x):
+        if len(index) and index[0] >= 0 and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+            return x[int(index[0]) : int(index[0]) + len(index)]
+        return RowView(x, index)
+    return x[index]
+
+
+def mapping_of(x: Any) -> mmap.mmap | None:
+    """The ``mmap`` object under a memory-mapped array (or a view of one), if any."""
+    seen = 0
+    while x is not None and seen < 8:
+        m = getattr(x, "_mmap", None)
+        if isinstance(m, mmap.mmap):
+            return m
+        x = getattr(x, "base", None)
+        seen += 1
+    return None
+
+
+def release_pages(x: Any) -> None:
+    """Drop the pages of ``x``'s file mapping from this process's resident memory (they stay in
+    the page cache; the next read maps them again). A no-op for in-memory arrays."""
+    m = mapping_of(x.base if isinstance(x, RowView) else x)
+    if m is None or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        m.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # a closed map, or a platform without it: nothing to release
+        pass
