@@ -236,6 +236,11 @@ def _temp_folder(root: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def build_lock(name: str, say: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
+    """A file lock under ``<home>/locks`` held while one process builds the entry ``name``."""
+    return _lock(name, say)
+
+
 @contextlib.contextmanager
 def _lock(key: str, say: Callable[[str], None] | None) -> Iterator[None]:
     from filelock import FileLock, Timeout
@@ -305,7 +310,8 @@ class CacheEntry:
     images: int
 
     def as_row(self) -> dict[str, Any]:
-        return {"kind": self.kind, "key": self.path.name.removesuffix(".npy"), "size_mb": round(self.bytes / 1e6, 1),
+        return {"kind": self.kind, "key": self.path.name.removesuffix(".npy"), "bytes": self.bytes,
+                "size_mb": round(self.bytes / 1e6, 1),
                 "last_use": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.last_use)),
                 "images": self.images, "source": self.source, "path": str(self.path)}
 
@@ -339,11 +345,10 @@ def list_entries() -> list[CacheEntry]:
         for p in features_root().glob("*.npy"):
             if p.name.startswith("."):
                 continue
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 st = p.stat()
-                side = p.with_suffix(".json")
-                source = json.loads(side.read_text()).get("source", "features") if side.is_file() else "features"
-                out.append(CacheEntry("features", p, st.st_size, st.st_mtime, source, 0))
+                n = len(np.load(p, mmap_mode="r"))  # reads the header only
+                out.append(CacheEntry("features", p, st.st_size, st.st_mtime, "frozen-backbone features", n))
     return sorted(out, key=lambda e: e.last_use)
 
 
@@ -352,7 +357,6 @@ def remove_entry(entry: CacheEntry) -> None:
         shutil.rmtree(entry.path, ignore_errors=True)
     else:
         entry.path.unlink(missing_ok=True)
-        entry.path.with_suffix(".json").unlink(missing_ok=True)
 
 
 def enforce_cap(limit: int | None = None, keep: set[Path] | None = None) -> list[CacheEntry]:
