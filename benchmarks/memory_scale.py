@@ -99,7 +99,7 @@ def child(archive: str, run_dir: str) -> None:
     from cnnlab import api
     from cnnlab.data.sources import load_source
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.perf_counter()
     bundle = load_source(archive)
     decode_s = time.perf_counter() - t0
@@ -124,7 +124,8 @@ def child(archive: str, run_dir: str) -> None:
 
 def run_child(archive: Path, src: str, home: Path, run_dir: Path, cgroup: Path | None = None,
               workers: str | None = None) -> dict:
-    env = dict(os.environ, PYTHONPATH=src, CNNLAB_HOME=str(home), OMP_NUM_THREADS=str(len(os.sched_getaffinity(0))))
+    # one compute thread: on shared cores two OpenMP threads stall whenever another job takes a core
+    env = dict(os.environ, PYTHONPATH=src, CNNLAB_HOME=str(home), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if workers is not None:
         env["CNNLAB_DECODE_WORKERS"] = workers
     cmd = [sys.executable, __file__, "--child", str(archive), "--run-dir", str(run_dir)]
