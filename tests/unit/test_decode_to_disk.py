@@ -35,7 +35,7 @@ def test_worker_processes_write_the_same_pixels(make_tree, tmp_path, monkeypatch
     monkeypatch.setenv("CNNLAB_DECODE_WORKERS", "0")
     one = load_source(tree)
     monkeypatch.setenv("CNNLAB_DECODE_WORKERS", "2")
-    monkeypatch.setattr(decode_store, "CHUNK", 16)  # several chunks per worker (spawned workers keep 256)
+    monkeypatch.setattr(decode_store, "CHUNK", 16)  # several chunks per worker
     two = load_source(tree)
     assert np.array_equal(np.asarray(one.train.x), np.asarray(two.train.x))
     assert np.array_equal(one.train.y, two.train.y) and one.train.paths == two.train.paths
@@ -107,3 +107,19 @@ def test_disk_full_while_decoding_is_one_line_and_leaves_no_entry(tiny_tree, iso
     assert [p.name for p in (isolated_home / "decoded").iterdir()] == []  # no entry, no temporary folder
     monkeypatch.setattr(decode_store.os, "pwrite", real)
     assert load_source(tiny_tree).info["cache"] == "miss"
+
+
+def test_two_processes_loading_a_new_source_decode_it_once(make_tree, tmp_path):
+    import subprocess
+    import sys
+
+    tree = make_tree(tmp_path / "t", per_class=60)
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = dict(os.environ, CNNLAB_HOME=str(tmp_path / "home"), PYTHONPATH=str(src))
+    env.pop("CNNLAB_NO_CACHE", None)
+    code = "import sys; from cnnlab.data.sources import load_source; print(load_source(sys.argv[1]).info['cache'])"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tree)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(o.strip() for o, _ in outs) == ["hit", "miss"]  # the second waited, then read the entry

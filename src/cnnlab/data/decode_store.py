@@ -241,7 +241,7 @@ def _decode_to_folder(out_dir: Path, items: list[Item], payloads: Iterable[tuple
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=not progress or None, file=sys.stderr,
                dynamic_ncols=True)
     t0 = time.perf_counter()
-    pool = ProcessPoolExecutor(workers, mp_context=_spawn()) if workers else None
+    pool = ProcessPoolExecutor(workers, mp_context=_mp_context()) if workers else None
 
     def results() -> Iterator[list[tuple[int, str, int, str | None]]]:
         if pool is None:
@@ -282,11 +282,14 @@ def _decode_to_folder(out_dir: Path, items: list[Item], payloads: Iterable[tuple
     return kept, good, bad
 
 
-def _spawn():
+def _mp_context():
     import multiprocessing
 
-    # "spawn": a fresh interpreter per worker; forking a process that runs torch's thread pools can hang.
-    return multiprocessing.get_context("spawn")
+    # "fork" where there is one: a worker starts at once and does not import the caller's __main__
+    # again ("spawn" would re-run a script that calls cnnlab without an ``if __name__ == "__main__"``
+    # guard). The workers only run Pillow and numpy, never torch, whose OpenMP pool is not fork-safe.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def _compact(file: tuple[str, int, tuple[int, int]], mask: np.ndarray) -> None:
