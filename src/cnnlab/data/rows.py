@@ -5,16 +5,18 @@ A split decoded to disk (decode_store.py) is an ``np.memmap``. Indexing it with 
 :meth:`ImageArrays.subset <cnnlab.data.dataset.ImageArrays.subset>` returns a :class:`RowView`
 instead: the base array and the row numbers, read only when a batch asks for them.
 
-Pages read through a memory map count in the process's resident memory until it drops them,
-although they are the kernel's page cache (shared by every process mapping the file, e.g. the
-DDP ranks of one machine, and reclaimable). :func:`release_pages` drops them from this process
-(``madvise(MADV_DONTNEED)``; the page cache keeps them), which the trainers call every few
-batches so resident memory stays flat however large the data set is.
+Batches are read from the file with ``pread`` (:func:`take_rows`, :func:`read_all`): the rows
+come from the kernel's page cache, shared by every process reading the file (e.g. the DDP ranks
+of one machine) and reclaimable, and are never mapped into this process, so its resident memory
+stays flat however large the data set is. Pages read through the map itself (code that indexes
+the array directly) count as resident until :func:`release_pages` drops them again
+(``madvise(MADV_DONTNEED)``; the page cache keeps them).
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 from typing import Any
 
 import numpy as np
@@ -77,16 +79,67 @@ def is_disk_backed(x: Any) -> bool:
 
 
 def take_rows(x: Any, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of ``x`` as an in-memory array, reading only those rows (in file order)."""
+    """Rows ``idx`` of ``x`` as an in-memory array, reading only those rows (in file order).
+
+    Rows of a memory-mapped file are read with ``os.preadv`` rather than through the map: a read
+    fault on a file map also maps its neighbours (the kernel's fault-around, 64 kB), so random rows
+    read through the map leave several times their size resident in this process, while ``pread``
+    copies just the rows from the page cache (and measured faster: 7.5 vs 12.5 ms for 256 rows of
+    64-px images)."""
     idx = np.asarray(idx, dtype=np.int64)
     if isinstance(x, RowView):
         return take_rows(x.base, x.index[idx])
-    if idx.ndim != 1 or len(idx) < 2 or mapping_of(x) is None:
+    loc = file_location(x)
+    if idx.ndim != 1 or loc is None:
         return np.asarray(x[idx])
-    order = np.argsort(idx, kind="stable")
+    if len(idx) and (idx.min() < -len(x) or idx.max() >= len(x)):
+        raise IndexError(f"row index out of range for {len(x)} rows")
+    idx = np.where(idx < 0, idx + len(x), idx)
+    path, offset = loc
+    row = int(np.prod(x.shape[1:])) * x.dtype.itemsize
     out = np.empty((len(idx), *x.shape[1:]), dtype=x.dtype)
-    out[order] = x[idx[order]]
+    flat = out.reshape(len(idx), -1).view(np.uint8)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for j in np.argsort(idx, kind="stable"):
+            if os.preadv(fd, [flat[j]], offset + int(idx[j]) * row) != row:
+                raise OSError(f"{path}: short read (the cache file was truncated)")
+    finally:
+        os.close(fd)
     return out
+
+
+def read_all(x: Any) -> np.ndarray:
+    """``x`` as an in-memory array; rows of a memory-mapped file are read in one ``pread``."""
+    if isinstance(x, RowView):
+        return take_rows(x.base, x.index)
+    loc = file_location(x)
+    if loc is None or not len(x):
+        return np.array(x)
+    out = np.empty(x.shape, dtype=x.dtype)
+    fd = os.open(loc[0], os.O_RDONLY)
+    try:
+        if os.preadv(fd, [out.reshape(-1).view(np.uint8)], loc[1]) != out.nbytes:
+            raise OSError(f"{loc[0]}: short read (the cache file was truncated)")
+    finally:
+        os.close(fd)
+    return out
+
+
+def file_location(x: Any) -> tuple[str, int] | None:
+    """(file, byte offset of row 0) of a C-contiguous view of a memory-mapped ``.npy``, else None."""
+    root = x
+    for _ in range(8):
+        if not isinstance(root, np.memmap):
+            return None
+        if isinstance(root.base, mmap.mmap):
+            break
+        root = root.base
+    else:
+        return None
+    if root.filename is None or not x.flags.c_contiguous:
+        return None
+    return str(root.filename), int(root.offset) + (x.ctypes.data - root.ctypes.data)
 
 
 def subset(x: Any, index: np.ndarray) -> Any:

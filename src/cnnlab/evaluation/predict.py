@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.data.rows import is_disk_backed, release_pages, take_rows
+from cnnlab.data.rows import is_disk_backed, read_all, release_pages, take_rows
 from cnnlab.errors import ConfigError
 from cnnlab.utils.hardware import autocast
 
@@ -26,9 +26,9 @@ class NCHWRows:
 
     Stands in for the tensor :func:`as_nchw` gives for in-memory pixels, as far as the trainers
     and :func:`batched_inference` use it: ``len``, ``shape``, ``device``; a slice is another lazy
-    view; an index (tensor or array) or ``.to(device)`` reads those rows into a tensor. Every
-    ``RELEASE_EVERY`` reads the mapped pages are released again, so resident memory does not grow
-    with the data set (the pages stay in the shared page cache)."""
+    view; an index (tensor or array) or ``.to(device)`` reads those rows into a tensor with
+    ``pread`` (data/rows.py: never through the map), so resident memory does not grow with the
+    data set; every ``RELEASE_EVERY`` reads, pages other code read through the map are dropped."""
 
     RELEASE_EVERY = 16
 
@@ -50,8 +50,8 @@ class NCHWRows:
     def _read(self, arr: np.ndarray) -> torch.Tensor:
         self._reads[0] += 1
         if self._reads[0] % self.RELEASE_EVERY == 0:
-            release_pages(self.x)
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+            release_pages(self.x)  # pages some other reader mapped (the batches themselves are pread)
+        return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, slice):
@@ -61,9 +61,9 @@ class NCHWRows:
         return self._read(take_rows(self.x, np.asarray(key)))
 
     def to(self, device: Any = None, non_blocking: bool = False) -> torch.Tensor:
-        """These rows as a tensor on ``device`` (a copy of the whole view: for batches)."""
-        t = self._read(np.array(self.x) if not isinstance(self.x, np.ndarray) else self.x)
-        return t.to(device or self.device, non_blocking=non_blocking) if device is not None else t.clone()
+        """These rows as a tensor on ``device`` (read into memory: for batches)."""
+        t = self._read(read_all(self.x))
+        return t.to(device, non_blocking=non_blocking) if device is not None else t
 
 
 def fits_on_device(x: Any, device: torch.device) -> bool:
