@@ -13,8 +13,8 @@ and prints the process's peak resident memory (VmHWM: what ``getrusage`` reports
 anonymous memory (RssAnon, sampled every 20 ms: memory that is not file pages the kernel can
 drop). With --old-src (e.g. /work/main/src) the same runs use that checkout's code (the
 in-memory loaders) for comparison. With --cgroup-gb the last size also runs inside a cgroup-v1
-memory group limited to that many GB, where the machine allows one (root, /sys/fs/cgroup/memory),
-reading the pixels the unlimited run decoded (its cache entry).
+memory group limited to that many GB (decoding and training), where the machine allows one
+(root, /sys/fs/cgroup/memory).
 
     PYTHONPATH=src python benchmarks/memory_scale.py --sizes 20000 200000 --old-src /work/main/src \\
         --cgroup-gb 1.0 --out /tmp/memscale
@@ -198,8 +198,9 @@ def main() -> None:
         else:
             n = args.sizes[-1]
             try:
-                # the decoded cache of the unlimited run is reused (a hit): the epoch runs under the limit
-                r = run_child(out / f"synthetic_{n}.tar", src, homes[n], out / "run_cg", cgroup=group)
+                # a fresh cache: decoding and the epoch both run under the limit
+                r = run_child(out / f"synthetic_{n}.tar", src, out / f"home_cg_{time.time_ns()}", out / "run_cg",
+                              cgroup=group)
                 r["cgroup_max_usage"] = int((group / "memory.max_usage_in_bytes").read_text())
                 r["cgroup_failcnt"] = int((group / "memory.failcnt").read_text())
                 show(f"cg {args.cgroup_gb:g}GB", n, r)
