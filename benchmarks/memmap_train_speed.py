@@ -38,8 +38,10 @@ def main() -> None:
     from cnnlab.training.optim import build_optimizer
 
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(cores)
-    print(f"machine: {platform.machine()}, {cores} cores (shared with other jobs), torch {torch.__version__}")
+    threads = int(os.environ.get("OMP_NUM_THREADS") or cores)
+    torch.set_num_threads(threads)
+    print(f"machine: {platform.machine()}, {cores} cores (shared with other jobs), {threads} compute threads, "
+          f"torch {torch.__version__}")
     b = load_source("cifar10")
     n = args.steps * args.batch
     x_map = b.train.x[:n]
