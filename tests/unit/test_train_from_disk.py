@@ -94,3 +94,13 @@ def test_batches_are_read_without_mapping_the_file(tmp_path):
     assert rows.file_location(x) == (str(path), 128 + 16 * 64 * 64 * 3)
     rows.release_pages(x)  # pages read through the map are dropped; the array reads the same afterwards
     assert int(x[3, 0, 0, 0]) == 19
+
+
+def test_rows_of_a_deleted_scratch_file_still_read(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(8 * 2 * 2 * 3, dtype=np.uint8).reshape(8, 2, 2, 3))
+    x = np.load(path, mmap_mode="c")
+    want = np.array(x)
+    path.unlink()  # what a scratch folder does once its maps are open
+    assert np.array_equal(rows.take_rows(x, np.array([5, 1, 6])), want[[5, 1, 6]])
+    assert np.array_equal(rows.read_all(x[2:4]), want[2:4])

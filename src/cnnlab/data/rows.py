@@ -99,7 +99,12 @@ def take_rows(x: Any, idx: np.ndarray) -> np.ndarray:
     row = int(np.prod(x.shape[1:])) * x.dtype.itemsize
     out = np.empty((len(idx), *x.shape[1:]), dtype=x.dtype)
     flat = out.reshape(len(idx), -1).view(np.uint8)
-    fd = os.open(path, os.O_RDONLY)
+    fd = _open(path)
+    if fd is None:  # the file is gone (a scratch file, an entry cleaned meanwhile): its map still reads
+        order = np.argsort(idx, kind="stable")
+        out[order] = x[idx[order]]
+        release_pages(x)
+        return out
     try:
         for j in np.argsort(idx, kind="stable"):
             if os.preadv(fd, [flat[j]], offset + int(idx[j]) * row) != row:
@@ -117,13 +122,27 @@ def read_all(x: Any) -> np.ndarray:
     if loc is None or not len(x):
         return np.array(x)
     out = np.empty(x.shape, dtype=x.dtype)
-    fd = os.open(loc[0], os.O_RDONLY)
+    fd = _open(loc[0])
+    if fd is None:  # the file is gone: read through its map, then drop the pages again
+        out[...] = x
+        release_pages(x)
+        return out
     try:
         if os.preadv(fd, [out.reshape(-1).view(np.uint8)], loc[1]) != out.nbytes:
             raise OSError(f"{loc[0]}: short read (the cache file was truncated)")
     finally:
         os.close(fd)
     return out
+
+
+def _open(path: str) -> int | None:
+    """A descriptor for reading ``path``, or None when it no longer exists: a scratch file (cache
+    off, a DataFrame) is deleted as soon as it is mapped, and ``cnnlab cache clean`` may remove an
+    entry a running process still reads; the map keeps the pixels readable in both cases."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
 
 
 def file_location(x: Any) -> tuple[str, int] | None:
