@@ -144,8 +144,8 @@ def iter_predict(run_dir: str | Path, inputs: Sequence[str | Path], *, top_k: in
 
     check_value("top_k", top_k, at_least(1))
     pred = ImagePredictor.load(run_dir, weights=weights, tta=tta, backend=backend)
-    classes = pred.class_names
     for probs, names in pred.iter_proba(inputs, chunk):
+        classes = pred.class_names  # after the model loaded: a damaged model card is reported there
         k = min(top_k, probs.shape[1])
         for name, p in zip(names, probs):
             order = np.argsort(-p)[:k]
