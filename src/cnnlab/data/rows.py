@@ -196,3 +196,9 @@ def release_pages(x: Any) -> None:
         m.madvise(mmap.MADV_DONTNEED)
     except (OSError, ValueError):  # a closed map, or a platform without it: nothing to release
         pass
+
+
+def chunks(x: Any, size: int = 4096) -> Any:
+    """``x`` as in-memory arrays of at most ``size`` rows, in order (never the whole of a big set)."""
+    for i in range(0, len(x), size):
+        yield read_all(x[i : i + size])
