@@ -17,7 +17,7 @@ exists once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -154,6 +154,23 @@ def explain(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, out_
     pred = ImagePredictor.load(run_dir, weights=weights)
     explanation = pred.explanation(inputs, target, method=method, layer=layer)
     return write_overlays(explanation, out_dir, pred.decode_size)
+
+
+def iter_predict(run_dir: str | Path, inputs: Sequence[str | Path], *, top_k: int = 3, weights: str = "final",
+                 tta: str | None = None, backend: str = "torch", chunk: int | None = None
+                 ) -> Iterator[dict[str, Any]]:
+    """:func:`predict` for image files and folders, streamed: images are decoded and predicted a
+    chunk at a time (ImagePredictor.iter_proba), each result yielded as soon as it is known."""
+    from cnnlab.validation import at_least, check_value
+
+    check_value("top_k", top_k, at_least(1))
+    pred = ImagePredictor.load(run_dir, weights=weights, tta=tta, backend=backend)
+    for probs, names in pred.iter_proba(inputs, chunk):
+        classes = pred.class_names  # after the model loaded: a damaged model card is reported there
+        k = min(top_k, probs.shape[1])
+        for name, p in zip(names, probs):
+            order = np.argsort(-p)[:k]
+            yield {"image": name, "top": [{"label": classes[i], "probability": float(p[i])} for i in order]}
 
 
 def inspect_data(source: Any, out_dir: str | Path | None = None, **load_kwargs: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +244,18 @@ class ImagePredictor:
         """(probabilities (N, classes), image names, DataFrame index or None): predict_proba's arrays."""
         x, names, index = self._unlabelled(data)
         return self.inference.proba(x), names, index
+
+    def iter_proba(self, paths: Any, chunk: int | None = None) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """:meth:`proba` of image files and folders, ``chunk`` images at a time (default: the batch
+        size): each chunk is decoded and predicted before the next is read, so the first results
+        come before the last image is decoded and memory does not grow with the folder."""
+        from cnnlab.data.inputs import decode_paths, image_paths
+
+        files = image_paths(paths)
+        step = max(1, chunk or self.batch_size)
+        for i in range(0, len(files), step):
+            part = files[i : i + step]
+            yield self.logits(decode_paths(part, self.decode_size)).softmax(1).numpy(), [str(p) for p in part]
 
     def predict(self, data: Any) -> Any:
         """The most probable label of each image: a pandas Series named after ``label``."""

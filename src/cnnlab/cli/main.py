@@ -15,7 +15,7 @@ from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
 COMMANDS = ("train", "fit", "evaluate", "predict", "embed", "data", "models", "report", "study", "runs", "tune",
-            "export", "serve", "explain")
+            "export", "serve", "explain", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:

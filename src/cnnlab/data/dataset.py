@@ -17,7 +17,10 @@ from cnnlab.errors import DataError
 
 @dataclass
 class ImageArrays:
-    """One split: ``x`` is ``(N, H, W, 3)`` uint8, ``y`` is ``(N,)`` int64 class indices."""
+    """One split: ``x`` is ``(N, H, W, 3)`` uint8, ``y`` is ``(N,)`` int64 class indices.
+
+    ``x`` is an in-memory array, a memory map of a decoded-pixel cache entry, or a
+    :class:`~cnnlab.data.rows.RowView` of one (rows read only when a batch asks for them)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -43,9 +46,12 @@ class ImageArrays:
         return len(self.class_names)
 
     def subset(self, index: np.ndarray) -> "ImageArrays":
+        """These rows; pixels decoded to disk stay there (an index view, see rows.py)."""
+        from cnnlab.data.rows import subset
+
         index = np.asarray(index)
         paths = [self.paths[i] for i in index] if self.paths is not None else None
-        return ImageArrays(self.x[index], self.y[index], list(self.class_names), paths)
+        return ImageArrays(subset(self.x, index), self.y[index], list(self.class_names), paths)
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.y, minlength=self.num_classes)

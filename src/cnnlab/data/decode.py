@@ -18,7 +18,9 @@ The rules, applied in this order:
      data, i.e. 65535 -> 255), then treated as grayscale;
    - F (32-bit float): values assumed in [0, 1] when they all are, else in [0, 255]; clipped;
    - CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB.
-4. Resizing to ``size`` x ``size`` (when a size is given and differs): the shorter side is scaled
+4. Resizing to ``size`` x ``size`` (when a size is given and differs): a JPEG at least four times
+   larger is first decoded at a reduced scale by libjpeg (``draft``), its shorter side staying at
+   least ``2 * size``; then the shorter side is scaled
    to ``size`` with Pillow's antialiased bilinear filter, then the centre is cropped, so the
    aspect ratio is kept (what timm's evaluation transform does; Keras's squash is not used).
 """
@@ -26,6 +28,7 @@ The rules, applied in this order:
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings

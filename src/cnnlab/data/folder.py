@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from cnnlab.data.dataset import DatasetBundle, ImageArrays, check_classes
-from cnnlab.data.decode import decode_image, is_image_name
+from cnnlab.data.decode import is_image_name
+from cnnlab.data.decode_store import Item, decode_to_folder, header_size, open_split, split_shapes
 from cnnlab.errors import DataError
 
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "val", "valid": "val"}
@@ -237,63 +238,66 @@ def _brief(exc: BaseException) -> str:
     return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
-def decode_entries(
+def _items(entries: list[_Entry], class_names: list[str], where: str) -> list[Item]:
+    """Each entry's split, class and row: a split's rows are its entries in a fixed shuffled order."""
+    lookup = {c: k for k, c in enumerate(class_names)}
+    items: list[Item | None] = [None] * len(entries)
+    for split in ("train", "val", "test"):
+        idx = [i for i, e in enumerate(entries) if e.split == split]
+        unknown = sorted({entries[i].label for i in idx} - set(lookup))
+        if unknown:
+            raise DataError(f"{where}: {split} split has class {unknown[0]!r} that the train split lacks")
+        for row, k in enumerate(np.random.default_rng(ORDER_SEED).permutation(len(idx))):
+            e = entries[idx[k]]
+            items[idx[k]] = Item(split, row, lookup[e.label], e.name, e.key)
+    return [it for it in items if it is not None]
+
+
+def _payloads(source: Path, items: list[Item]) -> Iterator[tuple[Item, str | bytes]]:
+    """(item, path) for a folder, (item, bytes) in archive order for an archive (missing: empty)."""
+    if source.is_dir():
+        yield from ((it, it.key) for it in items)
+        return
+    index = {it.key: it for it in items}
+    seen = set()
+    for member, data in _iter_bytes(source, set(index)):
+        seen.add(member)
+        yield index[member], data
+    for it in items:
+        if it.key not in seen:
+            yield it, b""
+
+
+def decode_to(
+    out_dir: Path,
     source: Path,
-    entries: list[_Entry],
+    items: list[Item],
     image_size: int | None,
     skip_bad: bool,
-) -> tuple[list[np.ndarray | None], list[str]]:
-    """Decode every entry; bad files raise, or with ``skip_bad`` come back as None and listed."""
-    out: list[np.ndarray | None] = [None] * len(entries)
-    bad: list[str] = []
-    index = {e.key: i for i, e in enumerate(entries)}
-
-    def one(i: int, data: str | bytes) -> None:
-        try:
-            out[i] = decode_image(data, image_size, name=entries[i].name)
-        except DataError as exc:
-            if not skip_bad:
-                raise DataError(f"{exc} (use --skip-bad to skip bad files and count them)") from None
-            bad.append(str(exc))
-
-    if source.is_dir():
-        for i, e in enumerate(entries):
-            one(i, e.key)
-    else:
-        seen = set()
-        for member, data in _iter_bytes(source, set(index)):
-            seen.add(member)
-            one(index[member], data)
-        for e in entries:
-            if e.key not in seen:
-                one(index[e.key], b"")
-    return out, bad
-
-
-def stack_split(
-    arrays: list[np.ndarray | None],
-    entries: list[_Entry],
-    split: str,
     class_names: list[str],
     where: str,
-) -> ImageArrays | None:
-    idx = [i for i, e in enumerate(entries) if e.split == split and arrays[i] is not None]
-    if not idx:
-        return None
-    shapes = {arrays[i].shape for i in idx}  # type: ignore[union-attr]
-    if len(shapes) > 1:
-        raise DataError(
-            f"{where}: images have different sizes ({', '.join(str(s[:2]) for s in list(shapes)[:3])}...); "
-            "set data.image_size (CLI: --image-size N) to resize them all to N x N"
-        )
-    lookup = {c: k for k, c in enumerate(class_names)}
-    unknown = sorted({entries[i].label for i in idx} - set(lookup))
-    if unknown:
-        raise DataError(f"{where}: {split} split has class {unknown[0]!r} that the train split lacks")
-    idx = [idx[k] for k in np.random.default_rng(ORDER_SEED).permutation(len(idx))]
-    x = np.stack([arrays[i] for i in idx])  # type: ignore[misc]
-    y = np.array([lookup[entries[i].label] for i in idx], dtype=np.int64)
-    return ImageArrays(x, y, class_names, [entries[i].name for i in idx])
+    payloads: Callable[[], Iterable[tuple[Item, str | bytes]]] | None = None,
+) -> tuple[dict[str, ImageArrays | None], list[str]]:
+    """Decode ``items`` into ``out_dir`` (decode_store.py) and open each split as a memory map."""
+    read = payloads or (lambda: _payloads(source, items))
+    sizes = None if image_size is not None else ((it, header_size(data)) for it, data in read())
+    shapes = split_shapes(sizes if sizes is not None else ((it, None) for it in items), image_size, where)
+    counts = {s: sum(1 for it in items if it.split == s) for s in shapes}
+    kept, good, bad = decode_to_folder(out_dir, items, read(), shapes, counts, image_size, skip_bad,
+                                       desc=f"decoding {Path(where).name}")
+    splits: dict[str, ImageArrays | None] = {"train": None, "val": None, "test": None}
+    for split, n in counts.items():
+        if not kept[split]:
+            continue
+        y = np.zeros(n, dtype=np.int64)
+        paths = [""] * n
+        for it in items:
+            if it.split == split:
+                y[it.row], paths[it.row] = it.label, it.name
+        mask = good[split]
+        splits[split] = ImageArrays(open_split(out_dir / f"{split}_x.npy", kept[split]), y[mask], class_names,
+                                    [p for p, g in zip(paths, mask) if g])
+    return splits, bad
 
 
 def load_tree(
@@ -302,8 +306,10 @@ def load_tree(
     skip_bad: bool = False,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    out_dir: Path | None = None,
 ) -> DatasetBundle:
-    """Load a folder tree or an archive of one into memory."""
+    """Load a folder tree or an archive of one, decoded into ``out_dir`` (a cache entry being
+    built) or a scratch folder, as memory-mapped splits."""
     where = str(source)
     if not source.exists():
         raise DataError(f"{where}: no such file or folder")
@@ -319,9 +325,15 @@ def load_tree(
     check_classes(class_names, counts, where)
     if progress:
         progress(f"decoding {len(entries):,} images from {where}")
-    arrays, bad = decode_entries(source, entries, image_size, skip_bad)
+    items = _items(entries, class_names, where)
+    if out_dir is None:
+        from cnnlab.data.cache import scratch_folder
+
+        with scratch_folder() as tmp:  # the open memory maps keep the deleted files readable
+            splits, bad = decode_to(tmp, source, items, image_size, skip_bad, class_names, where)
+    else:
+        splits, bad = decode_to(out_dir, source, items, image_size, skip_bad, class_names, where)
     bad = refused + bad
-    splits = {s: stack_split(arrays, entries, s, class_names, where) for s in ("train", "val", "test")}
     if splits["train"] is None:
         raise DataError(f"{where}: every training image was unreadable")
     left = splits["train"].class_counts()

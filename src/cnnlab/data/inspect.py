@@ -6,16 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from cnnlab.data.dataset import DatasetBundle, imbalance
+from cnnlab.data.rows import chunks
 
 
 def summarize(bundle: DatasetBundle, *, duplicates: bool = False) -> dict[str, Any]:
     splits = {}
     for name, arr in bundle.splits().items():
+        # a chunk at a time: pixels decoded to disk (rows.py) are never all read into memory
+        ranges = [(int(c.min()), int(c.max())) for c in chunks(arr.x)] if len(arr) else []
         splits[name] = {
             "images": len(arr),
             "shape": list(arr.x.shape),
-            "pixel_min": int(arr.x.min()) if len(arr) else None,
-            "pixel_max": int(arr.x.max()) if len(arr) else None,
+            "pixel_min": min(r[0] for r in ranges) if ranges else None,
+            "pixel_max": max(r[1] for r in ranges) if ranges else None,
             "class_counts": arr.class_counts(),
         }
     out = {

@@ -46,12 +46,12 @@ def _cifar10(image_size: int | None, skip_bad: bool) -> DatasetBundle:
             # A folder's own mtime misses edits inside it: stamp every file, as for any tree.
             stamp = _tree_stamp(path) if path.is_dir() else None
             key = cache.cache_key("tree", cache.file_stamp(path), stamp, image_size, skip_bad)
-            return _cached(key, lambda: load_tree(path, image_size, skip_bad, "cifar10", _say))
+            return _cached(key, str(path), lambda d: load_tree(path, image_size, skip_bad, "cifar10", _say, d))
     else:
         path = cifar10.fetch_python_format()
     key = cache.cache_key("cifar10-python", cache.file_stamp(path), image_size)
 
-    def read() -> DatasetBundle:
+    def read(_: Path) -> DatasetBundle:
         _say(f"reading {path}")
         arrays = cifar10.read_python_format(path)
         names = list(arrays.class_names)
@@ -65,7 +65,7 @@ def _cifar10(image_size: int | None, skip_bad: bool) -> DatasetBundle:
             info={"source": str(path), "skipped": 0},
         )
 
-    return _cached(key, read)
+    return _cached(key, str(path), read)
 
 
 def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
@@ -76,14 +76,9 @@ def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(resize_center_crop(Image.fromarray(im), size)) for im in x])
 
 
-def _cached(key: str, build: Any) -> DatasetBundle:
-    hit = cache.load_cached(key)
-    if hit is not None:
-        return hit
-    bundle = build()
-    bundle.info["cache"] = "miss"
-    cache.store_cached(key, bundle)
-    return bundle
+def _cached(key: str, source: str, build: Any) -> DatasetBundle:
+    """The cache entry ``key``, or ``build(folder)`` decoding into it once (see cache.py)."""
+    return cache.get_or_build(key, source, build, say=_say)
 
 
 def _tree_stamp(root: Path) -> list[Any]:
@@ -163,10 +158,10 @@ def _load_source(
             image_column, label_column,
         )
         return _cached(
-            key,
-            lambda: load_csv(
+            key, str(path),
+            lambda d: load_csv(
                 path, image_column=image_column, label_column=label_column, image_size=image_size,
-                skip_bad=skip_bad,
+                skip_bad=skip_bad, out_dir=d,
             ),
         )
     if path.is_dir():
@@ -177,4 +172,4 @@ def _load_source(
         raise DataError(
             f"data source {text!r}: not a folder, an archive (.zip, .tar, .tar.gz) or a .csv file"
         )
-    return _cached(key, lambda: load_tree(path, image_size, skip_bad, None, _say))
+    return _cached(key, str(path), lambda d: load_tree(path, image_size, skip_bad, None, _say, d))

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cnnlab.data.dataset import DatasetBundle, ImageArrays, check_classes
-from cnnlab.data.decode import decode_image
-from cnnlab.data.folder import SPLIT_NAMES
+from cnnlab.data.decode_store import Item
+from cnnlab.data.folder import SPLIT_NAMES, decode_to
 from cnnlab.errors import DataError
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ def load_frame(
     skip_bad: bool = False,
     class_names: list[str] | None = None,
     confine: bool = False,
+    out_dir: Path | None = None,
 ) -> DatasetBundle:
     """``confine``: every image path must resolve inside ``base_dir`` (a CSV's folder)."""
     columns = [str(c) for c in df.columns]
@@ -104,7 +105,8 @@ def load_frame(
             counts[str(lab)] += 1
     check_classes(names, counts, where)
     lookup = {n: i for i, n in enumerate(names)}
-    decoded: dict[str, list[tuple[np.ndarray, int, str]]] = {"train": [], "val": [], "test": []}
+    items: list[Item] = []
+    rows = {"train": 0, "val": 0, "test": 0}
     bad: list[str] = []
     for row, (raw_path, lab, split) in enumerate(zip(df[img_col].tolist(), labels, splits), start=1):
         if str(lab) not in lookup:
@@ -117,32 +119,29 @@ def load_frame(
         if root is not None and os.path.commonpath([root, os.path.realpath(path)]) != root:
             raise DataError(f"{where}: row {row}: image path {raw_path!r} is outside the CSV's folder {root}; "
                             f"refused (set {ANY_PATH_ENV}=1 to allow paths anywhere)")
-        try:
-            if not path.is_file():
-                raise DataError(f"{where}: row {row}: image file not found: {path}")
-            arr = decode_image(path, image_size)
-        except DataError as exc:
+        if not path.is_file():
+            msg = f"{where}: row {row}: image file not found: {path}"
             if not skip_bad:
-                raise DataError(f"{exc} (use --skip-bad to skip bad files and count them)") from None
-            bad.append(str(exc))
+                raise DataError(f"{msg} (use --skip-bad to skip bad files and count them)")
+            bad.append(msg)
             continue
-        decoded[split].append((arr, lookup[str(lab)], str(path)))
-    out: dict[str, ImageArrays | None] = {}
-    for split, items in decoded.items():
-        if not items:
-            out[split] = None
-            continue
-        shapes = {a.shape for a, _, _ in items}
-        if len(shapes) > 1:
-            raise DataError(
-                f"{where}: images have different sizes; set data.image_size (CLI: --image-size N)"
-            )
-        out[split] = ImageArrays(
-            np.stack([a for a, _, _ in items]),
-            np.array([y for _, y, _ in items], dtype=np.int64),
-            names,
-            [p for _, _, p in items],
-        )
+        items.append(Item(split, rows[split], lookup[str(lab)], str(path), str(path)))
+        rows[split] += 1
+    if not items:
+        raise DataError(f"{where}: no readable training images")
+
+    def decode(folder: Path) -> tuple[dict[str, ImageArrays | None], list[str]]:
+        return decode_to(folder, base_dir, items, image_size, skip_bad, names, where,
+                         payloads=lambda: ((it, it.key) for it in items))
+
+    if out_dir is None:
+        from cnnlab.data.cache import scratch_folder
+
+        with scratch_folder() as tmp:  # the open memory maps keep the deleted files readable
+            out, more_bad = decode(tmp)
+    else:
+        out, more_bad = decode(out_dir)
+    bad += more_bad
     if out["train"] is None:
         raise DataError(f"{where}: no readable training images")
     left = out["train"].class_counts()

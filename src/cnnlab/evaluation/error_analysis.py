@@ -51,8 +51,8 @@ def _check(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str], n_image
 
 def _thumbnail(images: Any, i: int) -> np.ndarray:
     """Image ``i`` as (H, W, 3) or (H, W) uint8 for imshow; a path is read with Pillow."""
-    if isinstance(images, np.ndarray):
-        img = images[i]
+    if isinstance(images, np.ndarray) or getattr(images, "ndim", 0) == 4:  # also a RowView of decoded pixels
+        img = np.asarray(images[i])
     else:
         from PIL import Image
 
@@ -137,7 +137,7 @@ def write_error_analysis(probs: np.ndarray, y: np.ndarray, images: Any, class_na
     y = np.asarray(y, dtype=np.int64)
     if k < 0:
         raise DataError(f"error analysis: k must be 0 or more, got {k}")
-    if not isinstance(images, np.ndarray):
+    if not isinstance(images, np.ndarray) and getattr(images, "ndim", 0) != 4:  # pixels may be a RowView
         images = [str(p) for p in images]
         paths = images if paths is None else paths
     _check(probs, y, class_names, len(images))

@@ -7,20 +7,85 @@ validation during training, prediction and reports all call :func:`predict_logit
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnlab.data.rows import is_disk_backed, read_all, release_pages, take_rows
 from cnnlab.errors import ConfigError
 from cnnlab.utils.hardware import autocast
 
 TTA_MODES = ("none", "flip", "flip_translate")
 
 
+class NCHWRows:
+    """(N, 3, H, W) uint8 batches read on demand from pixels decoded to disk (data/rows.py).
+
+    Stands in for the tensor :func:`as_nchw` gives for in-memory pixels, as far as the trainers
+    and :func:`batched_inference` use it: ``len``, ``shape``, ``device``; a slice is another lazy
+    view; an index (tensor or array) or ``.to(device)`` reads those rows into a tensor with
+    ``pread`` (data/rows.py: never through the map), so resident memory does not grow with the
+    data set; every ``RELEASE_EVERY`` reads, pages other code read through the map are dropped."""
+
+    RELEASE_EVERY = 16
+
+    def __init__(self, x: Any, _reads: list[int] | None = None):
+        self.x = x
+        self.device = torch.device("cpu")
+        self.dtype = torch.uint8
+        self.ndim = 4
+        self._reads = _reads if _reads is not None else [0]
+
+    @property
+    def shape(self) -> torch.Size:
+        n, h, w, c = self.x.shape
+        return torch.Size((n, c, h, w))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def _read(self, arr: np.ndarray) -> torch.Tensor:
+        self._reads[0] += 1
+        if self._reads[0] % self.RELEASE_EVERY == 0:
+            release_pages(self.x)  # pages some other reader mapped (the batches themselves are pread)
+        return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return NCHWRows(self.x[key], self._reads)
+        if torch.is_tensor(key):
+            key = key.cpu().numpy()
+        return self._read(take_rows(self.x, np.asarray(key)))
+
+    def to(self, device: Any = None, non_blocking: bool = False) -> torch.Tensor:
+        """These rows as a tensor on ``device`` (read into memory: for batches)."""
+        t = self._read(read_all(self.x))
+        return t.to(device, non_blocking=non_blocking) if device is not None else t
+
+
+def fits_on_device(x: Any, device: torch.device) -> bool:
+    """Whether a data set should move to ``device`` whole (the trainers' fast path): always for
+    in-memory pixels; for pixels decoded to disk, when they take under half the free device memory."""
+    if not isinstance(x, NCHWRows) or device.type == "cpu":
+        return not isinstance(x, NCHWRows)
+    try:
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    except Exception:  # no memory query on this device: stream the batches
+        return False
+    return int(np.prod(x.shape)) < free // 2
+
+
 def as_nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 array -> (N, 3, H, W) tensor view with channels-last memory (no copy)."""
+    """(N, H, W, 3) uint8 array -> (N, 3, H, W) tensor view with channels-last memory (no copy).
+
+    Pixels decoded to disk (a memory map or a view of one) give an :class:`NCHWRows` instead."""
+    if not torch.is_tensor(x) and not isinstance(x, NCHWRows) and getattr(x, "ndim", 0) == 4 and is_disk_backed(x):
+        return NCHWRows(x)  # type: ignore[return-value]
+    if isinstance(x, NCHWRows):
+        return x  # type: ignore[return-value]
     t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
     if t.ndim == 4 and t.shape[-1] == 3 and t.shape[1] != 3:
         t = t.permute(0, 3, 1, 2)

@@ -13,6 +13,7 @@ the pooled feature stages and the images themselves (a hash of the uint8 arrays)
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -27,7 +28,6 @@ from cnnlab.evaluation.predict import batched_inference
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.utils.hardware import autocast
 from cnnlab.utils.io import atomic_path
-from cnnlab.utils.paths import cnnlab_home
 
 
 @dataclass
@@ -66,9 +66,13 @@ def _hash_tensor_dict(state: dict[str, torch.Tensor]) -> str:
 
 
 def _hash_array(x: np.ndarray) -> str:
+    from cnnlab.data.rows import release_pages
+
     h = hashlib.blake2b(digest_size=16)
-    h.update(str(x.shape).encode())
-    h.update(np.ascontiguousarray(x).data)
+    h.update(str(tuple(x.shape)).encode())
+    for i in range(0, len(x), 4096):  # a chunk at a time: pixels decoded to disk are never all in memory
+        h.update(np.ascontiguousarray(np.asarray(x[i : i + 4096])).data)
+        release_pages(x)
     return h.hexdigest()
 
 
@@ -230,19 +234,41 @@ def cached_features(
     desc: str = "features",
     log=print,
 ) -> tuple[np.ndarray, bool]:
-    """Features from the disk cache, or extracted and stored there. Returns (features, hit)."""
-    folder = cnnlab_home() / "features"
-    path = folder / f"{feature_key(model, x, dtype)}.npy"
-    if path.is_file():
+    """Features from the disk cache, or extracted and stored there. Returns (features, hit).
+
+    The entry's modification time is its last use (LRU eviction under CNNLAB_CACHE_MAX_GB, see
+    data/cache.py); two processes extracting the same features take turns (a file lock), so the
+    second one reads the first one's entry."""
+    from cnnlab.data import cache
+
+    folder = cache.features_root()
+    key = feature_key(model, x, dtype)
+    path = folder / f"{key}.npy"
+
+    def hit() -> np.ndarray | None:
+        if not path.is_file():
+            return None
         try:
-            return np.load(path), True
+            feats = np.load(path)
+            os.utime(path)
+            return feats
         except (OSError, ValueError):
-            pass  # unreadable entry: extract again
-    feats = extract_features(model, x, device=device, dtype=dtype, compile=compile, progress=progress,
-                             desc=desc, log=log)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, feats)
-    except OSError as exc:  # a full disk must not break training
-        log(f"could not store features in the cache ({exc})")
+            return None  # unreadable entry: extract again
+
+    found = hit()
+    if found is not None:
+        return found, True
+    with cache.build_lock(f"features-{key}"):
+        found = hit()
+        if found is not None:
+            return found, True
+        feats = extract_features(model, x, device=device, dtype=dtype, compile=compile, progress=progress,
+                                 desc=desc, log=log)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, feats)
+        except OSError as exc:  # a full disk must not break training
+            log(f"could not store features in the cache ({exc})")
+            return feats, False
+    cache.enforce_cap(keep={path})
     return feats, False

@@ -49,7 +49,7 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import random_crop
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import TrainingError
-from cnnlab.evaluation.predict import as_nchw
+from cnnlab.evaluation.predict import as_nchw, fits_on_device
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.fastnet import FastConv2d, init_whitening, set_thread_updates_bn_stats
 from cnnlab.training import balance as class_balance
@@ -145,7 +145,9 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
     x_all = as_nchw(train.x)
     y_all = torch.from_numpy(train.y)
     if device.type != "cpu":
-        x_all, y_all = x_all.to(device), y_all.to(device)
+        # pixels decoded to disk too large for the device stay there, read batch by batch (NCHWRows)
+        x_all = x_all.to(device) if fits_on_device(x_all, device) else x_all
+        y_all = y_all.to(device)
     n = len(y_all)
     batch_size = min(tc.batch_size, n)
     if ddp.current().enabled:  # DDP: the global batch, split evenly over the ranks
@@ -234,7 +236,7 @@ def _fit(cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val:
                 # another process may have started or ended on these cores: use this one's share
                 workers.active = min(workers.n, share_now() or workers.n)
             idx = ddp.batch_shard(perm[i * batch_size : (i + 1) * batch_size])  # DDP: this rank's part
-            xb = x_all[idx.to(x_all.device)]
+            xb = x_all[idx.to(x_all.device)].to(device, non_blocking=True)
             yb = y_all[idx.to(y_all.device)]
             if translate:
                 xb = random_crop(xb, translate, gen)

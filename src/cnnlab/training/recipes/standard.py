@@ -24,7 +24,7 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import augment_batch
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import TrainingError
-from cnnlab.evaluation.predict import as_nchw, predict_logits
+from cnnlab.evaluation.predict import as_nchw, fits_on_device, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.cpu_kernels import optimize_for_cpu
 from cnnlab.models.io import save_model
@@ -174,8 +174,9 @@ class _Standard:
         self.step_model = torch.compile(train_model) if tc.compile else train_model
         x = as_nchw(train.x) if self.images else torch.from_numpy(train.x)
         y = torch.from_numpy(train.y)
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" and fits_on_device(x, self.device):
             x, y = x.to(self.device), y.to(self.device)  # the whole uint8 set lives on the GPU
+        # else pixels decoded to disk are read batch by batch (evaluation/predict.py: NCHWRows)
         self.x, self.y = x, y
         self.balance = class_balance.from_config(tc, train.y, list(train.class_names)).to(self.device)
         self.total_steps = math.ceil(len(y) / tc.batch_size) * tc.epochs
