@@ -3,6 +3,7 @@ error analysis (errors.png / errors.csv from cnnlab.evaluation.error_analysis, w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
                      f"{_worst(r.get('test_worst_class')) or '-'} | "
                      f"{_s(r.get('fit_seconds'))} | {r.get('epochs') or '-'} | {r.get('tta') or '-'} | "
                      f"{r.get('weight') or '-'} |")
+    lines += ["", "## Calibration", "", "A temperature fitted on the validation split after training divides every "
+              "logit (Guo et al. 2017; argmax unchanged); expected calibration error, 15 bins:", "",
+              "| model | temperature | validation ECE before | after | test ECE before | after |", "|---|---|---|---|---|---|"]
+    for m in info.get("members") or []:
+        try:
+            cal = json.loads((folder / m["path"] / "metrics.json").read_text(encoding="utf-8")).get("calibration") or {}
+        except (OSError, ValueError):
+            cal = {}
+        if cal:
+            lines.append(f"| {m['model']} | {cal.get('temperature', 1.0):.3f} | " + " | ".join(
+                f"{cal[k]:.4f}" if isinstance(cal.get(k), float) else "-"
+                for k in ("val_ece_before", "val_ece_after", "test_ece_before", "test_ece_after")) + " |")
     lines += ["", "## Error analysis", ""]
     if errors:
         split = errors.get("split", "test")

@@ -81,6 +81,11 @@ def scorer(holder: dict[str, Any]) -> Any:
             holder[name] = ev.probabilities
             holder[f"{name}_seconds"] = ev.seconds
             out[name] = {k: ev.report[k] for k in SUMMARY_KEYS}
+            if calibration and name == "test":  # the expected calibration error before and after the temperature
+                from cnnlab.evaluation.calibration import ece, uncalibrated
+
+                calibration["test_ece_before"] = ece(uncalibrated(ev.probabilities, calibration["temperature"]), split.y)
+                calibration["test_ece_after"] = float(ev.report["ece"])
             log(f"{cfg.name}: {name} accuracy {ev.report['accuracy']:.4f} ({len(split):,} images, "
                 f"{ev.seconds:.1f}s, TTA {pred.tta})")
         holder["tta"] = pred.tta

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab.config import ExperimentConfig
-from cnnlab.evaluation.calibration import ece, fit_temperature
+from cnnlab.evaluation.calibration import ece, fit_temperature, uncalibrated
 from cnnlab.evaluation.metrics import SUMMARY_KEYS
 from cnnlab.inference.model import InferenceModel
 from cnnlab.models.io import model_card
@@ -69,9 +69,7 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
                                          "micro_batch": inf.micro_batch}}
     if calibration:
         y = np.asarray(ev.y)
-        raw_probs = inf.raw_logits(split.x, log=log).softmax(1).numpy() \
-            if calibration["temperature"] != 1.0 else ev.probabilities
-        calibration[f"{split_name}_ece_before"] = ece(raw_probs, y)
+        calibration[f"{split_name}_ece_before"] = ece(uncalibrated(ev.probabilities, calibration["temperature"]), y)
         calibration[f"{split_name}_ece_after"] = float(ev.report["ece"])
         out["calibration"] = calibration
     if (rd / "best.safetensors").is_file():

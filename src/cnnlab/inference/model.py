@@ -199,17 +199,24 @@ class InferenceModel:
                 return self._micro_batched(model.head, feats, "none")
             return self._micro_batched(model, x, self.tta)
 
-    def _micro_batched(self, module: torch.nn.Module, x: np.ndarray | torch.Tensor, tta: str) -> torch.Tensor:
+    def _micro_batched(self, module: torch.nn.Module, x: Any, tta: str) -> torch.Tensor:
+        """``x`` (an array, a tensor or a view of pixels on disk) in micro-batches; in reduced precision the
+        last one is padded to full size (only those few rows are copied into memory)."""
         n, mb = len(x), self.micro_batch
-        if self.dtype is not None and n % mb:  # pad the last micro-batch: results never depend on grouping
-            pad_rows = mb - n % mb
-            pad = np.zeros((pad_rows, *x.shape[1:]), dtype=x.dtype) if isinstance(x, np.ndarray) else \
-                torch.zeros((pad_rows, *x.shape[1:]), dtype=x.dtype)
-            x = np.concatenate([x, pad]) if isinstance(x, np.ndarray) else torch.cat([x, pad])
-        out = predict_logits(module, x, batch_size=mb, device=self.device, dtype=self.dtype, tta=tta)
-        if out.numel() == 0:
+        tail = n % mb if self.dtype is not None else 0
+        parts = []
+        if n - tail:
+            body = x if not tail else x[: n - tail]
+            parts.append(predict_logits(module, body, batch_size=mb, device=self.device, dtype=self.dtype, tta=tta))
+        if tail:
+            last = x[n - tail:]
+            last = last if torch.is_tensor(last) else torch.from_numpy(np.ascontiguousarray(np.asarray(last)))
+            padded = torch.cat([last, torch.zeros((mb - tail, *last.shape[1:]), dtype=last.dtype)])
+            parts.append(predict_logits(module, padded, batch_size=mb, device=self.device, dtype=self.dtype,
+                                        tta=tta)[:tail])
+        if not parts or sum(len(p) for p in parts) == 0:
             return torch.zeros(0, len(self.class_names))
-        return out[:n]
+        return torch.cat(parts)
 
     def logits(self, x: np.ndarray, **kwargs: Any) -> torch.Tensor:
         """Calibrated logits: :meth:`raw_logits` divided by the card's temperature."""
