@@ -25,6 +25,9 @@ from cnnlab.autofit import candidates, fewshot, planner
 from cnnlab.predictor import ImagePredictor
 
 fewshot.FEW_SHOT_MAX = 0  # 12 images a class: the planner's candidates, not the few-shot path
+from cnnlab.autofit import budget
+
+budget.FILL_MIN_S = 1e9  # no leftover seeds: the two planned models are the ones killed and resumed
 
 planner.ENSEMBLE_GAP = 1.0  # a second model is always worth it: two candidates to kill in
 planner.FINETUNE_MIN_STEPS = 1  # 30 images: one step an epoch; fine-tuning planned all the same

@@ -37,3 +37,5 @@ def test_uncalibrated_inverts_the_temperature():
 
 def test_degenerate_inputs_keep_temperature_one():
     assert fit_temperature(torch.zeros(1, 3), np.array([0]))[0] == 1.0
+    separable = torch.tensor([[5.0, 0.0], [0.0, 5.0]] * 10)
+    assert fit_temperature(separable, np.array([0, 1] * 10))[0] == 1.0  # all right: no sharpening to T -> 0

@@ -38,7 +38,9 @@ def fit_temperature(logits: torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple
     z = torch.as_tensor(logits, dtype=torch.float32).detach()
     t = torch.as_tensor(np.asarray(y), dtype=torch.long)
     before = ece(z.softmax(1), t)
-    if len(z) < 2 or z.shape[1] < 2:
+    if len(z) < 2 or z.shape[1] < 2 or bool((z.argmax(1) == t).all()):
+        # Nothing to learn from: with every validation image right, the likelihood only grows as T
+        # goes to 0 (ever sharper), which would make the model overconfident on new images.
         return 1.0, before, before
     log_t = torch.zeros((), requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
