@@ -199,7 +199,7 @@ def test_export_command_bad_input_is_one_line_exit_2(trained, capsys, argv, need
 
 
 def test_backends_agree_and_ort_threads_do_not_spin(trained):
-    from cnnlab.utils.hardware import physical_cores
+    from cnnlab.utils.cores import threads_per_process
 
     x = synthetic_images(64, 16, seed=3)
     ort_b = create_backend("onnxruntime", trained["run"])
@@ -207,7 +207,7 @@ def test_backends_agree_and_ort_threads_do_not_spin(trained):
         torch_path = InferenceModel.load(trained["run"], tta=tta, precision="fp32")
         np.testing.assert_allclose(ort_b.predict_logits(x, tta=tta), torch_path.raw_logits(x).numpy(), atol=1e-4)
     opts = ort_b.session.get_session_options()
-    assert opts.intra_op_num_threads == physical_cores()
+    assert opts.intra_op_num_threads == threads_per_process(1)  # the one formula: OMP_NUM_THREADS, else the cores
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     ort_b.predict_logits(synthetic_images(256, 16))
     before = time.process_time()
