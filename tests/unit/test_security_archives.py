@@ -90,7 +90,9 @@ def test_memory_error_while_loading_is_one_line(tmp_path, monkeypatch, capsys):
     def boom(*a, **k):
         raise MemoryError
 
-    monkeypatch.setattr(folder, "decode_image", boom)
+    import cnnlab.data.decode as decode
+
+    monkeypatch.setattr(decode, "decode_image", boom)  # the decoder every loader calls (decode_store.py)
     with pytest.raises(DataError, match="out of memory"):
         load_source(path)
     assert main(["data", "inspect", str(path), "--out", str(tmp_path / "insp")]) == 2
