@@ -5,9 +5,9 @@ cropped at several scales and aspect ratios and saved as RGB/grayscale JPEG, gra
 palette PNG; to its test split the folder adds the whole 640 x 427 temple photo, a 36 x 24
 thumbnail of the flower (smaller than the decode size), and one crop saved twice as JPEG:
 upright, and stored sideways with an EXIF orientation tag. A tiny fast net trained on the train
-split (a few seconds) is explained through the Python API, `cnnlab explain` and `POST /explain`. Heatmaps are at the decoded (square) size; every peak must be in the file's
-own upright pixels, inside the part of the photo the model saw, and map back onto the heatmap's
-maximum.
+split (a few seconds) is explained through the Python API, `cnnlab explain` and `POST /explain`.
+Heatmaps are at the decoded (square) size; every peak must be in the file's own upright pixels,
+inside the part of the photo the model saw, and map back onto the heatmap's maximum.
 """
 
 from __future__ import annotations
