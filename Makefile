@@ -31,8 +31,12 @@ TIME_LIMIT ?= 10m
 run: venv
 	$(BIN)/cnnlab fit --data cifar10 --time-limit $(TIME_LIMIT) --out $(RUN_DIR)-$$(date +%Y%m%d-%H%M%S)
 
+# The suite runs in parallel worker processes (pytest-xdist), one per core up to 4, each test
+# module on one worker (module-scoped fixtures are built once); cnnlab's core-sharing register
+# gives each worker its share of the cores while it trains. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: venv-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs data-inspect .pytest_cache

@@ -29,6 +29,7 @@ Fixtures (names are stable; other test modules rely on them):
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -57,7 +58,13 @@ def isolated_home(
     if request.node.get_closest_marker("integration") is not None:
         # One home for every integration test of the session: CIFAR-10's decoded-pixel cache is
         # built once (decoding the 60,000 JPEGs takes ~18 s on 2 cores), not once per module.
-        home = tmp_path_factory.getbasetemp() / "cnnlab_home_integration"
+        # Under pytest-xdist each worker has its own base folder below one shared parent: the
+        # workers share the home there (the cache's build lock makes one of them decode, the
+        # other wait), so CIFAR-10 is still decoded once per session.
+        base = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            base = base.parent
+        home = base / "cnnlab_home_integration"
         home.mkdir(exist_ok=True)
     else:
         home = tmp_path_factory.mktemp("cnnlab_home")
