@@ -72,6 +72,30 @@ def test_fit_drop_leaks_removes_the_planted_copy(monkeypatch, leaky, tmp_path: P
     assert "--drop-leaks: removed 1 training image that duplicates a validation or test image (48 left)" in lines
 
 
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_fit_calibrate_reaches_the_candidates_config(calibrate, monkeypatch, leaky, tmp_path: Path) -> None:
+    """The auto-fit trains its candidates with train.calibrate as given (stopped at the first one)."""
+    from cnnlab.autofit import fewshot, runner
+
+    root, val = leaky
+    seen: list[bool] = []
+
+    def stop(kind, cfg, *args, **kwargs):
+        seen.append(cfg.train.calibrate)
+        raise _Stop
+
+    monkeypatch.setattr(fewshot, "FEW_SHOT_MAX", 0)  # the planner's candidates, not the few-shot one
+    monkeypatch.setattr(runner, "run_candidate", stop)
+    lines: list[str] = []
+    with pytest.raises(_Stop):
+        ImagePredictor(path=tmp_path / "fit").fit(str(root), str(val), time_limit=20, log=lines.append,
+                                                  calibrate=calibrate)
+    assert seen == [calibrate]
+    assert any(line.startswith("calibration: off") for line in lines) == (not calibrate)
+    state = json.loads((tmp_path / "fit" / "state.json").read_text())
+    assert state["calibrate"] is calibrate  # a resumed fit keeps it
+
+
 def test_drop_leaks_needs_an_auto_fit(tiny_tree: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="drop_leaks goes with an auto-fit"):
         ImagePredictor(path=tmp_path / "r").fit(str(tiny_tree), config=TINY_NET, drop_leaks=True)
@@ -144,6 +168,9 @@ def test_calibration_is_on_by_default_and_off_with_the_flag(runs) -> None:
     assert "calibration" not in off_metrics
     assert yaml.safe_load((runs["off"] / "config.yaml").read_text())["train"]["calibrate"] is False
     assert ImagePredictor.load(runs["off"]).temperature == 1.0
+    from cnnlab.autofit.report import _calibration_off  # the fit's report.md says so per model
+
+    assert _calibration_off(runs["off"]) and not _calibration_off(runs["on"])
 
 
 def test_predictor_fit_calibrate_false_is_one_run_without_a_temperature(tiny_tree: Path, tmp_path: Path) -> None:
