@@ -118,6 +118,7 @@ class ImagePredictor:
         ``started_at``: the ``time.monotonic()`` value the time limit counts from (default: this call).
         ``calibrate=False``: no temperature is fitted after training (the card records temperature
         1.0 and ``calibration: off``), for the auto-fit and the one run alike (``train.calibrate``).
+        A resumed fit keeps the ``drop_leaks`` and ``calibrate`` it was started with (its state.json).
         Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
         ``class_weight``: Keras-style loss weights ({class index or name: weight} or "balanced"),
