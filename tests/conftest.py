@@ -24,6 +24,14 @@ Fixtures (names are stable; other test modules rely on them):
 
 ``image_bytes``
     ``image_bytes(pil_image, fmt="PNG", **save_kwargs) -> bytes``: encode a Pillow image.
+
+``run_dir`` (session-scoped)
+    A tiny saved model, built once for the session: an untrained ``cifar_fastnet`` (widths 8/16/16,
+    depth 1, torch seed 0) over the classes ``TINY_CLASSES``, decoded at 16 px, written by
+    ``cnnlab.models.io.save_model`` (model.safetensors + model.json; the card's ``data.source`` is
+    ``SERVED_RUN_SOURCE``, a server path no response may show). The serving tests share it, so it is
+    READ-ONLY: a test that writes into its run folder (the onnxruntime backend exports model.onnx
+    there) works on a copy (``shutil.copytree(run_dir, tmp_path / "run")``).
 """
 
 from __future__ import annotations
@@ -116,6 +124,26 @@ def image_bytes() -> Callable[..., bytes]:
         return buf.getvalue()
 
     return encode
+
+
+#: The training source the ``run_dir`` fixture's card names: a server path no response may show.
+SERVED_RUN_SOURCE = "/secret/server/path/train"
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from cnnlab.config import ModelConfig
+    from cnnlab.models.io import save_model
+    from cnnlab.models.registry import create_model
+
+    with torch.random.fork_rng():  # seeded here without moving the global generator of the tests after it
+        torch.manual_seed(0)
+        model = create_model(ModelConfig(arch="cifar_fastnet", kwargs={"widths": [8, 16, 16], "depth": 1}),
+                             list(TINY_CLASSES))
+    return save_model(model.eval(), tmp_path_factory.mktemp("served") / "run",
+                      {"data_image_size": TINY_SIZE, "data": {"source": SERVED_RUN_SOURCE}})
 
 
 @pytest.fixture()

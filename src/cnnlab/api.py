@@ -55,11 +55,14 @@ def train(
     log: Callable[[str], None] = print,
     evaluate_test: bool = True,
     class_weight: dict[Any, float] | str | None = None,
+    calibrate: bool = True,
 ) -> RunResult:
     """Train a model from a config (file, dict or object) and evaluate it on the test split.
 
     ``class_weight``: loss weights as Keras takes them, {class index or name: weight} or
     "balanced" (sets ``train.class_balance: weights``; see training/balance.py).
+    ``calibrate=False``: no temperature is fitted on the validation split after training (sets
+    ``train.calibrate: false``; the card records temperature 1.0 and ``calibration: off``).
 
     ``data`` overrides ``config.data.source`` (a source string, a DataFrame or a loaded bundle);
     the caller's config object is not changed. The run directory (default
@@ -68,6 +71,11 @@ def train(
     from cnnlab.training.balance import with_class_weight
 
     overrides = with_class_weight(overrides, class_weight)
+    if not calibrate:
+        from cnnlab.config import parse_override
+
+        given = dict(parse_override(o) for o in overrides) if isinstance(overrides, list) else dict(overrides or {})
+        overrides = {**given, "train.calibrate": False}
     return orchestrate.train(config, data=data, run_dir=run_dir, overrides=overrides, progress=progress,
                              epoch_callback=epoch_callback, log=log,
                              evaluator=evaluate_after_training if evaluate_test else None)

@@ -104,7 +104,8 @@ class ImagePredictor:
             presets: str | None = None, overrides: dict[str, Any] | list[str] | None = None, progress: bool = False,
             log: Callable[[str], None] = print, epoch_callback: Any = None,
             class_weight: dict[Any, float] | str | None = None, resume: bool = False,
-            backbone: str | None = None, backbone_weights: str | None = None) -> "ImagePredictor":
+            backbone: str | None = None, backbone_weights: str | None = None, drop_leaks: bool = False,
+            calibrate: bool = True, started_at: float | None = None) -> "ImagePredictor":
         """Train on ``train_data`` (any data source; ``tuning_data``: the validation split) and keep the model.
 
         With ``time_limit`` (seconds or "10m"; default 600 when only ``presets`` is given) and/or
@@ -112,14 +113,20 @@ class ImagePredictor:
         folder ``path``, all within time_limit x 1.05. ``resume=True``: continue the killed fit in
         ``path`` (its plan, finished models and the time it spent are kept; cnnlab.autofit.state).
         ``backbone`` / ``backbone_weights``: any timm backbone for the pretrained candidates, with
-        its weights (``offline``, ``hub`` or a local file).
+        its weights (``offline``, ``hub`` or a local file). ``drop_leaks``: remove the training images
+        that duplicate a validation or test image (and say how many; cnnlab.data.duplicates).
+        ``started_at``: the ``time.monotonic()`` value the time limit counts from (default: this call).
+        ``calibrate=False``: no temperature is fitted after training (the card records temperature
+        1.0 and ``calibration: off``), for the auto-fit and the one run alike (``train.calibrate``).
+        A resumed fit keeps the ``drop_leaks`` and ``calibrate`` it was started with (its state.json).
         Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
         ``class_weight``: Keras-style loss weights ({class index or name: weight} or "balanced"),
         one run only (auto-fit chooses how to handle imbalance itself).
         """
         if time_limit is not None or presets is not None or resume:
-            started_at = time.monotonic()  # the time limit counts from here: imports and loading included
+            if started_at is None:
+                started_at = time.monotonic()  # the time limit counts from here: imports and loading included
             if config is not None or overrides or class_weight is not None:
                 raise ConfigError("fit: give either config/overrides/class_weight (one run) or time_limit/presets "
                                   "(auto-fit, which handles class imbalance itself)")
@@ -127,13 +134,19 @@ class ImagePredictor:
 
             return auto_fit(self, train_data, tuning_data, log=log, started_at=started_at, resume=resume,
                             time_limit=600 if time_limit is None and not resume else time_limit, presets=presets,
-                            backbone=backbone, backbone_weights=backbone_weights)
+                            backbone=backbone, backbone_weights=backbone_weights, drop_leaks=drop_leaks,
+                            calibrate=calibrate)
+        if drop_leaks:
+            raise ConfigError("fit: drop_leaks goes with an auto-fit (time_limit/presets), which searches the "
+                              "splits for duplicates; for one run, `cnnlab data inspect` lists them")
         from cnnlab.training import orchestrate
 
 
         from cnnlab.training.balance import with_class_weight
 
         cfg = orchestrate.resolve_config(config, with_class_weight(overrides, class_weight))
+        if not calibrate:
+            cfg.train.calibrate = False
         cfg.data.image_column = cfg.data.image_column or self.image_column
         if cfg.data.label_column is None and _has_column(train_data, self.label):
             cfg.data.label_column = self.label

@@ -103,16 +103,17 @@ def test_report_files_and_sections(report):
     path, rep = report
     out = path.parent
     assert path.name == "report.html" and out.name == "report"
-    for name in ("example_images", "curves", "confusion_matrix", "per_class_recall", "reliability", "errors"):
+    for name in ("example_images", "curves", "confusion_matrix", "per_class_recall", "reliability",
+                 "reliability_temperature", "errors"):  # the run fitted a temperature: before / after it
         png = Path(rep["figures"][name])
         assert png.parent == out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     text = path.read_text()
     for anchor in ("overview", "data", "model", "training", "evaluation", "errors", "explanations", "calibration",
                    "speed"):
         assert f'<section id="{anchor}">' in text
-    # Self-contained: seven embedded PNGs (one: the Grad-CAM overlays) and nothing fetched from elsewhere.
+    # Self-contained: eight embedded PNGs (one: the Grad-CAM overlays) and nothing fetched from elsewhere.
     assert Path(rep["explanations"]["png"]).parent == out and rep["error_analysis"]
-    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 7
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 8
     assert "balanced accuracy" in text and "worst class recall" in text and "Recall per class" in text
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     assert "Keep-best checkpoint" in text  # the run kept best.safetensors
@@ -250,7 +251,7 @@ def _browser_check(html_text: str, folder: Path) -> str:
 def test_report_opens_in_a_browser_with_every_figure_shown(report, tmp_path):
     path, _ = report
     text = path.read_text()
-    assert _browser_check(text, tmp_path) == "CHECK images=7 bad=0 errors=0"  # per-class recall, overlays
+    assert _browser_check(text, tmp_path) == "CHECK images=8 bad=0 errors=0"  # per-class recall, overlays, T
     # The check can fail: a broken embedded image is caught.
     broken = text.replace("</main>", '<img src="data:image/png;base64,AAAA" alt="broken"></main>')
-    assert _browser_check(broken, tmp_path) == "CHECK images=8 bad=1 errors=1"
+    assert _browser_check(broken, tmp_path) == "CHECK images=9 bad=1 errors=1"

@@ -7,7 +7,6 @@ import io
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,21 +17,14 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cnnlab.config import ModelConfig  # noqa: E402
+from conftest import SERVED_RUN_SOURCE, TINY_CLASSES  # noqa: E402
 from cnnlab.models.io import save_model  # noqa: E402
 from cnnlab.models.registry import create_model  # noqa: E402
 from cnnlab.serving.app import create_app  # noqa: E402
 from cnnlab.serving.guard import default_allowed_hosts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CLASSES = ["blue", "green", "red"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model(ModelConfig(arch="cifar_fastnet", kwargs={"widths": [8, 16, 16], "depth": 1}), CLASSES)
-    return save_model(model.eval(), tmp_path_factory.mktemp("serve") / "run",
-                      {"data_image_size": 16, "data": {"source": "/secret/server/path/train"}})
+CLASSES = list(TINY_CLASSES)  # the classes of the run_dir fixture (conftest.py)
 
 
 def png(size=(20, 24), mode="RGB") -> bytes:
@@ -99,7 +91,8 @@ def test_metadata_holds_what_a_client_needs_and_no_server_path(run_dir):
     m = r.json()
     assert m["architecture"] == "cifar_fastnet" and m["classes"] == CLASSES and m["image_size"] == 16
     assert m["cnnlab_version"] and "model_card" not in m
-    assert "/secret/server" not in r.text and str(run_dir) not in r.text
+    assert SERVED_RUN_SOURCE in (run_dir / "model.json").read_text()  # the card holds it; no response shows it
+    assert SERVED_RUN_SOURCE not in r.text and "/secret/server" not in r.text and str(run_dir) not in r.text
 
 
 def test_in_flight_limit_answers_503_at_once(run_dir):

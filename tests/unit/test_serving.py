@@ -7,7 +7,6 @@ import base64
 import io
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,22 +19,13 @@ pytest.importorskip("onnxruntime")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cnnlab import api  # noqa: E402
+from conftest import TINY_CLASSES  # noqa: E402
 from cnnlab.cli.main import main  # noqa: E402
-from cnnlab.config import ModelConfig  # noqa: E402
-from cnnlab.models.io import save_model  # noqa: E402
-from cnnlab.models.registry import create_model  # noqa: E402
 from cnnlab.serving.app import create_app  # noqa: E402
 from cnnlab.serving.batcher import MicroBatcher  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CLASSES = ["blue", "green", "red"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model(ModelConfig(arch="cifar_fastnet", kwargs={"widths": [8, 16, 16], "depth": 1}), CLASSES)
-    return save_model(model.eval(), tmp_path_factory.mktemp("serve") / "run", {"data_image_size": 16})
+CLASSES = list(TINY_CLASSES)  # the classes of the run_dir fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +93,13 @@ def test_health_metadata_page_and_docs(client):
     assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
 
 
-def test_onnxruntime_backend_serves_the_same_answers(run_dir, client, monkeypatch):
+def test_onnxruntime_backend_serves_the_same_answers(run_dir, client, monkeypatch, tmp_path):
     """ONNX Runtime (fp32 graph) against the torch path, held to 1e-5 when both run fp32."""
+    import shutil
+
     from cnnlab.utils import hardware
+
+    run_dir = shutil.copytree(run_dir, tmp_path / "run")  # the backend exports model.onnx into the run: a copy
 
     monkeypatch.setenv(hardware.BF16_ENV, "0")  # the torch server below starts in fp32 whatever this CPU has
     data = png((35, 200, 45))

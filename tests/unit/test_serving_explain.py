@@ -7,7 +7,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -16,22 +15,11 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cnnlab import ImagePredictor  # noqa: E402
-from cnnlab.config import ModelConfig  # noqa: E402
 from cnnlab.data.decode import to_original_xy  # noqa: E402
 from cnnlab.evaluation.explain import peak  # noqa: E402
-from cnnlab.models.io import save_model  # noqa: E402
-from cnnlab.models.registry import create_model  # noqa: E402
 from cnnlab.serving.app import create_app  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CLASSES = ["blue", "green", "red"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model(ModelConfig(arch="cifar_fastnet", kwargs={"widths": [8, 16, 16], "depth": 1}), CLASSES)
-    return save_model(model.eval(), tmp_path_factory.mktemp("serve-explain") / "run", {"data_image_size": 16})
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ def _out_dir(path: Path | None) -> Path:
 def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
              seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
              started_at: float | None = None, drop_leaks: bool = False, resume: bool = False,
-             backbone: str | None = None, backbone_weights: str | None = None) -> Any:
+             backbone: str | None = None, backbone_weights: str | None = None, calibrate: bool = True) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
@@ -95,7 +95,8 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     ``predictor.path`` (state.py); ``train_data``, ``time_limit`` and ``presets`` may then be None
     (the fit's own are used). ``backbone`` / ``backbone_weights``: the timm backbone of the pretrained
     candidates (default efficientnet_lite0) and its weights: ``offline``, ``hub`` or a local file
-    (default: offline where a package ships them, else hub)."""
+    (default: offline where a package ships them, else hub). ``calibrate=False``: no temperature is
+    fitted after each model's training (``train.calibrate: false``; the cards record temperature 1.0)."""
     import contextlib
 
     from cnnlab.autofit.state import FitState
@@ -119,12 +120,13 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     tuning_source = _source_name(tuning_data) if tuning_data is not None else None
     args = {"time_limit": limit, "preset": preset.name, "seed": seed, "data_source": _source_name(train_data),
             "tuning_source": tuning_source, "label": predictor.label, "image_column": predictor.image_column,
-            "backbone": backbone, "backbone_weights": backbone_weights, "drop_leaks": drop_leaks}
+            "backbone": backbone, "backbone_weights": backbone_weights, "drop_leaks": drop_leaks,
+            "calibrate": calibrate}
     state = FitState(out, args, clock, start) if ddp.current().is_main else None
     pretrained = {"arch": backbone, "weights": backbone_weights}
     with locked(out):
         return _fit(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start,
-                    pretrained=pretrained, drop_leaks=drop_leaks)
+                    pretrained=pretrained, drop_leaks=drop_leaks, calibrate=calibrate)
 
 
 def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, presets: str | None,
@@ -170,30 +172,30 @@ def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, 
     log(f"resuming the fit in {out}: {spent:.0f}s of {saved['time_limit']:.0f}s spent, "
         + ("plan kept" if plan else "not planned yet"))
     args = {k: saved.get(k) for k in ("time_limit", "preset", "seed", "data_source", "tuning_source", "label",
-                                      "image_column", "backbone", "backbone_weights", "drop_leaks")}
+                                      "image_column", "backbone", "backbone_weights", "drop_leaks", "calibrate")}
     state = FitState(out, args, clock, start, running=saved.get("running"))
     return _fit(predictor, train_data, tuning_data, float(saved["time_limit"]), get_preset(saved["preset"]),
                 int(saved.get("seed") or 0), out, state, log, clock, start, plan=plan, resumed=saved,
                 pretrained={"arch": saved.get("backbone"), "weights": saved.get("backbone_weights")},
-                drop_leaks=bool(saved.get("drop_leaks")))
+                drop_leaks=bool(saved.get("drop_leaks")), calibrate=saved.get("calibrate") is not False)
 
 
 def _fit(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
          state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
          plan: FitPlan | None = None, resumed: dict[str, Any] | None = None,
-         pretrained: dict[str, Any] | None = None, drop_leaks: bool = False) -> Any:
+         pretrained: dict[str, Any] | None = None, drop_leaks: bool = False, calibrate: bool = True) -> Any:
     import contextlib
 
     backbone = {k: v for k, v in (pretrained or {}).items() if v is not None}  # build_config's arch / weights
     with state if state is not None else contextlib.nullcontext():
         return _fit_steps(predictor, train_data, tuning_data, limit, preset, seed, out, state, log, clock, start,
-                          plan, resumed, backbone, drop_leaks)
+                          plan, resumed, backbone, drop_leaks, calibrate)
 
 
 def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
                state: Any, log: Callable[[str], None], clock: Callable[[], float], start: float,
                plan: FitPlan | None, resumed: dict[str, Any] | None, backbone: dict[str, Any],
-               drop_leaks: bool = False) -> Any:
+               drop_leaks: bool = False, calibrate: bool = True) -> Any:
     from cnnlab.autofit import speed
     from cnnlab.autofit.runner import rescore, run_candidate
     from cnnlab.autofit.state import load_result, save_result
@@ -221,6 +223,8 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
     device = default_device()
     precision = choose_precision("auto", device)
     log(precision.note())
+    if not calibrate:
+        log("calibration: off (no temperature is fitted after training; the cards record temperature 1.0)")
     from cnnlab.autofit.fewshot import is_few_shot, run_few_shot
 
     if is_few_shot(train, val):  # 5-20 images a class: cross-validated embeddings + logistic regression
@@ -315,6 +319,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
                                ema=ema_decay(steps) if preset.ema and base_kind(kind) != "frozen" else None,
                                **backbone)
         cfg.data.source = source
+        cfg.train.calibrate = calibrate  # False: no temperature after training (the card records 1.0)
         selection.apply(cfg, metric)  # class_balance auto on imbalanced data
         before = 0.0  # seconds this candidate trained before a kill
         if resumed is not None and (resumed.get("running") or {}).get("kind") == kind:

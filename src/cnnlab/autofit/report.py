@@ -46,6 +46,14 @@ def _imbalance(p: dict[str, Any]) -> str:
             f"{p.get('imbalance_ratio', 1.0):.1f}")
 
 
+def _calibration_off(model_dir: Path) -> bool:
+    """Whether the model's card says calibration was turned off (``--no-calibrate``, ``calibrate=False``)."""
+    try:
+        return json.loads((model_dir / "model.json").read_text(encoding="utf-8")).get("calibration") == "off"
+    except (OSError, ValueError):
+        return False
+
+
 def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], errors: dict[str, Any] | None) -> Path:
     p = info["profile"]
     lines = [f"# Auto-fit report: {folder.name}", "",
@@ -96,7 +104,9 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
             cal = json.loads((folder / m["path"] / "metrics.json").read_text(encoding="utf-8")).get("calibration") or {}
         except (OSError, ValueError):
             cal = {}
-        if cal:
+        if _calibration_off(folder / m["path"]):
+            lines.append(f"| {m['model']} | 1.000 (calibration off) | - | - | - | - |")
+        elif cal:
             lines.append(f"| {m['model']} | {cal.get('temperature', 1.0):.3f} | " + " | ".join(
                 f"{cal[k]:.4f}" if isinstance(cal.get(k), float) else "-"
                 for k in ("val_ece_before", "val_ece_after", "test_ece_before", "test_ece_after")) + " |")

@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
     p.add_argument("--drop-leaks", action="store_true",
                    help="remove training images that duplicate (exactly or nearly) a validation or test image")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="fit no temperature on the validation split after training (default: fitted, Guo et al. "
+                        "2017); the model cards then record temperature 1.0 and calibration off")
     add_json_flag(p, "the fit summary (fit.json)")
     from cnnlab.cli.launch import add_flags
 
@@ -76,7 +79,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, started_at: float) -> int:
-    from cnnlab.autofit.fit import auto_fit, time_limit_seconds
+    from cnnlab.autofit.fit import time_limit_seconds
     from cnnlab.autofit.leaderboard import text
     from cnnlab.autofit.presets import get_preset
     from cnnlab.cli.common import log_to_stderr, print_json
@@ -87,9 +90,9 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     limit = time_limit_seconds(args.time_limit) if args.time_limit is not None else None  # refused before
     get_preset(args.preset)  # anything is loaded or written
     pred = ImagePredictor(label=args.label_column, path=args.resume or args.out, image_column=args.image_column)
-    pred = auto_fit(pred, args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,
-                    started_at=started_at, drop_leaks=args.drop_leaks, resume=bool(args.resume),
-                    backbone=args.backbone, backbone_weights=args.backbone_weights)
+    pred = pred.fit(args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,  # the API's fit
+                    started_at=started_at, drop_leaks=args.drop_leaks, calibrate=not args.no_calibrate,
+                    resume=bool(args.resume), backbone=args.backbone, backbone_weights=args.backbone_weights)
     if not current().is_main:
         return 0  # DDP: rank 0 wrote the fit folder and prints its summary
     info = pred.fit_summary()

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.optimizer.lr=0.01 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="fit no temperature on the validation split after training (train.calibrate: false); "
+                        "the model card then records temperature 1.0 and calibration off")
     add_json_flag(p, "the run's metrics and run directory")
     from cnnlab.cli.launch import add_flags
 
@@ -41,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 #: Flags that choose what to train: a resumed run trains what its config.yaml says, so they are refused.
 _NOT_WITH_RESUME = ("config", "preset", "epochs", "batch_size", "max_train_samples", "image_size", "seed",
-                    "target_accuracy", "skip_bad", "run_dir", "overrides", "time_limit")
+                    "target_accuracy", "skip_bad", "run_dir", "overrides", "time_limit", "no_calibrate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
 
         config = preset_path(args.preset)
     overrides.update(explicit_wins(config, overrides, log))
-    run = api.train(config, overrides=overrides, run_dir=args.run_dir, progress=not args.no_progress, log=log)
+    run = api.train(config, overrides=overrides, run_dir=args.run_dir, progress=not args.no_progress, log=log,
+                    calibrate=not args.no_calibrate)
     if args.json and current().is_main:
         print_json({"run_dir": str(run.run_dir), "metrics": run.metrics})
     return 0

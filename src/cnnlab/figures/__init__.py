@@ -178,6 +178,28 @@ def reliability_diagram(bins: list[dict[str, float]], ece: float, path: str | Pa
     return save(fig, path)
 
 
+def reliability_before_after(before: list[dict[str, float]], after: list[dict[str, float]], ece_before: float,
+                             ece_after: float, temperature: float, path: str | Path) -> Path:
+    """Two reliability diagrams side by side: accuracy per confidence bin before and after the
+    temperature (logits / T), each with its ECE; bars on the diagonal are calibrated, below it overconfident."""
+    fig, axes = subplots(1, 2, figsize=(8.5, 4.2))
+    for ax, bins, e, title in ((axes[0], before, ece_before, "before the temperature"),
+                               (axes[1], after, ece_after, f"after (T = {temperature:.3f})")):
+        centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        accs = [0 if math.isnan(b["accuracy"]) else b["accuracy"] for b in bins]
+        width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
+        ax.bar(centers, accs, width=width * 0.95, edgecolor="black", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(f"{title}: ECE {e:.3f}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def per_class_recall(per_class: list[dict[str, Any]], path: str | Path, balanced_accuracy: float | None = None
                      ) -> Path:
     """Horizontal bars of each class's recall (lowest first), with its support, and the balanced

@@ -46,6 +46,8 @@ def fresh_inference(result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *
         result.extra["temperature"] = t  # orchestrate's card_extra writes it into model.json
         log(f"calibration: temperature {t:.3f} on {len(y_val):,} validation images "
             f"(ECE {before:.4f} -> {after:.4f})")
+    elif not cfg.train.calibrate:
+        log("calibration: off (train.calibrate: false); temperature 1.0")
     return inf, cached, calibration
 
 

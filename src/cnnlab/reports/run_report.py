@@ -77,6 +77,31 @@ def _training_summary(history: list[dict[str, float]], metrics: dict[str, Any]) 
     }
 
 
+def _calibration_summary(metrics: dict[str, Any], card: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """How the run was calibrated: {"off": True} when calibration was turned off (train.calibrate:
+    false), the figures metrics.json holds when a temperature was fitted, else {} (no validation split)."""
+    if card.get("calibration") == "off" or not getattr(cfg.train, "calibrate", True):
+        return {"off": True, "temperature": None}
+    cal = metrics.get("calibration") or {}
+    return dict(cal) if isinstance(cal.get("temperature"), (int, float)) else {}
+
+
+def _reliability_before_after(probs: np.ndarray, y: np.ndarray, ev: dict[str, Any], temperature: float,
+                              out_dir: Path) -> Path:
+    """The reliability diagram before the temperature (the probabilities recovered from the calibrated
+    ones, cnnlab.evaluation.calibration.uncalibrated) beside the one after it (this evaluation's)."""
+    import torch
+
+    from cnnlab import figures
+    from cnnlab.evaluation.calibration import uncalibrated
+    from cnnlab.evaluation.metrics import expected_calibration_error
+
+    raw = torch.as_tensor(uncalibrated(probs, float(temperature)))
+    ece_before, bins_before = expected_calibration_error(raw, torch.as_tensor(np.asarray(y), dtype=torch.long))
+    return figures.reliability_before_after(bins_before, ev["calibration_bins"], ece_before, ev["ece"],
+                                            float(temperature), out_dir / "reliability_temperature.png")
+
+
 def write_run_report(
     run_dir: str | Path,
     out: str | Path | None = None,
@@ -150,6 +175,10 @@ def write_run_report(
         ev["per_class"], out_dir / "per_class_recall.png", ev.get("balanced_accuracy")))
     rep["figures"]["reliability"] = str(figures.reliability_diagram(
         ev["calibration_bins"], ev["ece"], out_dir / "reliability.png"))
+    rep["calibration"] = _calibration_summary(metrics, pred.card, cfg)
+    if rep["calibration"].get("temperature") is not None:  # the temperature's figures: before and after it
+        rep["figures"]["reliability_temperature"] = str(_reliability_before_after(
+            evaluation.probabilities, y, ev, pred.temperature, out_dir))  # the temperature the evaluation applied
 
     probs = evaluation.probabilities
     if n_worst > 0:

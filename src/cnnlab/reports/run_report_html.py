@@ -157,9 +157,18 @@ def _calibration(rep: dict[str, Any]) -> str:
     rows = [{"confidence bin": f"{b['lo']:.2f}-{b['hi']:.2f}", "images": b["count"],
              "accuracy": b["accuracy"], "mean confidence": b["confidence"]} for b in ev["calibration_bins"]
             if b["count"]]
-    return (h.para(f"Expected calibration error (15 equal-width bins): {ev['ece']:.4f}. A calibrated model's "
-                   "bars follow the diagonal; bars below it mean overconfidence.") +
-            h.figure(rep["figures"]["reliability"], "Reliability diagram.") +
+    cal = rep.get("calibration") or {}
+    body = h.para(f"Expected calibration error (15 equal-width bins): {ev['ece']:.4f}. A calibrated model's "
+                  "bars follow the diagonal; bars below it mean overconfidence.")
+    if cal.get("off"):
+        body += h.note("Calibration was off for this run (train.calibrate: false, --no-calibrate): no temperature "
+                       "was fitted after training; the probabilities are the model's own (temperature 1.0).")
+    elif "reliability_temperature" in rep["figures"]:
+        body += h.figure(rep["figures"]["reliability_temperature"],
+                         f"Reliability before and after the temperature T = {cal['temperature']:.3f} fitted on the "
+                         "validation split after training (Guo et al. 2017; the logits are divided by T, so the "
+                         f"predicted labels are unchanged), on these {rep['eval_split']} images.")
+    return (body + h.figure(rep["figures"]["reliability"], "Reliability diagram.") +
             h.details("calibration bins", h.table(rows)))
 
 

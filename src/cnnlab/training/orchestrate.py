@@ -285,6 +285,8 @@ def card_extra(cfg: ExperimentConfig, prep: Prepared, result: FitResult) -> dict
             "train": {"epochs_run": result.epochs_run, "data": cfg.data.source, "train_samples": len(prep.train)}}
     if isinstance(result.extra.get("temperature"), float):  # fitted by the evaluator (cnnlab.inference)
         card["temperature"] = result.extra["temperature"]
+    if not cfg.train.calibrate:  # turned off (train.calibrate: false, --no-calibrate): said so, T = 1
+        card["temperature"], card["calibration"] = 1.0, "off"
     return card
 
 
