@@ -216,7 +216,9 @@ class ImagePredictor:
 
     @property
     def batch_size(self) -> int:
-        return self.inference.micro_batch
+        # InferenceModel.batch_size is its micro-batch; an Ensemble forwards it to its first member
+        # (an InferenceModel or an ImagePredictor, which has no ``micro_batch``).
+        return int(self.inference.batch_size)
 
     # ------------------------------------------------------------------ inference
 
