@@ -19,8 +19,9 @@ from cnnlab.errors import DataError
 class ImageArrays:
     """One split: ``x`` is ``(N, H, W, 3)`` uint8, ``y`` is ``(N,)`` int64 class indices.
 
-    ``x`` is an in-memory array, a memory map of a decoded-pixel cache entry, or a
-    :class:`~cnnlab.data.rows.RowView` of one (rows read only when a batch asks for them)."""
+    ``x`` is an in-memory array, a memory map of a decoded-pixel cache entry, a
+    :class:`~cnnlab.data.rows.RowView` of one, or a :class:`~cnnlab.data.rows.JoinedRows` of
+    several splits (rows read only when a batch asks for them)."""
 
     x: np.ndarray
     y: np.ndarray

@@ -3,7 +3,9 @@
 A split decoded to disk (decode_store.py) is an ``np.memmap``. Indexing it with an index array
 (a train/validation split, a subset) would copy every chosen row into memory, so
 :meth:`ImageArrays.subset <cnnlab.data.dataset.ImageArrays.subset>` returns a :class:`RowView`
-instead: the base array and the row numbers, read only when a batch asks for them.
+instead: the base array and the row numbers, read only when a batch asks for them. Splits used
+together (every image of a source, training + validation for a final fit) are a :class:`JoinedRows`
+of their arrays, likewise read a batch at a time, never concatenated.
 
 Batches are read from the file with ``pread`` (:func:`take_rows`, :func:`read_all`): the rows
 come from the kernel's page cache, shared by every process reading the file (e.g. the DDP ranks
