@@ -28,7 +28,7 @@ import torch
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import DatasetBundle, ImageArrays, with_tuning_split
-from cnnlab.data.inputs import unlabelled_images
+from cnnlab.data.inputs import input_paths, unlabelled_images
 from cnnlab.errors import ConfigError, DataError, ModelError
 from cnnlab.inference import Ensemble, InferenceModel
 from cnnlab.inference.after_training import evaluate_after_training
@@ -36,6 +36,10 @@ from cnnlab.inference.model import Evaluation
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.io import CARD_NAME, WEIGHTS_NAME, save_model
 from cnnlab.training.rundir import RunDir
+
+#: Images decoded per chunk when predicting on image files (rounded down to whole micro-batches):
+#: 256 images at 224 px are 39 MB of pixels, however many files there are.
+STREAM_CHUNK = 256
 
 
 class ImagePredictor:
@@ -225,7 +229,9 @@ class ImagePredictor:
 
     @property
     def batch_size(self) -> int:
-        return self.inference.micro_batch
+        # InferenceModel.batch_size is its micro-batch; an Ensemble forwards it to its first member
+        # (an InferenceModel or an ImagePredictor, which has no ``micro_batch``).
+        return int(self.inference.batch_size)
 
     # ------------------------------------------------------------------ inference
 
@@ -254,18 +260,37 @@ class ImagePredictor:
         return pd.DataFrame(probs, columns=self.class_names, index=index if index is not None else names)
 
     def proba(self, data: Any) -> tuple[np.ndarray, list[str], Any]:
-        """(probabilities (N, classes), image names, DataFrame index or None): predict_proba's arrays."""
-        x, names, index = self._unlabelled(data)
-        return self.inference.proba(x), names, index
+        """(probabilities (N, classes), image names, DataFrame index or None): predict_proba's arrays.
+
+        Image files (paths, folders, a DataFrame of paths) are decoded a chunk at a time as they are
+        predicted (:meth:`iter_proba`), so memory holds one chunk of pixels, not the whole set; chunks
+        are whole micro-batches, so the probabilities are exactly those of decoding everything first."""
+        files = input_paths(data, image_column=self.image_column) if not isinstance(data, DatasetBundle) else None
+        if files is None:
+            x, names, index = self._unlabelled(data)
+            return self.inference.proba(x), names, index
+        step = self.batch_size * max(1, STREAM_CHUNK // self.batch_size)
+        probs, names = [], []
+        for p, n in self._stream(files[0], step):
+            probs.append(p)
+            names += n
+        out = np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)
+        return out, names, files[1]
 
     def iter_proba(self, paths: Any, chunk: int | None = None) -> Iterator[tuple[np.ndarray, list[str]]]:
-        """:meth:`proba` of image files and folders, ``chunk`` images at a time (default: the batch
-        size): each chunk is decoded and predicted before the next is read, so the first results
-        come before the last image is decoded and memory does not grow with the folder."""
-        from cnnlab.data.inputs import decode_paths, image_paths
+        """:meth:`proba` of image files and folders (or a DataFrame of image paths), ``chunk`` images
+        at a time (default: the batch size): each chunk is decoded and predicted before the next is
+        read, so the first results come before the last image is decoded and memory does not grow
+        with the folder."""
+        found = input_paths(paths, image_column=self.image_column)
+        if found is None:
+            raise DataError("iter_proba: expects image files, folders or a DataFrame of image paths "
+                            f"(got {type(paths).__name__}; use proba for pixels in memory)")
+        return self._stream(found[0], max(1, chunk or self.batch_size))
 
-        files = image_paths(paths)
-        step = max(1, chunk or self.batch_size)
+    def _stream(self, files: list[Path], step: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+        from cnnlab.data.inputs import decode_paths
+
         for i in range(0, len(files), step):
             part = files[i : i + step]
             yield self.logits(decode_paths(part, self.decode_size)).softmax(1).numpy(), [str(p) for p in part]

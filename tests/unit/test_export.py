@@ -270,3 +270,24 @@ def test_the_predictor_exports_and_predicts_through_onnxruntime(trained, tmp_pat
     assert list(ort_p.columns) == list(torch_p.columns)
     assert (ort_p.to_numpy().argmax(1) == torch_p.to_numpy().argmax(1)).mean() >= 0.999
     assert abs(ort_p.to_numpy() - torch_p.to_numpy()).max() < 1e-3
+
+
+def test_the_onnx_backend_reads_pixels_on_disk_a_chunk_at_a_time(trained, monkeypatch):
+    """Joined splits (or a memory map) reach ONNX Runtime a chunk of whole batches at a time, with
+    the logits of the same images given as one in-memory array (issue 23)."""
+    from cnnlab.data import rows
+    from cnnlab.inference import model as model_mod
+
+    inf = model_mod.InferenceModel.load(trained["run"], backend="onnxruntime", tta="flip")
+    x = synthetic_images(40, inf.decode_size, 3)
+    runtime = inf._onnx()
+    monkeypatch.setattr(runtime, "batch_size", 8)
+    monkeypatch.setattr(model_mod, "ONNX_CHUNK", 16)
+    calls = []
+    real = runtime.predict_logits
+    monkeypatch.setattr(runtime, "predict_logits", lambda a, tta="none": calls.append(len(a)) or real(a, tta))
+    joined = inf.raw_logits(rows.JoinedRows([x[:25], x[25:]]))
+    assert calls == [16, 16, 8]
+    whole = inf.raw_logits(x)
+    assert calls[3:] == [40]
+    assert torch.equal(joined, whole)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.data.dataset import ImageArrays
+from cnnlab.data.dataset import ImageArrays, join_splits
 
 FEW_SHOT_MAX = 20  #: the few-shot path runs when the median class has at most this many images
 FOLDS = 5
@@ -122,9 +122,7 @@ def fit_fewshot(train: ImageArrays, val: ImageArrays | None, test: ImageArrays |
     from cnnlab.training.rundir import RunDir
 
     t0 = clock()
-    every = train if val is None else ImageArrays(
-        np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y]), list(train.class_names),
-        (train.paths + val.paths) if train.paths is not None and val.paths is not None else None)
+    every = train if val is None else join_splits([train, val])  # a joined view: no copy of the pixels
     k = every.num_classes
     cfg = build_config("frozen", seconds=60, epochs=1, seed=seed)
     cfg.name, cfg.data.source = KIND, source

@@ -19,8 +19,9 @@ from cnnlab.errors import DataError
 class ImageArrays:
     """One split: ``x`` is ``(N, H, W, 3)`` uint8, ``y`` is ``(N,)`` int64 class indices.
 
-    ``x`` is an in-memory array, a memory map of a decoded-pixel cache entry, or a
-    :class:`~cnnlab.data.rows.RowView` of one (rows read only when a batch asks for them)."""
+    ``x`` is an in-memory array, a memory map of a decoded-pixel cache entry, a
+    :class:`~cnnlab.data.rows.RowView` of one, or a :class:`~cnnlab.data.rows.JoinedRows` of
+    several splits (rows read only when a batch asks for them)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -107,19 +108,31 @@ class DatasetBundle:
         return out
 
     def all_images(self) -> ImageArrays:
-        """Every image of every split, as one array (for evaluating on a whole source)."""
-        parts = list(self.splits().values())
-        if len(parts) == 1:
-            return parts[0]
-        paths = None
-        if all(p.paths is not None for p in parts):
-            paths = [q for p in parts for q in p.paths]  # type: ignore[union-attr]
-        return ImageArrays(
-            np.concatenate([p.x for p in parts]),
-            np.concatenate([p.y for p in parts]),
-            list(self.class_names),
-            paths,
-        )
+        """Every image of every split, as one split (for evaluating on a whole source): a joined
+        view of the splits' pixels (data/rows.py JoinedRows), no copy, so memory does not grow
+        with the source."""
+        return join_splits(list(self.splits().values()))
+
+
+def join_splits(parts: list[ImageArrays]) -> ImageArrays:
+    """``parts`` (same classes, same image size) one after another as one split, without copying
+    pixels: the joined ``x`` reads each part's rows (memory-mapped or in memory) a batch at a time."""
+    from cnnlab.data.rows import join_rows
+
+    if len(parts) == 1:
+        return parts[0]
+    sizes = {p.image_size for p in parts}
+    if len(sizes) > 1:
+        raise DataError(f"cannot join splits of different image sizes: {sorted(sizes)}")
+    paths = None
+    if all(p.paths is not None for p in parts):
+        paths = [q for p in parts for q in p.paths]  # type: ignore[union-attr]
+    return ImageArrays(
+        join_rows([p.x for p in parts]),
+        np.concatenate([p.y for p in parts]),  # the labels: 8 bytes an image, small beside the pixels
+        list(parts[0].class_names),
+        paths,
+    )
 
 
 def align_labels(split: ImageArrays, class_names: list[str], where: str) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 :func:`unlabelled_images` turns any of them into one (N, H, W, 3) uint8 array plus a name per
 image (its path, or ``#i`` for an array row), decoding files at the size asked for (see
-decode.py). Labelled data for evaluation goes through :func:`cnnlab.data.sources.load_source`.
+decode.py); :func:`input_paths` only lists the files, for callers that decode them a batch at a
+time (predictions on paths, folders and DataFrames stream that way). Labelled data for evaluation goes through :func:`cnnlab.data.sources.load_source`.
 """
 
 from __future__ import annotations
@@ -56,24 +57,41 @@ def unlabelled_images(data: Any, size: int | None, *, image_column: str | None =
     """(images, names, index) for paths, a folder, an array, an ImageArrays or a DataFrame.
 
     ``index`` is the DataFrame's index for a DataFrame (predictions line up with its rows),
-    else None. Arrays are taken as they are (no resizing).
+    else None. Arrays are taken as they are (no resizing). Files are all decoded into one array:
+    for a few images (explanations, embeddings); predictions decode them a batch at a time.
     """
-    import pandas as pd
-
     if isinstance(data, ImageArrays):
         return data.x, list(data.paths or [f"#{i}" for i in range(len(data))]), None
     if isinstance(data, np.ndarray):
         x = check_array(data)
         return x, [f"#{i}" for i in range(len(x))], None
+    paths, index = input_paths(data, image_column=image_column, base_dir=base_dir)  # type: ignore[misc]
+    return decode_paths(paths, size), [str(p) for p in paths], index
+
+
+def frame_paths(df: Any, image_column: str | None = None, base_dir: str | Path | None = None) -> list[Path]:
+    """The image files a DataFrame's image-path column names (relative ones under ``base_dir``);
+    a missing file, or no rows, is a DataError. Nothing is decoded."""
+    col = frame_image_column(df, image_column)
+    base = Path(base_dir or ".")
+    paths = [Path(str(p)) if Path(str(p)).is_absolute() else base / str(p) for p in df[col]]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise DataError(f"DataFrame column {col!r}: {missing}: no such file")
+    if not paths:
+        raise DataError("no images to predict")
+    return paths
+
+
+def input_paths(data: Any, *, image_column: str | None = None, base_dir: str | Path | None = None
+                ) -> tuple[list[Path], Any] | None:
+    """(image files, the DataFrame's index or None) for paths, folders or a DataFrame of paths;
+    None for pixels already in memory (an array, an ImageArrays). Nothing is decoded, so callers
+    can decode the files a batch at a time (ImagePredictor.iter_proba)."""
+    import pandas as pd
+
+    if isinstance(data, (ImageArrays, np.ndarray)):
+        return None
     if isinstance(data, pd.DataFrame):
-        col = frame_image_column(data, image_column)
-        base = Path(base_dir or ".")
-        paths = [Path(str(p)) if Path(str(p)).is_absolute() else base / str(p) for p in data[col]]
-        missing = next((p for p in paths if not p.is_file()), None)
-        if missing is not None:
-            raise DataError(f"DataFrame column {col!r}: {missing}: no such file")
-        if not paths:
-            raise DataError("no images to predict")
-        return decode_paths(paths, size), [str(p) for p in paths], data.index
-    paths = image_paths(data)
-    return decode_paths(paths, size), [str(p) for p in paths], None
+        return frame_paths(data, image_column, base_dir), data.index
+    return image_paths(data), None

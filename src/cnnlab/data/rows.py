@@ -3,7 +3,9 @@
 A split decoded to disk (decode_store.py) is an ``np.memmap``. Indexing it with an index array
 (a train/validation split, a subset) would copy every chosen row into memory, so
 :meth:`ImageArrays.subset <cnnlab.data.dataset.ImageArrays.subset>` returns a :class:`RowView`
-instead: the base array and the row numbers, read only when a batch asks for them.
+instead: the base array and the row numbers, read only when a batch asks for them. Splits used
+together (every image of a source, training + validation for a final fit) are a :class:`JoinedRows`
+of their arrays, likewise read a batch at a time, never concatenated.
 
 Batches are read from the file with ``pread`` (:func:`take_rows`, :func:`read_all`): the rows
 come from the kernel's page cache, shared by every process reading the file (e.g. the DDP ranks
@@ -73,9 +75,98 @@ class RowView:
             yield self[i]
 
 
+class JoinedRows:
+    """Several arrays (N_i, ...) one after another, as one (sum N_i, ...) array, without copying:
+    the splits of a source joined (every image of a source, training + validation for a final
+    fit). Behaves like a :class:`RowView` (same attributes; an int gives one row, a step-1 slice
+    another joined view, an index array those rows in memory); each part keeps its own storage, so
+    parts on disk are read a batch at a time (``pread``, :func:`take_rows`) and never joined in memory.
+
+    Hand-written rather than a library: numpy has no lazy concatenation of memory maps (dask's
+    ``concatenate`` does, but as a dask array the trainers could not index), and this is 60 lines."""
+
+    def __init__(self, parts: list[Any]):
+        parts = [p.parts if isinstance(p, JoinedRows) else [p] for p in parts]
+        self.parts: list[Any] = [q for p in parts for q in p]
+        if not self.parts:
+            raise ValueError("JoinedRows needs at least one array")
+        first = self.parts[0]
+        for p in self.parts[1:]:
+            if tuple(p.shape[1:]) != tuple(first.shape[1:]) or p.dtype != first.dtype:
+                raise ValueError(f"cannot join rows of {tuple(p.shape[1:])} {p.dtype} "
+                                 f"to rows of {tuple(first.shape[1:])} {first.dtype}")
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self.starts[-1]), *self.parts[0].shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.parts[0].dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, i: int) -> tuple[Any, int]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} out of range for {n} rows")
+        i = i + n if i < 0 else i
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k], i - int(self.starts[k])
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            part, row = self._locate(int(key))
+            return part[row]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return RowView(self, np.arange(start, stop, step))
+            stop = max(start, stop)
+            pieces = []
+            for part, lo, hi in zip(self.parts, self.starts[:-1], self.starts[1:]):
+                a, b = max(start, int(lo)), min(stop, int(hi))
+                if a < b:
+                    pieces.append(part[a - int(lo) : b - int(lo)])
+            if not pieces:
+                return self.parts[0][:0]
+            return pieces[0] if len(pieces) == 1 else JoinedRows(pieces)
+        if hasattr(key, "numpy"):  # a torch index tensor
+            key = key.cpu().numpy()
+        return take_rows(self, np.asarray(key))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = read_all(self)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+def join_rows(parts: list[Any]) -> Any:
+    """``parts`` one after another without copying: the one part itself, else a :class:`JoinedRows`."""
+    return parts[0] if len(parts) == 1 else JoinedRows(parts)
+
+
 def is_disk_backed(x: Any) -> bool:
-    """Pixels read from a file as batches ask for them (a memory map or a view of one)."""
-    return isinstance(x, RowView) or mapping_of(x) is not None
+    """Pixels read as batches ask for them: a memory map, a view of one, or a joined view (whose
+    parts are read one batch at a time whether on disk or in memory)."""
+    return isinstance(x, (RowView, JoinedRows)) or mapping_of(x) is not None
 
 
 def take_rows(x: Any, idx: np.ndarray) -> np.ndarray:
@@ -89,6 +180,16 @@ def take_rows(x: Any, idx: np.ndarray) -> np.ndarray:
     idx = np.asarray(idx, dtype=np.int64)
     if isinstance(x, RowView):
         return take_rows(x.base, x.index[idx])
+    if isinstance(x, JoinedRows):
+        if len(idx) and (idx.min() < -len(x) or idx.max() >= len(x)):
+            raise IndexError(f"row index out of range for {len(x)} rows")
+        idx = np.where(idx < 0, idx + len(x), idx)
+        out = np.empty((len(idx), *x.shape[1:]), dtype=x.dtype)
+        which = np.searchsorted(x.starts, idx, side="right") - 1
+        for k in np.unique(which):
+            sel = np.flatnonzero(which == k)
+            out[sel] = take_rows(x.parts[k], idx[sel] - x.starts[k])
+        return out
     loc = file_location(x)
     if idx.ndim != 1 or loc is None:
         return np.asarray(x[idx])
@@ -118,6 +219,11 @@ def read_all(x: Any) -> np.ndarray:
     """``x`` as an in-memory array; rows of a memory-mapped file are read in one ``pread``."""
     if isinstance(x, RowView):
         return take_rows(x.base, x.index)
+    if isinstance(x, JoinedRows):
+        out = np.empty(x.shape, dtype=x.dtype)
+        for part, lo, hi in zip(x.parts, x.starts[:-1], x.starts[1:]):
+            out[lo:hi] = read_all(part)
+        return out
     loc = file_location(x)
     if loc is None or not len(x):
         return np.array(x)
@@ -167,7 +273,7 @@ def subset(x: Any, index: np.ndarray) -> Any:
     index = np.asarray(index, dtype=np.int64)
     if isinstance(x, RowView):
         return RowView(x.base, x.index[index])
-    if is_disk_backed(x):
+    if is_disk_backed(x):  # also a JoinedRows: a slice of it for a run of rows, else a RowView over it
         if len(index) and index[0] >= 0 and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
             return x[int(index[0]) : int(index[0]) + len(index)]
         return RowView(x, index)
@@ -189,7 +295,13 @@ def mapping_of(x: Any) -> mmap.mmap | None:
 def release_pages(x: Any) -> None:
     """Drop the pages of ``x``'s file mapping from this process's resident memory (they stay in
     the page cache; the next read maps them again). A no-op for in-memory arrays."""
-    m = mapping_of(x.base if isinstance(x, RowView) else x)
+    if isinstance(x, RowView):
+        x = x.base
+    if isinstance(x, JoinedRows):
+        for part in x.parts:
+            release_pages(part)
+        return
+    m = mapping_of(x)
     if m is None or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
         return
     try:

@@ -53,6 +53,8 @@ from cnnlab.utils.hardware import choose_precision, default_device
 MICRO_BATCH = 32
 MICRO_BATCH_REDUCED = 8
 BACKENDS = ("torch", "onnxruntime")
+#: Images per chunk the onnxruntime backend is given from pixels on disk (rounded to whole batches).
+ONNX_CHUNK = 4096
 
 
 @dataclass
@@ -186,7 +188,7 @@ class InferenceModel:
                    progress: bool = False, log: Callable[[str], object] = print) -> torch.Tensor:
         """Logits before the temperature (float32, CPU) of uint8 images (N, H, W, 3)."""
         if self.backend == "onnxruntime":
-            return torch.from_numpy(self._onnx().predict_logits(x, tta=self.tta))
+            return torch.from_numpy(self._onnx_logits(x))
         from cnnlab.utils.cores import compute_threads
 
         with compute_threads(self.threads):  # this process's share of the cores; the caller's threads restored
@@ -227,6 +229,20 @@ class InferenceModel:
     def proba(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
         """Class probabilities (N, classes) of uint8 images."""
         return self.logits(x, **kwargs).softmax(1).numpy()
+
+    def _onnx_logits(self, x: Any) -> np.ndarray:
+        """The ONNX backend's logits; pixels read from disk, or joined splits (data/rows.py), go in
+        chunks of whole backend batches, so only one chunk (and its TTA views) is ever in memory."""
+        from cnnlab.data.rows import chunks, is_disk_backed, read_all
+
+        runtime = self._onnx()
+        if not is_disk_backed(x):
+            return runtime.predict_logits(x, tta=self.tta)
+        if not len(x):
+            return runtime.predict_logits(read_all(x), tta=self.tta)
+        batch = int(getattr(runtime, "batch_size", 256))
+        step = batch * max(1, ONNX_CHUNK // batch)
+        return np.concatenate([runtime.predict_logits(c, tta=self.tta) for c in chunks(x, step)])
 
     def _onnx(self) -> Any:
         if self._runtime is None:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -59,11 +58,10 @@ def final_config(base: dict[str, Any], trial: FrozenTrial, mode: str) -> dict[st
 
 def _merge_val(bundle: Any) -> Any:
     """A bundle with its own validation split, folded into the training split."""
-    from cnnlab.data.dataset import DatasetBundle, ImageArrays
+    from cnnlab.data.dataset import DatasetBundle, join_splits
 
-    tr, va = bundle.train, bundle.val
-    paths = (tr.paths + va.paths) if tr.paths is not None and va.paths is not None else None
-    train = ImageArrays(np.concatenate([tr.x, va.x]), np.concatenate([tr.y, va.y]), list(tr.class_names), paths)
+    # A joined view of the two splits' pixels (no copy): the final fit reads them a batch at a time.
+    train = join_splits([bundle.train, bundle.val])
     return DatasetBundle(bundle.name, train, test=bundle.test, info=dict(bundle.info))
 
 
