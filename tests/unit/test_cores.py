@@ -70,6 +70,20 @@ def test_compute_threads_restores_the_callers_setting(four_cores, tmp_path, monk
     assert cores.share_now() is None
 
 
+def test_nested_compute_threads_keep_the_one_registration(four_cores, tmp_path, monkeypatch):
+    # inference inside a training (the fit's evaluation, the per-epoch validation) must not count
+    # its own process twice: that halved the evaluation's threads
+    monkeypatch.setattr(cores, "register_dir", lambda: tmp_path)
+    with cores.compute_threads():
+        with cores.compute_threads():
+            assert torch.get_num_threads() == 4 and cores.live_processes(tmp_path) == 1
+            with cores.compute_threads(3):
+                assert torch.get_num_threads() == 3
+            assert torch.get_num_threads() == 4
+        assert cores.share_now() == 4 and len(list(tmp_path.glob("*.lock"))) == 1
+    assert list(tmp_path.glob("*.lock")) == []
+
+
 def test_training_restores_the_thread_count(tiny_tree, tmp_path, monkeypatch):
     from cnnlab import api
 

@@ -68,12 +68,31 @@ def test_a_huge_budget_caps_the_epochs_at_the_widest_net():
 
 def test_tta_views_shrink_to_fit_the_evaluation_share():
     measure, _ = _machine(100)
-    # generous: 10,000 images x 6 views at 2.5 x 711 img/s = 34 s, within 5% of 1,000 s
-    assert make_plan(_cfg(), 50_000, 10_000, 900, 1000, measure, _flops, "fp32").tta == "flip_translate"
-    # tight: 6 views would take 34 s, 2 views 11 s; 5% of 300 s is 15 s
-    assert make_plan(_cfg(), 50_000, 10_000, 270, 300, measure, _flops, "fp32").tta == "flip"
+    fast = lambda widths: 2000.0  # noqa: E731  inference images/s, as measured at the inference micro-batch
+    # generous: 10,000 images x 6 views at 2,000 img/s = 30 s, within 5% of 1,000 s
+    assert make_plan(_cfg(), 50_000, 10_000, 900, 1000, measure, _flops, "fp32", measure_inference=fast
+                     ).tta == "flip_translate"
+    # tight: 6 views would take 30 s, 2 views 10 s; 5% of 300 s is 15 s
+    assert make_plan(_cfg(), 50_000, 10_000, 270, 300, measure, _flops, "fp32", measure_inference=fast
+                     ).tta == "flip"
     # never more views than the config asks for
-    assert make_plan(_cfg(tta="none"), 50_000, 10_000, 900, 1000, measure, _flops, "fp32").tta == "none"
+    assert make_plan(_cfg(tta="none"), 50_000, 10_000, 900, 1000, measure, _flops, "fp32", measure_inference=fast
+                     ).tta == "none"
+
+
+def test_the_evaluation_is_planned_from_the_measured_inference_speed():
+    measure, _ = _machine(100)
+    estimated = make_plan(_cfg(), 50_000, 10_000, 900, 1000, measure, _flops, "fp32")
+    assert estimated.inference_images_per_second is None  # not measured: INFER_FACTOR x training's rate
+    assert estimated.estimated_eval_seconds == pytest.approx(
+        10_000 * fast_plan.TTA_VIEWS[estimated.tta] / (fast_plan.INFER_FACTOR * estimated.images_per_second))
+    seen = []
+    slow = lambda widths: seen.append(tuple(widths)) or 500.0  # noqa: E731
+    plan = make_plan(_cfg(), 50_000, 10_000, 900, 1000, measure, _flops, "fp32", measure_inference=slow)
+    assert seen == [tuple(plan.widths)]  # measured once, for the picked net
+    assert plan.inference_images_per_second == 500.0
+    # 6 views of 10,000 images at 500 img/s = 120 s > 5% of 1,000 s; 2 views = 40 s fit
+    assert plan.tta == "flip" and plan.estimated_eval_seconds == pytest.approx(40.0)
 
 
 def test_small_data_sets_get_a_smaller_batch_and_a_scaled_learning_rate():

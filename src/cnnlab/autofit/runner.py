@@ -71,13 +71,16 @@ def scorer(holder: dict[str, Any]) -> Any:
                  log: Callable[[str], None]) -> dict[str, Any]:
         from cnnlab.inference.after_training import fresh_inference
 
-        pred, _, calibration = fresh_inference(result, prep, cfg, rd, log=log)
+        pred, val_raw, calibration = fresh_inference(result, prep, cfg, rd, log=log)
         out: dict[str, Any] = {"calibration": calibration} if calibration else {}
         for name, split in (("val", prep.val), ("test", prep.test)):
             if split is None:
                 continue
             # the whole model, eager: what ImagePredictor.load(fit).evaluate gives for the same images
-            ev = pred.evaluate_details(split, where=name, split_name=name, progress=False, log=log)
+            # (validation's logits come from the calibration's pass when it made one: not inferred twice)
+            ev = pred.evaluate_details(split, where=name, split_name=name, progress=False, log=log,
+                                       raw_logits=val_raw if name == "val" else None,
+                                       raw_seconds=calibration.get("seconds"))
             holder[name] = ev.probabilities
             holder[f"{name}_seconds"] = ev.seconds
             out[name] = {k: ev.report[k] for k in SUMMARY_KEYS}

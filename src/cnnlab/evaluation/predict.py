@@ -18,6 +18,19 @@ from cnnlab.data.rows import is_disk_backed, read_all, release_pages, take_rows
 from cnnlab.errors import ConfigError
 from cnnlab.utils.hardware import autocast
 
+#: Images per micro-batch of inference in fp32, and in reduced precision, where every micro-batch
+#: (the last one padded) has exactly this many images (cnnlab.inference.model's docstring says
+#: why). Padding costs a single-image request 8 images' compute in bf16
+#: (benchmarks/inference_precision.py). Here, below both, so that the planners measure inference
+#: at the micro-batch it will run at.
+MICRO_BATCH = 32
+MICRO_BATCH_REDUCED = 8
+
+
+def micro_batch_for(dtype: torch.dtype | None) -> int:
+    """The inference micro-batch at ``dtype`` (None: fp32)."""
+    return MICRO_BATCH if dtype is None else MICRO_BATCH_REDUCED
+
 TTA_MODES = ("none", "flip", "flip_translate")
 
 

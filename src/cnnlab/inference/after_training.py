@@ -10,10 +10,12 @@ metrics.json holds what ``cnnlab evaluate`` and the server will give for the sam
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.evaluation.calibration import ece, fit_temperature, uncalibrated
@@ -25,30 +27,38 @@ from cnnlab.training.rundir import RunDir
 
 
 def fresh_inference(result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *, calibrate: bool = True,
-                    log: Callable[[str], None] = print) -> tuple[InferenceModel, bool, dict[str, Any]]:
+                    log: Callable[[str], None] = print
+                    ) -> tuple[InferenceModel, torch.Tensor | None, dict[str, Any]]:
     """The freshly trained model's inference, its temperature fitted on the validation split.
 
-    Returns (inference, whether the frozen base's feature cache applies, calibration figures). The
-    temperature is fitted on cached features when there are (training stored them): it is one
-    fitted number, stored in the card and applied alike on every path afterwards."""
+    Returns (inference, the validation split's raw logits, calibration figures). The temperature
+    is fitted on cached features when there are (training stored them): it is one fitted number,
+    stored in the card and applied alike on every path afterwards. The raw logits are given only
+    when they came from the whole model (no feature cache), i.e. exactly what evaluating the
+    validation split would compute again: pass them to ``evaluate_details(raw_logits=...)``."""
     from cnnlab.training.orchestrate import card_extra
 
     card = model_card(result.model, card_extra(cfg, prep, result))
     inf = InferenceModel.from_model(result.model, config=cfg, card=card, path=rd.path)
     cached = "feature_cache" in result.extra and cfg.train.finetune is None
     calibration: dict[str, Any] = {}
+    val_raw = None
     if calibrate and cfg.train.calibrate and prep.val is not None and len(prep.val) >= 2:
         y_val = np.asarray(prep.val.y)
+        t0 = time.perf_counter()
         raw = inf.raw_logits(prep.val.x, feature_cache=cached, compile=False, log=log)
+        seconds = time.perf_counter() - t0
+        val_raw = None if cached else raw
         t, before, after = fit_temperature(raw, y_val)
-        calibration = {"temperature": t, "val_ece_before": before, "val_ece_after": after, "count": len(y_val)}
+        calibration = {"temperature": t, "val_ece_before": before, "val_ece_after": after, "count": len(y_val),
+                       "seconds": round(seconds, 3)}
         card["temperature"] = t
         result.extra["temperature"] = t  # orchestrate's card_extra writes it into model.json
         log(f"calibration: temperature {t:.3f} on {len(y_val):,} validation images "
             f"(ECE {before:.4f} -> {after:.4f})")
     elif not cfg.train.calibrate:
         log("calibration: off (train.calibrate: false); temperature 1.0")
-    return inf, cached, calibration
+    return inf, val_raw, calibration
 
 
 def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: RunDir, *, progress: bool,
@@ -61,10 +71,12 @@ def evaluate_after_training(result: Any, prep: Any, cfg: ExperimentConfig, rd: R
 
     split = prep.test if prep.test is not None else prep.val
     split_name = "test" if prep.test is not None else "val"
-    inf, _, calibration = fresh_inference(result, prep, cfg, rd, log=log)
+    inf, val_raw, calibration = fresh_inference(result, prep, cfg, rd, log=log)
     # The reported figures come from the path every later caller takes (the whole model, eager):
     # cached or compiled features round differently in bf16 and would report other numbers.
-    ev = inf.evaluate_details(split, where=split_name, split_name=split_name, progress=progress, log=log)
+    ev = inf.evaluate_details(split, where=split_name, split_name=split_name, progress=progress, log=log,
+                              raw_logits=val_raw if split_name == "val" else None,
+                              raw_seconds=calibration.get("seconds"))
     out: dict[str, Any] = {split_name: summary(ev.report),
                            "inference_images_per_second": round(len(split) / max(ev.seconds, 1e-9), 1),
                            "inference": {"precision": ev.report["precision"], "tta": ev.report["tta"],

@@ -42,16 +42,11 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import ConfigError, ModelError
 from cnnlab.evaluation.metrics import classification_report
-from cnnlab.evaluation.predict import TTA_MODES, predict_logits
+from cnnlab.evaluation.predict import MICRO_BATCH, MICRO_BATCH_REDUCED, TTA_MODES, micro_batch_for, predict_logits  # noqa: F401 (re-exported)
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.io import load_model, model_card, read_card
 from cnnlab.utils.hardware import choose_precision, default_device
 
-#: Images per micro-batch of inference in fp32, and in reduced precision, where every micro-batch
-#: (the last one padded) has exactly this many images: see the module docstring. Padding costs a
-#: single-image request 8 images' compute in bf16 (benchmarks/inference_precision.py).
-MICRO_BATCH = 32
-MICRO_BATCH_REDUCED = 8
 BACKENDS = ("torch", "onnxruntime")
 #: Images per chunk the onnxruntime backend is given from pixels on disk (rounded to whole batches).
 ONNX_CHUNK = 4096
@@ -171,7 +166,7 @@ class InferenceModel:
 
     @property
     def micro_batch(self) -> int:
-        return int(self._batch_size or (MICRO_BATCH if self.dtype is None else MICRO_BATCH_REDUCED))
+        return int(self._batch_size or micro_batch_for(self.dtype))
 
     @property
     def batch_size(self) -> int:
@@ -222,9 +217,12 @@ class InferenceModel:
 
     def logits(self, x: np.ndarray, **kwargs: Any) -> torch.Tensor:
         """Calibrated logits: :meth:`raw_logits` divided by the card's temperature."""
-        out = self.raw_logits(x, **kwargs)
+        return self.with_temperature(self.raw_logits(x, **kwargs))
+
+    def with_temperature(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw logits divided by the card's temperature (the one place it is applied)."""
         t = self.temperature
-        return out if t == 1.0 else out / t
+        return raw if t == 1.0 else raw / t
 
     def proba(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
         """Class probabilities (N, classes) of uint8 images."""
@@ -256,14 +254,23 @@ class InferenceModel:
 
     def evaluate_details(self, split: ImageArrays, *, where: str = "arrays", split_name: str = "given",
                          feature_cache: bool = False, compile: bool | None = None, progress: bool = False,
-                         log: Callable[[str], object] = print) -> Evaluation:
-        """The classification report of a labelled split, with the probabilities it came from."""
+                         log: Callable[[str], object] = print, raw_logits: torch.Tensor | None = None,
+                         raw_seconds: float | None = None) -> Evaluation:
+        """The classification report of a labelled split, with the probabilities it came from.
+
+        ``raw_logits``: this model's :meth:`raw_logits` of ``split.x``, computed already (the
+        calibration after training does), so the split is not inferred twice; ``raw_seconds``
+        what computing them took."""
         from cnnlab.data.dataset import align_labels
 
         y = align_labels(split, self.class_names, where)
         t0 = time.perf_counter()
-        logits = self.logits(split.x, feature_cache=feature_cache, compile=compile, progress=progress, log=log)
-        seconds = time.perf_counter() - t0
+        if raw_logits is not None:
+            logits = self.with_temperature(raw_logits)
+            seconds = raw_seconds or time.perf_counter() - t0
+        else:
+            logits = self.logits(split.x, feature_cache=feature_cache, compile=compile, progress=progress, log=log)
+            seconds = time.perf_counter() - t0
         report = classification_report(logits, y, self.class_names)
         report.update({"source": where, "split": split_name, "weights": self.weights, "tta": self.tta,
                        "precision": self.precision, "decode_size": self.decode_size, "temperature": self.temperature,

@@ -142,7 +142,14 @@ _active: contextvars.ContextVar[CoreShare | None] = contextvars.ContextVar("cnnl
 def compute_threads(threads: int | None = None) -> Iterator[CoreShare]:
     """Register this process, run the block with its share of the cores (``threads`` when given:
     e.g. ``cnnlab serve --threads``), then restore the caller's thread count. Inside it,
-    :func:`share_now` follows processes that start or end."""
+    :func:`share_now` follows processes that start or end. Nested inside another
+    ``compute_threads`` (inference inside a training or a fit) the process keeps its one
+    registration: a second one would count this process twice and halve its share."""
+    outer = _active.get()
+    if outer is not None:
+        with scoped_threads(threads or outer.threads()):
+            yield outer
+        return
     with CoreShare() as share, scoped_threads(threads or share.threads()):
         token = _active.set(share)
         try:

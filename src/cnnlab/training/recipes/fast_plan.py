@@ -35,10 +35,11 @@ import torch.nn.functional as F
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import random_crop
-from cnnlab.evaluation.predict import as_nchw
+from cnnlab.evaluation.predict import as_nchw, micro_batch_for, predict_logits
 from cnnlab.models.fastnet import init_whitening
 from cnnlab.models.registry import create_model
 from cnnlab.training.recipes.fast_parts import TrainStep, training_flops_per_image
+from cnnlab.utils.cores import scoped_threads
 from cnnlab.utils.io import atomic_write_text
 
 #: Widths (stem, block 2, block 3) tried, narrowest first; [64, 256, 256] is the published net's.
@@ -52,6 +53,10 @@ EVAL_SHARE = 0.05  #: the final evaluation (with its TTA views) may take this sh
 PROBE_SHARE = 0.05  #: measuring the candidates may take at most this share of the budget
 PROBE_BATCH = 128
 TTA_VIEWS = {"flip_translate": 6, "flip": 2, "none": 1}
+#: Inference images/s per training images/s when inference is not measured. Measured on a quiet
+#: Zen 4 in bf16 at the 8-image inference micro-batch: about 1.2-1.7 (small micro-batches keep
+#: inference far from the 3x that its FLOPs would allow), so the planner measures it instead.
+INFER_FACTOR = 1.5
 
 
 @dataclass
@@ -79,6 +84,9 @@ class FastPlan:
     reason: str
     probe_seconds: float
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    #: the picked net's inference speed (images x TTA views / s), measured at the inference micro-batch
+    #: (None: estimated as INFER_FACTOR x the training speed)
+    inference_images_per_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,13 +137,33 @@ def measure_images_per_second(cfg: ExperimentConfig, widths: tuple[int, int, int
     return 2 * len(yb) / (time.perf_counter() - t)
 
 
+def measure_inference_per_second(cfg: ExperimentConfig, widths: tuple[int, int, int], x: torch.Tensor,
+                                 class_names: list[str], dtype: torch.dtype | None, threads: int) -> float:
+    """Inference images/s of the fast net at ``widths`` as the evaluation after training runs it: whole
+    model, eval mode, ``threads`` threads, micro-batches of :func:`micro_batch_for` ``dtype`` (one
+    warm-up micro-batch, then four timed ones)."""
+    model = create_model(with_widths(cfg.model, widths), class_names).to(x.device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mb = micro_batch_for(dtype)
+    xb = x[: 5 * mb]
+    with scoped_threads(threads):
+        predict_logits(model, xb[:mb], batch_size=mb, dtype=dtype)  # warm-up
+        t = time.perf_counter()
+        predict_logits(model, xb[mb:], batch_size=mb, dtype=dtype)
+        return (len(xb) - mb) / max(time.perf_counter() - t, 1e-6)
+
+
 def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: float, total_budget_s: float,
               measure: Callable[[tuple[int, int, int], int], float], flops_of: Callable[[tuple[int, int, int]], float],
-              precision: str, known: dict[tuple[tuple[int, int, int], int], float] | None = None) -> FastPlan:
+              precision: str, known: dict[tuple[tuple[int, int, int], int], float] | None = None,
+              measure_inference: Callable[[tuple[int, int, int]], float] | None = None) -> FastPlan:
     """Choose widths, epochs, batch size and TTA views (see the module docstring).
 
     ``measure(widths, batch)`` -> training images/s; ``flops_of(widths)`` -> training FLOPs per image;
-    ``known``: speeds measured before (the auto-fit planner's), used whatever the probe time left.
+    ``known``: speeds measured before (the auto-fit planner's), used whatever the probe time left;
+    ``measure_inference(widths)`` -> inference images/s of the picked net, as the final evaluation runs
+    it (without it: :data:`INFER_FACTOR` x the training speed).
     """
     t0 = time.perf_counter()
     batch = planned_batch(cfg.train.batch_size, n_train)
@@ -167,8 +195,8 @@ def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: 
     steps_per_epoch = per_epoch // batch
     total_steps = max(1, int(epochs_float * steps_per_epoch))
     ips = pick.estimated_images_per_second
-    # Forward only is about a third of a training step's FLOPs; inference runs about 2.5x training's rate.
-    infer_ips = 2.5 * ips
+    measured_infer = measure_inference(pick.widths) if measure_inference is not None else None
+    infer_ips = measured_infer or INFER_FACTOR * ips
     tta = cfg.train.tta
     for mode in ("flip_translate", "flip", "none"):
         if TTA_VIEWS[mode] > TTA_VIEWS[cfg.train.tta]:
@@ -181,7 +209,8 @@ def make_plan(cfg: ExperimentConfig, n_train: int, n_eval: int, train_budget_s: 
         steps_per_epoch=steps_per_epoch, batch_size=batch, lr_scale=batch / min(cfg.train.batch_size, max(1, n_train)),
         tta=tta, train_budget_seconds=train_budget_s, estimated_train_seconds=total_steps * batch / ips,
         estimated_eval_seconds=n_eval * TTA_VIEWS[tta] / infer_ips, images_per_second=ips, precision=precision,
-        reason=reason, probe_seconds=time.perf_counter() - t0, candidates=[asdict(c) for c in cands])
+        reason=reason, probe_seconds=time.perf_counter() - t0, candidates=[asdict(c) for c in cands],
+        inference_images_per_second=measured_infer)
 
 
 def apply_plan(cfg: ExperimentConfig, plan: FastPlan) -> ExperimentConfig:
@@ -259,6 +288,14 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
                                                               batch, gen)
         return speeds[widths, batch]
 
+    inference: dict[tuple[int, int, int], float] = {}
+
+    def measure_inference(widths: tuple[int, int, int]) -> float:
+        # on the device's threads the evaluation after training will have (one per worker here)
+        if widths not in inference:
+            inference[widths] = measure_inference_per_second(cfg, widths, x, train.class_names, dtype, workers.n)
+        return inference[widths]
+
     def flops_of(widths: tuple[int, int, int]) -> float:
         m = create_model(with_widths(cfg.model, widths), train.class_names)
         params = [p for p in m.parameters() if p.requires_grad]
@@ -268,7 +305,7 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
     def plan_for(end: float) -> FastPlan:
         now = time.monotonic()
         return make_plan(cfg, len(y), n_eval, max(1.0, end - now), max(1.0, (total_end or end) - now), measure,
-                         flops_of, precision.name, known=dict(speeds))
+                         flops_of, precision.name, known=dict(speeds), measure_inference=measure_inference)
 
     plan = plan_for(train_end)
     if total_end is not None:
