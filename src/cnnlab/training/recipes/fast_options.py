@@ -12,6 +12,7 @@ from cnnlab.validation import Rule, at_least, check_value, interval, non_negativ
 
 PREFIX = "train.recipe_options"
 
+
 @dataclass
 class FastOptions:
     """The recipe's own knobs, typed; a config changes them with ``train.recipe_options: {name: value}``."""
@@ -79,3 +80,8 @@ def check_config(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is not used by the fast recipe (train.recipe: fast); "
                               f"remove it or use train.recipe: standard")
     options(cfg.train.recipe_options)
+
+
+def typed_options(given: dict[str, Any]) -> FastOptions:
+    """:func:`options` as the typed :class:`FastOptions` (what the recipe reads)."""
+    return FastOptions(**options(given))
