@@ -117,8 +117,8 @@ def fit(
         try:
             with heap_for_large_tensors():
                 run = FastRun(cfg, model, train, val, test, run_dir, o, device, precision, workers, log,
-                              started_at, resume)
-                return run.run(resume, epoch_callback, deadline)
+                              started_at, resume, deadline)
+                return run.run(resume, epoch_callback)
         finally:
             workers.close()
             set_thread_updates_bn_stats(True)
@@ -133,8 +133,13 @@ class FastRun:
 
     def __init__(self, cfg: ExperimentConfig, model: ImageClassifier, train: ImageArrays, val: ImageArrays | None,
                  test: ImageArrays | None, run_dir: RunDir, o: dict[str, Any], device: torch.device,
-                 precision: Any, workers: Workers, log: Callable[[str], None], started_at: float, resume: bool):
+                 precision: Any, workers: Workers, log: Callable[[str], None], started_at: float, resume: bool,
+                 deadline: float | Deadline | None = None):
         self.t_setup = time.perf_counter()
+        # The caller's bound (the deadline the core's TimeBudget reads, less its reserve), read once
+        # on time.monotonic, the clock of the plan and the re-planning: neither ends training later.
+        bound = as_deadline(deadline)
+        self.bound = bound.training_end_monotonic() if bound is not None else None
         self.train, self.val, self.test, self.run_dir = train, val, test, run_dir
         self.o, self.opts = o, FastOptions(**o)
         self.device, self.precision, self.workers, self.log = device, precision, workers, log
@@ -144,7 +149,7 @@ class FastRun:
         # rank 0's clock is the one the time budget is checked against (its decisions are broadcast).
         self.cfg, self.model, self.plan, self.train_deadline = ddp.from_main(lambda: fast_plan.plan_run(
             cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device, precision, workers,
-            started_at, run_dir, log, resume))
+            started_at, run_dir, log, resume, self.bound))
         self.tc = self.cfg.train
         self.dtype = precision.dtype
         self.gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -338,17 +343,15 @@ class FastRun:
         return logs
 
     def _replan(self, logs: dict[str, float]) -> None:
-        """The time budget: how many steps fit before the training deadline, at this machine's speed.
+        """The time budget: the steps that fit before the training deadline at this machine's speed.
 
-        The fast recipe re-plans its length rather than stopping at an epoch boundary (the core's
-        TimeBudget, which the standard recipe uses): its learning rate and lookahead averaging are
-        functions of step / total_steps, so a run cut after some epoch would end mid-schedule at a
-        high learning rate; instead the schedule is re-planned for the steps that fit, and the last
-        epoch may be partial. The deadline is the same ``time.monotonic()`` value the core's rule
-        reads (the caller's, see :meth:`run`). The last two epochs' speed says how many more steps
-        fit (a single slow epoch, e.g. another job on the cores, is not taken for the machine's
-        speed); a planned run may also grow again, up to the planner's cap, when the machine is fast
-        again."""
+        It re-plans its length rather than stopping at an epoch boundary (the core's TimeBudget, as
+        the standard recipe does): the learning rate and the lookahead averaging are functions of
+        step / total_steps, so a run cut after an epoch would end mid-schedule at a high learning
+        rate; the schedule is re-planned for the steps that fit (the last epoch may be partial). The
+        deadline: the caller's (``self.bound``, the one the core's rule reads) or this recipe's own
+        limit when earlier. The last two epochs' speed counts (one slow epoch, e.g. another job on
+        the cores, is not the machine's speed); a planned run may grow again, up to the planner's cap."""
         assert self.trainer is not None and self.train_deadline is not None
         spe = self.steps_per_epoch
         recent = [*self.trainer.history[-1:], logs]
@@ -385,13 +388,8 @@ class FastRun:
 
     # ------------------------------------------------------------------------- the run
 
-    def run(self, resume: bool, epoch_callback: EpochCallback | None, deadline: float | Deadline | None
-            ) -> FitResult:
-        """Train on the trainer core (resumed from the last finished epoch when asked), then :meth:`finish`.
-
-        ``deadline``: the caller's bound (a ``time.monotonic()`` value or a callbacks.Deadline, the
-        same the core's TimeBudget reads, less its reserve for the evaluation): the re-planning ends
-        training by then."""
+    def run(self, resume: bool, epoch_callback: EpochCallback | None) -> FitResult:
+        """Train on the trainer core (resumed from the last finished epoch when asked), then :meth:`finish`."""
         tc, spe, plan = self.tc, self.steps_per_epoch, self.plan
         self.trainer = trainer = Trainer(
             self, self.run_dir, config_callbacks(tc, target_key=f"{self.monitor_name}_accuracy" if self.monitor_name
@@ -401,10 +399,8 @@ class FastRun:
             trainer.resume()  # the same run goes on: weights, optimisers, the state above, the callbacks
         if resume or plan is None:  # a resumed run's budget counts what it trained before
             self.train_deadline, _ = fast_plan.deadlines(self.o, self.started_at, trained_seconds=self.train_seconds)
-        bound = as_deadline(deadline)
-        if bound is not None:  # the caller's bound: the time-budget re-planning ends training by then
-            end = bound.training_end_monotonic()
-            self.train_deadline = end if self.train_deadline is None else min(self.train_deadline, end)
+        if self.bound is not None:  # the caller's bound: the time-budget re-planning ends training by then
+            self.train_deadline = self.bound if self.train_deadline is None else min(self.train_deadline, self.bound)
         train_budget_s = max(0.0, self.train_deadline - time.monotonic()) if self.train_deadline is not None else 0.0
         self.max_steps = max(self.total_steps, fast_plan.MAX_EPOCHS * spe) if plan is not None else self.total_steps
         self.log(f"fast recipe: {self.n:,} images, batch {self.batch_size}, {self.total_steps} steps "

@@ -81,7 +81,3 @@ def check_config(cfg: ExperimentConfig) -> None:
                               f"remove it or use train.recipe: standard")
     options(cfg.train.recipe_options)
 
-
-def typed_options(given: dict[str, Any]) -> FastOptions:
-    """:func:`options` as the typed :class:`FastOptions` (what the recipe reads)."""
-    return FastOptions(**options(given))
