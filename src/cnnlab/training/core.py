@@ -83,19 +83,6 @@ class EpochRecipe(Protocol):
     def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None: ...
 
 
-@dataclass
-class EpochFunctions:
-    """An :class:`EpochRecipe` made of functions (a recipe that keeps its state in local variables)."""
-
-    model: nn.Module
-    optimizers: Sequence[torch.optim.Optimizer]
-    more: Callable[[int], bool]
-    planned_epochs: Callable[[], int]
-    train_epoch: Callable[[int], dict[str, float]]
-    state: Callable[[], tuple[dict[str, Any], dict[str, torch.Tensor]]]
-    load_state: Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
-
-
 def config_callbacks(tc: Any, *, target_key: str = "val_accuracy", deadline: float | Deadline | None = None,
                      epoch_callback: EpochCallback | None = None,
                      clock: Callable[[], float] | None = None) -> list[Callback]:
