@@ -12,7 +12,6 @@ from cnnlab.validation import Rule, at_least, check_value, interval, non_negativ
 
 PREFIX = "train.recipe_options"
 
-
 @dataclass
 class FastOptions:
     """The recipe's own knobs, typed; a config changes them with ``train.recipe_options: {name: value}``."""
@@ -80,4 +79,3 @@ def check_config(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is not used by the fast recipe (train.recipe: fast); "
                               f"remove it or use train.recipe: standard")
     options(cfg.train.recipe_options)
-
