@@ -1,5 +1,5 @@
 """Auto-fit's decisions without training: planner (fake speeds and a fake clock), presets,
-leaderboard, ensemble weights and the epoch deadline."""
+leaderboard and ensemble weights (the epoch deadline: test_autofit_time_rule.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from cnnlab.autofit.leaderboard import rank
 from cnnlab.autofit.presets import PRESETS, get_preset
 from cnnlab.autofit.priors import predicted_accuracy
 from cnnlab.autofit.profile import DataProfile
-from cnnlab.autofit.runner import deadline_callback
 from cnnlab.errors import ConfigError
-from cnnlab.training.callbacks import StopTraining
 
 
 def profile(count: int, classes: int, side: int, val: int = 0, test: int = 0, mixed: bool = False) -> DataProfile:
@@ -168,15 +166,6 @@ def test_caruana_weights_favour_the_member_that_lowers_validation_loss():
     mixed = blend([good, noise], [0.75, 0.25])
     assert np.allclose(mixed.sum(1), 1.0, atol=1e-5)
     assert np.allclose(mixed, 0.75 * good + 0.25 * noise, atol=1e-6)
-
-
-def test_deadline_callback_stops_when_the_next_epoch_would_not_fit():
-    now = [100.0]
-    cb = deadline_callback(end=130.0, eval_seconds=5.0, clock=lambda: now[0], log=lambda s: None)
-    cb(0, {"seconds": 10.0})  # 100 + 11 + 5 <= 130: go on
-    now[0] = 115.0
-    with pytest.raises(StopTraining, match="share of the budget"):
-        cb(1, {"seconds": 10.0})  # 115 + 11 + 5 > 130
 
 
 #: a fake measured ladder like the 2-core Sapphire Rapids' (issue 24): stem width -> training images/s

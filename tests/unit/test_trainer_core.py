@@ -235,6 +235,48 @@ def test_time_budget_far_away_lets_the_run_finish(tmp_path):
     assert result.epochs_run == 6 and not result.stopped_early
 
 
+def test_time_budget_keeps_its_reserve_for_the_evaluation(tmp_path):
+    """Epochs of 10 s, the deadline 60 s away with 25 s kept for the evaluation: training must end
+    by t+35, so 3 epochs (a 4th would end at t+40), not the 6 that fit in 60 s."""
+    clock = FakeClock()
+    budget = TimeBudget(clock.t + 60.0, clock, reserve=25.0)
+    result = Trainer(Toy(clock=clock), _rd(tmp_path), [budget], log=lambda s: None).fit()
+    assert result.epochs_run == 3 and result.stopped_early
+    assert "30.0 s left, 25.0 s of them kept for the evaluation" in result.stop_reason
+    clock = FakeClock()  # the same deadline without a reserve: all 6 epochs, the last ending at t+60
+    result = Trainer(Toy(clock=clock), _rd(tmp_path / "b"), [TimeBudget(clock.t + 60.0, clock)], log=lambda s: None).fit()
+    assert result.epochs_run == 6 and not result.stopped_early
+
+
+def test_time_budget_estimates_the_next_epoch_from_the_last_not_the_mean(tmp_path):
+    """A first epoch slowed by warm-up (40 s, then 10 s each), the deadline at t+85: at t+70 the mean
+    (17.5 s) would stop the run (t+87.5); the last epoch (10 s) lets a 5th run, to t+80."""
+    clock = FakeClock()
+
+    class WarmUp(Toy):
+        def train_epoch(self, epoch):
+            if epoch == 0:
+                clock.t += 30.0
+            return super().train_epoch(epoch)
+
+    result = Trainer(WarmUp(clock=clock), _rd(tmp_path), [TimeBudget(clock.t + 85.0, clock)], log=lambda s: None).fit()
+    assert result.epochs_run == 5 and result.stopped_early  # a 6th would end at t+90
+
+
+def test_config_callbacks_take_a_deadline_with_its_clock_and_reserve():
+    from types import SimpleNamespace
+
+    from cnnlab.training.callbacks import Deadline
+
+    tc = SimpleNamespace(optimizer=SimpleNamespace(lr=0.1), checkpoint=None, early_stopping=None,
+                         target_accuracy=None)
+    clock = FakeClock()
+    budget = [cb for cb in config_callbacks(tc, deadline=Deadline(100.0, 20.0, clock)) if isinstance(cb, TimeBudget)]
+    assert len(budget) == 1 and (budget[0].deadline, budget[0].reserve, budget[0].clock) == (100.0, 20.0, clock)
+    plain = [cb for cb in config_callbacks(tc, deadline=50.0) if isinstance(cb, TimeBudget)]
+    assert (plain[0].deadline, plain[0].reserve) == (50.0, 0.0)
+
+
 def test_restore_best_weights_puts_back_the_best_epoch(tmp_path):
     es = EarlyStopping(monitor="val_accuracy", patience=10, restore_best_weights=True)
     result = Trainer(Toy(), _rd(tmp_path), [es], log=lambda s: None).fit()

@@ -3,11 +3,14 @@
 Each candidate trains through :func:`cnnlab.training.orchestrate.train` on the same loaded
 train / validation / test arrays, into ``FIT_DIR/models/<kind>``:
 
-- the fast net gets ``recipe_options.time_limit_minutes`` = its share (fast_plan.py sizes the
-  net, the epochs and the TTA views to it, its final evaluation included);
-- the others get an epoch callback that raises :class:`~cnnlab.training.callbacks.StopTraining`
-  when the next epoch, at the pace of the last one, and the final evaluation would end after
-  the candidate's share (the run then finishes normally: saved and evaluated).
+- every candidate gets its share's end as a ``deadline``, less the seconds its scoring will take
+  (a training.callbacks.Deadline on the fit's clock), which the trainer core's one stop rule
+  (training.callbacks.TimeBudget) enforces: training stops after the epoch after which the next
+  one, as long as the last, would not end in time (the run then finishes normally:
+  saved and scored);
+- the fast net also gets ``recipe_options.time_limit_minutes`` = its share, which sizes its net,
+  epochs and TTA views (fast_plan.py); it re-plans its schedule's length to end by the same
+  deadline rather than stopping at an epoch boundary (recipes/fast.py says why).
 
 Its evaluator scores the fresh model on the validation and the test split once, at the
 candidate's own precision and TTA, and keeps the probabilities for the ensemble.
@@ -26,7 +29,7 @@ import numpy as np
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import DatasetBundle, ImageArrays
 from cnnlab.evaluation.metrics import SUMMARY_KEYS
-from cnnlab.training.callbacks import StopTraining
+from cnnlab.training.callbacks import Deadline
 
 Clock = Callable[[], float]
 
@@ -45,21 +48,6 @@ class CandidateResult:
     parameters: int | None = None
     tta: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def deadline_callback(end: float, eval_seconds: float, clock: Clock = time.monotonic, log: Callable[[str], None] = print
-                      ) -> Callable[[int, dict[str, Any]], None]:
-    """An epoch callback that ends training when the next epoch (as long as the last one, plus
-    10%) and ``eval_seconds`` would pass ``end`` (a ``clock()`` value)."""
-
-    def callback(epoch: int, logs: dict[str, Any]) -> None:
-        now = clock()
-        need = 1.1 * float(logs.get("seconds") or 0.0) + eval_seconds
-        if now + need > end:
-            raise StopTraining(f"time: another epoch ({need:.0f}s with the evaluation) would end "
-                               f"{now + need - end:.0f}s after this model's share of the budget")
-
-    return callback
 
 
 def scorer(holder: dict[str, Any]) -> Any:
@@ -118,13 +106,12 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
 
     t0 = clock()
     holder: dict[str, Any] = {}
-    stop = None if cfg.train.recipe == "fast" else deadline_callback(end, eval_seconds, clock, log)
+    # the share's end, less the scoring's seconds: the trainer's TimeBudget stops by it (both recipes)
+    deadline = Deadline(end, reserve=eval_seconds, clock=clock)
 
     def callback(epoch: int, logs: dict[str, Any]) -> None:
         if on_epoch is not None:
             on_epoch()
-        if stop is not None:
-            stop(epoch, logs)
     bundle = DatasetBundle(kind, train, test, val, {"source": "auto-fit"})
     rd = RunDir(run_dir)
     if resume and rd.is_finished():
@@ -133,8 +120,6 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
                                        rd.read_metrics().get("stop_reason"), np.zeros(0), None, 0.0, None),
                        val, test, clock)
     if resume and (rd.state / META).is_file():
-        # the fast recipe counts a resumed run's budget from now: the share's end bounds it
-        deadline = None if clock is not time.monotonic else end - eval_seconds
         log(f"{kind}: continuing from its last finished epoch")
         run = orchestrate.resume(run_dir, data=bundle, progress=False, log=log, epoch_callback=callback,
                                  evaluator=scorer(holder), deadline=deadline)
@@ -150,7 +135,7 @@ def run_candidate(kind: str, cfg: ExperimentConfig, train: ImageArrays, val: Ima
 
             atomic_write_json(Path(run_dir) / MEASURED, measured)
         run = orchestrate.train(cfg, data=bundle, run_dir=run_dir, progress=False, log=log, epoch_callback=callback,
-                                evaluator=scorer(holder))
+                                evaluator=scorer(holder), deadline=deadline)
     if not current().is_main:
         return None
     y_val = val.y

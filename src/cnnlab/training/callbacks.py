@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -278,32 +279,75 @@ class NonFiniteValidationLoss(Callback):
                                 f"training stopped (try a lower learning rate than {self.lr:g})")
 
 
-class TimeBudget(Callback):
-    """Stop after an epoch when the next one, at the mean speed so far, would not end by ``deadline``.
+@dataclass(frozen=True)
+class Deadline:
+    """When a training run must be done: ``end`` on ``clock``'s scale (default ``time.monotonic``),
+    of which ``reserve`` seconds before it are kept for what follows the training (auto-fit's
+    scoring of the trained model). What :class:`TimeBudget` enforces; ``orchestrate.train(deadline=)``
+    takes one (or a bare ``time.monotonic()`` value: no reserve)."""
 
-    ``deadline`` is a ``clock()`` value (default ``time.monotonic``); the speed is measured with
-    the same clock from the start of training, so it counts validation and callbacks too.
+    end: float
+    reserve: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+
+    @property
+    def training_end(self) -> float:
+        return self.end - self.reserve
+
+    def training_end_monotonic(self) -> float:
+        """:attr:`training_end` as a ``time.monotonic()`` value (the fast recipe's re-planning keeps
+        that clock), read once from this deadline's own clock."""
+        if self.clock is time.monotonic:
+            return self.training_end
+        return time.monotonic() + (self.training_end - self.clock())
+
+
+def as_deadline(value: float | Deadline | None) -> Deadline | None:
+    """A :class:`Deadline` from a bare ``time.monotonic()`` value (no reserve); None stays None."""
+    return value if value is None or isinstance(value, Deadline) else Deadline(float(value))
+
+
+class TimeBudget(Callback):
+    """The one stop rule of a time budget: after an epoch, stop when the next one would not end by
+    ``deadline - reserve`` (``reserve``: seconds kept for what follows the training, e.g. the
+    evaluation). ``deadline`` is a ``clock()`` value (default ``time.monotonic``).
+
+    The next epoch is estimated as long as the last one, measured with the same clock between
+    epoch ends (so validation and callbacks count), rather than as the mean of the epochs so far:
+    the first epoch carries warm-up (torch.compile, first allocations, caches) that the mean would
+    spread over every later estimate, stopping runs with time left, and the last epoch is the
+    machine's speed now (another job on shared cores shows at once). No extra margin: an epoch a
+    little longer than the last overruns into the reserve (auto-fit's evaluation estimate, tuning's
+    finishing share), and epochs that fit exactly are not given up. The first epoch counts from
+    ``on_train_begin``.
     """
 
-    def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic):
-        self.deadline, self.clock = deadline, clock
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic, reserve: float = 0.0):
+        self.deadline, self.clock, self.reserve = deadline, clock, reserve
         self.started: float | None = None
+        self.last: float | None = None  # the clock at the end of the last epoch (or at the start)
+        self.epochs = 0
+
+    def start(self, now: float | None = None) -> None:
+        """Count the first epoch from ``now`` (default: the clock now)."""
+        self.started = self.last = self.clock() if now is None else now
         self.epochs = 0
 
     def on_train_begin(self) -> None:
-        self.started, self.epochs = self.clock(), 0
+        self.start()
 
     def should_stop(self) -> str | None:
         """Count one finished epoch; the stop reason when the next one would not fit (None: go on)."""
         now = self.clock()
-        if self.started is None:
-            self.started = now
+        if self.last is None:
+            self.start(now)
             return None
         self.epochs += 1
-        per_epoch = (now - self.started) / self.epochs
-        if now + per_epoch > self.deadline:
-            return (f"time budget: the next epoch (about {per_epoch:.1f} s) would end after the deadline "
-                    f"({max(0.0, self.deadline - now):.1f} s left)")
+        epoch_seconds, self.last = now - self.last, now
+        if now + epoch_seconds > self.deadline - self.reserve:
+            kept = f", {self.reserve:.1f} s of them kept for the evaluation" if self.reserve else ""
+            return (f"time budget: the next epoch (about {epoch_seconds:.1f} s) would end after the deadline "
+                    f"({max(0.0, self.deadline - now):.1f} s left{kept})")
         return None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:

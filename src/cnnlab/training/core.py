@@ -34,8 +34,9 @@ import torch.nn as nn
 
 from cnnlab.models.io import save_weights
 from cnnlab.training import distributed as ddp
-from cnnlab.training.callbacks import (BestCheckpoint, Callback, EarlyStopping, EpochFunction,
-                                       NonFiniteValidationLoss, TargetAccuracy, TimeBudget, TopKCheckpoints)
+from cnnlab.training.callbacks import (BestCheckpoint, Callback, Deadline, EarlyStopping, EpochFunction,
+                                       NonFiniteValidationLoss, TargetAccuracy, TimeBudget, TopKCheckpoints,
+                                       as_deadline)
 from cnnlab.training.rundir import RunDir
 from cnnlab.training.state import load_state, save_state
 from cnnlab.utils.io import atomic_write_json
@@ -82,24 +83,12 @@ class EpochRecipe(Protocol):
     def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None: ...
 
 
-@dataclass
-class EpochFunctions:
-    """An :class:`EpochRecipe` made of functions (a recipe that keeps its state in local variables)."""
-
-    model: nn.Module
-    optimizers: Sequence[torch.optim.Optimizer]
-    more: Callable[[int], bool]
-    planned_epochs: Callable[[], int]
-    train_epoch: Callable[[int], dict[str, float]]
-    state: Callable[[], tuple[dict[str, Any], dict[str, torch.Tensor]]]
-    load_state: Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
-
-
-def config_callbacks(tc: Any, *, target_key: str = "val_accuracy", deadline: float | None = None,
+def config_callbacks(tc: Any, *, target_key: str = "val_accuracy", deadline: float | Deadline | None = None,
                      epoch_callback: EpochCallback | None = None,
                      clock: Callable[[], float] | None = None) -> list[Callback]:
     """The callbacks ``cfg.train`` asks for, in the core's order (``target_key``: the logged accuracy
-    that ``train.target_accuracy`` watches; ``deadline``: a ``time.monotonic()`` bound)."""
+    that ``train.target_accuracy`` watches; ``deadline``: a ``time.monotonic()`` bound, or a
+    callbacks.Deadline with its clock and the seconds kept for the evaluation)."""
     cbs: list[Callback] = [NonFiniteValidationLoss(tc.optimizer.lr)]
     if tc.checkpoint:
         cbs.append(BestCheckpoint(tc.checkpoint.monitor, tc.checkpoint.mode))
@@ -109,8 +98,9 @@ def config_callbacks(tc: Any, *, target_key: str = "val_accuracy", deadline: flo
         cbs.append(EarlyStopping(**vars(tc.early_stopping)))
     if tc.target_accuracy is not None and target_key:
         cbs.append(TargetAccuracy(tc.target_accuracy, target_key))
-    if deadline is not None:
-        cbs.append(TimeBudget(deadline, clock) if clock else TimeBudget(deadline))
+    bound = as_deadline(deadline)
+    if bound is not None:
+        cbs.append(TimeBudget(bound.end, clock or bound.clock, reserve=bound.reserve))
     if epoch_callback is not None:
         cbs.append(EpochFunction(epoch_callback))
     return cbs

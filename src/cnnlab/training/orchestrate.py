@@ -31,6 +31,7 @@ from cnnlab.errors import ConfigError, DataError
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.registry import create_model
 from cnnlab.training import distributed as ddp
+from cnnlab.training.callbacks import Deadline
 from cnnlab.training.recipes.standard import EpochCallback, FitResult, finish, fit
 from cnnlab.training.rundir import RunDir, check_run_dir
 from cnnlab.utils.hardware import default_device, machine_summary, resolve_precision
@@ -121,13 +122,16 @@ def train(
     epoch_callback: EpochCallback | None = None,
     log: Callable[[str], None] = print,
     evaluator: Evaluator | None = None,
-    deadline: float | None = None,
+    deadline: float | Deadline | None = None,
 ) -> RunResult:
     """Train a model from a config (file, dict or object); ``evaluator`` scores it (None: not scored).
 
-    ``deadline`` (a ``time.monotonic()`` value) bounds the training: after an epoch, training
-    stops when the next epoch, at the mean speed so far, would not end before it (the run then
-    finishes normally: final model, evaluation). ``stop_reason`` in metrics.json says so.
+    ``deadline`` (a ``time.monotonic()`` value, or a training.callbacks.Deadline with its clock and
+    the seconds kept for the evaluation after training) bounds the training by the core's one stop
+    rule (training.callbacks.TimeBudget): after an epoch, training stops when the next epoch, as
+    long as the last one, would not end before it (the run then finishes normally: final
+    model, evaluation; ``stop_reason`` in metrics.json says so). The fast recipe re-plans its
+    schedule's length to end by the same deadline instead (recipes/fast.py).
 
     ``data`` overrides ``config.data.source`` (a source string, a DataFrame or a loaded bundle).
     The run directory (default ``runs/<name>-<time>``) receives everything; see rundir.py.
@@ -164,7 +168,7 @@ def train(
 
 def resume(run_dir: str | Path, *, data: Any = None, progress: bool = True, log: Callable[[str], None] = print,
            epoch_callback: EpochCallback | None = None, evaluator: Evaluator | None = None,
-           deadline: float | None = None) -> RunResult:
+           deadline: float | Deadline | None = None) -> RunResult:
     """Finish a run that was interrupted (even by SIGKILL), from its last finished epoch
     (``deadline``: as for :func:`train`)."""
     rd = RunDir(run_dir)
@@ -210,7 +214,7 @@ def _check_same_source(rd: RunDir, cfg: ExperimentConfig, data: Any) -> None:
 
 def _run(cfg: ExperimentConfig, rd: RunDir, data: Any, *, resume: bool, progress: bool,
          epoch_callback: EpochCallback | None, log: Callable[[str], None], evaluator: Evaluator | None,
-         started_at: float | None = None, deadline: float | None = None) -> RunResult:
+         started_at: float | None = None, deadline: float | Deadline | None = None) -> RunResult:
     from cnnlab import figures
 
     torch.manual_seed(cfg.seed)
@@ -311,7 +315,7 @@ def compile_features(cfg: ExperimentConfig) -> bool | None:
 
 def _fit_stages(cfg: ExperimentConfig, model: ImageClassifier, prep: Prepared, rd: RunDir, *, resume: bool,
                 progress: bool, epoch_callback: EpochCallback | None, log: Callable[[str], None],
-                deadline: float | None = None) -> FitResult:
+                deadline: float | Deadline | None = None) -> FitResult:
     """Stage 1 (frozen base, partly or fully trainable), then the optional fine-tuning stage."""
     from cnnlab.training.features import FeatureArrays, HeadOnly, cached_features
 

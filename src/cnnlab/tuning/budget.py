@@ -85,8 +85,10 @@ class StudyBudget:
 
 class EpochGuard:
     """An epoch callback applying the trainer core's one stop rule (:class:`cnnlab.training.callbacks.
-    TimeBudget`: stop once the next epoch, at the mean epoch time so far, would end after ``end``) by
-    raising StopTraining, for trials and the final fit whose deadline is on the study's clock.
+    TimeBudget`: stop once the next epoch, as long as the last one, would end after ``end``)
+    by raising StopTraining, for trials and the final fit whose deadline is on the study's clock
+    (the rule reads that same clock: time.time, which the study's worker processes and /proc's
+    process start share).
 
     The first epoch's duration counts from the guard's creation (set-up included), so its
     estimate errs on the long side.
@@ -97,7 +99,8 @@ class EpochGuard:
 
         self.end, self.clock, self.what = end, clock, what
         self.rule = TimeBudget(end, clock)
-        self.rule.started = self.started = self.last = clock()
+        self.started = self.last = clock()
+        self.rule.start(self.started)
         self.first_epoch: float | None = None
         self.last_epoch: float | None = None
         self.stopped = False
@@ -110,9 +113,8 @@ class EpochGuard:
         self.last = now
         if self.rule.should_stop():
             self.stopped = True
-            per_epoch = (now - self.started) / max(1, self.rule.epochs)
             raise StopTraining(f"time limit: {self.what} stopped after epoch {epoch + 1} "
-                               f"({max(self.end - now, 0.0):.0f} s left, an epoch takes {per_epoch:.0f} s)")
+                               f"({max(self.end - now, 0.0):.0f} s left, an epoch takes {self.last_epoch:.0f} s)")
 
 
 __all__ = ["EpochGuard", "StudyBudget", "parse_time_limit", "process_start_time", "FINAL_SHARE"]

@@ -1,6 +1,6 @@
-"""The fast recipe's parts: alternating flips, parameter groups, worker threads, parallel
-prediction, the FLOP count of a training step, the heap setting, and one data-parallel
-training step over the worker threads (see fast.py for the recipe itself).
+"""The fast recipe's parts: alternating flips, the lookahead average, parameter groups, worker
+threads, parallel prediction, the FLOP count of a training step, the heap setting, and one
+data-parallel training step over the worker threads (see fast.py for the recipe itself).
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ def alternating_flip(x: torch.Tensor, idx: torch.Tensor, first_flips: torch.Tens
     the other way in odd ones."""
     mask = first_flips[idx] if epoch % 2 == 0 else ~first_flips[idx]
     return torch.where(mask.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+
+
+def lookahead_average(slow: list[torch.Tensor], averaged: list[torch.Tensor], keep: float) -> None:
+    """Lookahead: the slow weights keep ``keep`` of themselves, and the fast weights restart from them."""
+    with torch.no_grad():
+        torch._foreach_lerp_(slow, [t.detach() for t in averaged], 1.0 - keep)
+        torch._foreach_copy_([t.detach() for t in averaged], slow)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale: float,

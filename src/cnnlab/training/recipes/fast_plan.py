@@ -263,15 +263,21 @@ def measured_speeds(run_dir: Any) -> dict[tuple[tuple[int, int, int], int], floa
 
 def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict[str, Any],
              device: torch.device, precision: Any, workers: Any, started_at: float, run_dir: Any,
-             log: Callable[[str], None], resume: bool = False
+             log: Callable[[str], None], resume: bool = False, bound: float | None = None
              ) -> tuple[ExperimentConfig, Any, FastPlan | None, float | None]:
     """With ``size: auto`` and a budget: measure, plan, write plan.json and the planned config.yaml,
     and return (planned config, a new model of the planned width, the plan, end of training).
-    A resumed run reads its plan.json again (its config.yaml already is the planned one)."""
+    A resumed run reads its plan.json again (its config.yaml already is the planned one).
+    ``bound``: the caller's end of training (``time.monotonic()``), which the plan also keeps."""
     saved = run_dir.path / "plan.json"
     if resume and saved.is_file():
         return cfg, model, FastPlan(**json.loads(saved.read_text())), None
+
+    def earliest(end: float | None) -> float | None:
+        return end if bound is None or end is None else min(end, bound)
+
     train_end, total_end = deadlines(o, started_at)
+    train_end = earliest(train_end)
     if o["size"] != "auto" or train_end is None:
         return cfg, model, None, train_end
     x, y = as_nchw(train.x).to(device), torch.from_numpy(train.y).to(device)
@@ -311,6 +317,7 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
     if total_end is not None:
         # Again with this plan's own estimate of the final evaluation (the speeds are measured once).
         train_end, _ = deadlines(o, started_at, eval_seconds=plan.estimated_eval_seconds)
+        train_end = earliest(train_end)
         plan = plan_for(train_end)
     log(plan.describe())
     atomic_write_text(run_dir.path / "plan.json", json.dumps(plan.to_dict(), indent=2))

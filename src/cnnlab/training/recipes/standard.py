@@ -31,6 +31,7 @@ from cnnlab.models.io import save_model
 from cnnlab.training import balance as class_balance
 from cnnlab.training import distributed as ddp
 from cnnlab.training.balance import Balance
+from cnnlab.training.callbacks import Deadline
 from cnnlab.training.core import EpochCallback, FitResult, Trainer, config_callbacks
 from cnnlab.training.optim import build_optimizer
 from cnnlab.training.rundir import RunDir
@@ -238,7 +239,7 @@ def _fit(
     log: Callable[[str], None] = print,
     stage: str = "",
     prior_history: list[dict[str, float]] | None = None,
-    deadline: float | None = None,
+    deadline: float | Deadline | None = None,
     weights_model: nn.Module | None = None,
 ) -> FitResult:
     """Train ``model`` as ``cfg.train`` says, writing history, checkpoints and state to ``run_dir``.
