@@ -243,7 +243,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             budget = limit * (1 - PROBE_SHARE) - max(END_RESERVE_MIN_S, END_RESERVE * limit)
             lad = speed.measure_fastnet(cfg, train.x[sample], train.y[sample], train.class_names,
                                         budget_seconds=max(1.0, budget), n_train=len(train),
-                                        n_eval=len(test) if test is not None else len(val))
+                                        n_eval=len(val) + (len(test) if test is not None else 0))
             fast_speeds[:], ladder[:] = lad.measured, [lad]
             return lad.images_per_second
         return speed.measure(kind, cfg, train.x[sample], train.y[sample], train.class_names)

@@ -144,11 +144,12 @@ class FastRun:
         self.o, self.opts = o, FastOptions(**o)
         self.device, self.precision, self.workers, self.log = device, precision, workers, log
         self.started_at = started_at
-        eval_split = test if test is not None else val
+        # after training, validation (once: the temperature's fit) and test go through inference
+        n_eval = sum(len(s) for s in (val, test) if s is not None)
         # DDP: rank 0 alone plans (it measures, writes plan.json); every rank trains rank 0's plan, and
         # rank 0's clock is the one the time budget is checked against (its decisions are broadcast).
         self.cfg, self.model, self.plan, self.train_deadline = ddp.from_main(lambda: fast_plan.plan_run(
-            cfg, model, train, len(eval_split) if eval_split is not None else 0, o, device, precision, workers,
+            cfg, model, train, n_eval, o, device, precision, workers,
             started_at, run_dir, log, resume, self.bound))
         self.tc = self.cfg.train
         self.dtype = precision.dtype
