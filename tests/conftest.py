@@ -38,6 +38,14 @@ from __future__ import annotations
 
 import io
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in one worker process per core (pytest-xdist). Each worker gets
+    # one compute thread (before torch is imported), so the two never fight over the cores and
+    # a test's numbers never depend on what the other worker computes at the time: in bf16 the
+    # thread count moves results (README, "the same answer"), and cnnlab's core-sharing register
+    # would otherwise give a worker 2 threads or 1 depending on its neighbour.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 from collections.abc import Callable, Sequence
 from pathlib import Path
 

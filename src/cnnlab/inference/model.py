@@ -22,7 +22,11 @@ with either backend and the ONNX export's parity check. It holds one rule for ea
 
 "The same answer" therefore means, on one machine: the same top-1 labels and probabilities
 within 1e-5 from predict, evaluate, serve (torch backend) and the fit's reported figures, in
-either precision (tests/unit/test_one_path.py holds every path to it, fp32 and forced bf16).
+either precision (tests/unit/test_one_path.py holds every path to it, fp32 and forced bf16), at
+the same thread count: oneDNN's bf16 kernels split their reductions by thread count (1 against
+2 threads moved a frozen efficientnet_lite0's probabilities by 2.8e-3 on a Zen 4; fp32 ~1e-6),
+and the thread count is the process's share of the cores (utils/cores.py), which shrinks while
+other cnnlab processes compute. ``OMP_NUM_THREADS`` pins it.
 The onnxruntime backend runs the exported fp32 graph; the export's parity check compares it with
 this object's torch path in the precision that path serves in (see cnnlab.export.onnx).
 """
