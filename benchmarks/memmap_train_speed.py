@@ -1,6 +1,6 @@
 """CIFAR-10 training speed from memory-mapped pixels against in-memory pixels (issue 23).
 
-The standard loop's epoch function (training/loop.py ``_train_epoch``) runs the same steps on the
+The standard loop's epoch function (training/recipes/standard.py ``_train_epoch``) runs the same steps on the
 same model twice per round: A = the pixels as one in-memory tensor (the path before issue 23),
 B = the decoded-pixel cache's memory map, read batch by batch (``NCHWRows``). Rounds alternate
 A B A B ..., and the ratio is taken per round, so a machine whose speed drifts (shared cores)
@@ -34,7 +34,7 @@ def main() -> None:
     from cnnlab.data.sources import load_source
     from cnnlab.evaluation.predict import as_nchw
     from cnnlab.models.registry import create_model
-    from cnnlab.training.loop import _train_epoch
+    from cnnlab.training.recipes.standard import _train_epoch
     from cnnlab.training.optim import build_optimizer
 
     cores = len(os.sched_getaffinity(0))
