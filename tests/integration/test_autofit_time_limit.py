@@ -57,6 +57,14 @@ def test_fit_ends_within_the_time_limit(subset, tmp_path, minutes):
     assert plan["probe_seconds"] <= 0.05 * limit + 1.0  # the last probe may run a little past its share
     done = [c for c in plan["candidates"] if c["status"] == "done"]
     assert done and all(c["chosen"] and c["actual_seconds"] > 0 for c in done)
+    for c in done:
+        if c["kind"] == "fastnet":  # the width the planner picked (and predicted the speed of) trained
+            run_plan = json.loads((tmp_path / "fit" / "models" / "fastnet" / "plan.json").read_text())
+            assert "auto-fit planner" in run_plan["reason"], run_plan["reason"]
+            import yaml
+
+            given = yaml.safe_load((tmp_path / "fit" / "models" / "fastnet" / "config.yaml").read_text())
+            assert run_plan["widths"] == given["train"]["recipe_options"]["widths"]
     board = pred.leaderboard()
     assert set(c["kind"] for c in done) <= set(board["model"])
     assert board["val_accuracy"].is_monotonic_decreasing

@@ -129,3 +129,19 @@ def test_a_run_with_a_time_limit_is_planned_and_its_folder_describes_the_planned
     assert read_card(rd)["spec"]["kwargs"]["widths"] == plan["widths"]
     assert run.metrics["plan"]["widths"] == plan["widths"]
     assert run.fit.epochs_run >= 1
+
+
+def test_a_width_chosen_by_the_auto_fit_planner_is_the_width_that_trains():
+    from cnnlab.autofit.candidates import build_config
+    from cnnlab.training.recipes.fast_options import options
+
+    measure, measured = _machine(100)
+    free = make_plan(_cfg(), 50_000, 10_000, 600, 660, measure, _flops, "fp32")
+    pinned = make_plan(_cfg(), 50_000, 10_000, 600, 660, measure, _flops, "fp32", ladder=((64, 256, 256),))
+    assert free.widths != [64, 256, 256]  # left to itself the recipe would pick a narrower net here
+    assert pinned.widths == [64, 256, 256] and "auto-fit planner" in pinned.reason
+    assert pinned.images_per_second == pytest.approx(100.0)  # 100 GFLOP/s over [64,256,256]'s FLOPs
+    assert pinned.epochs == -(-pinned.total_steps // pinned.steps_per_epoch) and pinned.total_steps >= 1
+    cfg = build_config("fastnet", seconds=120, epochs=1, widths=(48, 192, 192))
+    assert options(cfg.train.recipe_options)["widths"] == [48, 192, 192]
+    assert options(build_config("fastnet", seconds=120, epochs=1).train.recipe_options)["widths"] is None

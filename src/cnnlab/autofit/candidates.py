@@ -90,8 +90,9 @@ def ema_decay(steps: int) -> float | None:
 
 def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: str = "none",
                  soup_top_k: int = 0, ema: float | None = None, arch: str = PRETRAINED_ARCH,
-                 weights: str | None = None) -> ExperimentConfig:
+                 weights: str | None = None, widths: list[int] | tuple[int, ...] | None = None) -> ExperimentConfig:
     """The config of candidate ``kind`` for a share of ``seconds`` (fastnet) or ``epochs`` (the others);
+    ``widths``: the fast net's width picked by the planner (None: the recipe picks from its ladder);
     a ``_seedN`` repeat trains from ``seed + N - 1``. ``arch`` / ``weights``: the pretrained
     candidates' timm backbone and its weights (:func:`default_weights`)."""
     name, seed, kind = kind, seed + seed_offset(kind), base_kind(kind)
@@ -103,6 +104,7 @@ def build_config(kind: str, *, seconds: float, epochs: int, seed: int = 0, tta: 
             "train.recipe_options.size": "auto",
             "train.recipe_options.max_train_minutes": 0.0,
             "train.recipe_options.time_limit_minutes": max(seconds, 1.0) / 60.0,
+            "train.recipe_options.widths": list(widths) if widths else None,
         })
     base: dict[str, Any] = {
         "seed": seed,

@@ -26,8 +26,8 @@ from cnnlab.autofit.budget import budget_use, fill as _fill
 from cnnlab.autofit import ranks
 from cnnlab.autofit import selection
 from cnnlab.autofit.candidates import base_kind, build_config, check_backbone, ema_decay
-from cnnlab.autofit.planner import (END_RESERVE, END_RESERVE_MIN_S, EPOCHS, INFER_FACTOR, PROBE_SHARE, FitPlan,
-                                    make_plan)
+from cnnlab.autofit.planner import (END_RESERVE, END_RESERVE_MIN_S, EPOCHS, FASTNET_OVERHEAD, INFER_FACTOR, PROBE_SHARE,
+                                    FitPlan, make_plan)
 from cnnlab.autofit.presets import get_preset
 from cnnlab.autofit.profile import load_bundle, profile_data, with_validation
 from cnnlab.data.dataset import DatasetBundle
@@ -310,7 +310,14 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             from cnnlab.training.recipes.fast_plan import EVAL_SHARE
 
             budget = seconds / (1 + EVAL_SHARE * len(val) / (len(test) if test is not None else len(val)))
-            cfg = build_config(kind, seconds=max(1.0, budget), epochs=1, seed=seed)
+            # The width is decided here, from the measured ladder, for the time it gets now; the recipe
+            # trains that width (sizing its epochs, batch and TTA to the clock): the speed predicted is
+            # the speed of the net that trains.
+            widths = None
+            if ladder:
+                pick = ladder[0].plan(max(1.0, seconds) * (1 - FASTNET_OVERHEAD))
+                widths, c.images_per_second = pick.widths, pick.images_per_second
+            cfg = build_config(kind, seconds=max(1.0, budget), epochs=1, seed=seed, widths=widths)
         else:
             epochs = EPOCHS["frozen"][1] if base_kind(kind) == "frozen" else max(1, int(c.epochs))
             steps = epochs * max(1, len(train) // 32)  # the fine-tuned candidates' batch: candidates.py

@@ -31,6 +31,9 @@ class FastOptions:
     max_train_minutes: float = 0.0  # > 0: the training budget; fewer epochs when they would not fit
     time_limit_minutes: float = 0.0  # > 0: the whole run's budget (data, training, final evaluation)
     size: Literal["fixed", "auto"] = "fixed"  # "auto": width, epochs, batch and TTA sized to the budget (fast_plan.py)
+    # with size auto: plan only this width (the auto-fit planner's pick from the same measured
+    # ladder, so the net it predicted is the net that trains); None: the widest that fits
+    widths: list[int] | None = None
     heartbeat_seconds: float = 60.0  # a progress line at least this often within an epoch (0: none)
 
 
