@@ -114,6 +114,18 @@ def _write_tree(
     return root
 
 
+def photo_set_builder():
+    """benchmarks/make_photo_set.py as a module (real photos from scikit-learn, cropped at mixed sizes
+    and modes): ``photo_set_builder().build_photo_set(root, ...)``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_photo_set", Path(__file__).resolve().parents[1] / "benchmarks" / "make_photo_set.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def make_tree() -> Callable[..., Path]:
     return _write_tree

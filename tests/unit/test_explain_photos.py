@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -32,7 +31,6 @@ from cnnlab.cli.main import main  # noqa: E402
 from cnnlab.data.decode import decode_image, list_image_files  # noqa: E402
 from cnnlab.evaluation.overlay import MIN_PANEL_SIDE, overlay  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 32  # the run's decode size: every photo is larger or smaller than this, none square
 CFG = {
     "name": "photos", "seed": 0, "data": {"image_size": SIZE, "validation_split": 0.2},
@@ -43,10 +41,9 @@ METHODS = ("gradcam", "occlusion")
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("make_photo_set", ROOT / "benchmarks" / "make_photo_set.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import photo_set_builder
+
+    return photo_set_builder()
 
 
 @pytest.fixture(scope="module")

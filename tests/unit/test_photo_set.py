@@ -8,7 +8,6 @@ disjoint regions of each photo, and load without flags.
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,12 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("sklearn")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("make_photo_set", ROOT / "benchmarks" / "make_photo_set.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import photo_set_builder
+
+    return photo_set_builder()
 
 
 @pytest.fixture(scope="module")
