@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +53,7 @@ MIN_BATCH = 64
 EVAL_SHARE = 0.05  #: the final evaluation (with its TTA views) may take this share of the budget
 PROBE_SHARE = 0.05  #: measuring the candidates may take at most this share of the budget
 PROBE_BATCH = 128
+PROBE_ROWS = 2048  #: training rows sampled for the probes (warm-up, timed steps, inference)
 TTA_VIEWS = {"flip_translate": 6, "flip": 2, "none": 1}
 #: Inference images/s per training images/s when inference is not measured. Measured on a quiet
 #: Zen 4 in bf16 at the 8-image inference micro-batch: about 1.2-1.7 (small micro-batches keep
@@ -290,8 +292,14 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
     train_end = earliest(train_end)
     if o["size"] != "auto" or train_end is None:
         return cfg, model, None, train_end
-    x, y = as_nchw(train.x).to(device), torch.from_numpy(train.y).to(device)
+    # the probes need a few batches: a seeded sample of rows is read (pixels decoded to disk are
+    # never read whole here)
     gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(train.y)
+    rows = torch.randperm(n, generator=gen)[:PROBE_ROWS].sort().values
+    x = as_nchw(train.x)[rows]
+    x = x.to(device) if torch.is_tensor(x) else x
+    y = torch.from_numpy(np.asarray(train.y)[rows.numpy()]).to(device)
     dtype = precision.dtype
     speeds = measured_speeds(run_dir)
 
@@ -322,7 +330,7 @@ def plan_run(cfg: ExperimentConfig, model: Any, train: Any, n_eval: int, o: dict
 
     def plan_for(end: float) -> FastPlan:
         now = time.monotonic()
-        return make_plan(cfg, len(y), n_eval, max(1.0, end - now), max(1.0, (total_end or end) - now), measure,
+        return make_plan(cfg, n, n_eval, max(1.0, end - now), max(1.0, (total_end or end) - now), measure,
                          flops_of, precision.name, known=dict(speeds), measure_inference=measure_inference,
                          ladder=ladder)
 
