@@ -238,3 +238,16 @@ def test_photos_measure_fine_tuning_before_the_frozen_base():
     planner.make_plan(PHOTOS, get_preset("medium_quality"), time_limit=120, elapsed=lambda: now[0], measure=measure,
                       precision="fp32", device="cpu", machine="test", log=lambda s: None)
     assert measured == ["finetune", "frozen"]  # the same cost: the better prior first; the fast net at 224 px: too dear
+
+
+def test_each_candidate_gets_the_time_left_less_the_shares_planned_after_it():
+    # the 30-minute fit's plan: the fast net 1,173 s, then the fine-tuned candidate 568 s
+    plan = planner.FitPlan(time_limit=1800, preset="high_quality", precision="bf16", device="cpu", machine="",
+                           profile={}, probe_seconds=7.0, available_seconds=1741.0, reserve_seconds=45.0)
+    plan.candidates = [planner.CandidatePlan("fastnet", 474.0, True, share_seconds=1173.0),
+                       planner.CandidatePlan("finetune_last", 171.0, True, share_seconds=568.0)]
+    plan.order = ["fastnet", "finetune_last"]
+    end = 100.0 + 1741.0
+    assert plan.seconds_for(0, end, now=100.0) == pytest.approx(1173.0)  # not the whole 1,741 s
+    # the second gets what is left, including what the first did not use
+    assert plan.seconds_for(1, end, now=100.0 + 1000.0) == pytest.approx(741.0)

@@ -279,7 +279,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
                 plan.write(out / "plan.json")
             log(f"{extra.kind}: {extra.why}")
         kind = plan.order[i]
-        i += 1
+        position, i = i, i + 1
         c = plan.candidate(kind)
         run_dir = out / "models" / kind
         kept = load_result(run_dir) if resumed is not None else None
@@ -287,9 +287,8 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             log(f"{kind}: finished before the fit was stopped (val {kept.val_accuracy:.4f}); kept")
             results.append(kept)
             continue
-        later = sum(plan.candidate(k).share_seconds for k in plan.order[i + 1:])
         now = clock()
-        seconds = ddp.broadcast_object(end_models - later - now)  # DDP: rank 0's clock decides
+        seconds = ddp.broadcast_object(plan.seconds_for(position, end_models, now))  # DDP: rank 0's clock decides
         share_end = now + seconds
         # one trained before a kill is finished (saved, scored) even when its time is gone, unless
         # another model is there already: finishing it costs a model build, an evaluation and a save

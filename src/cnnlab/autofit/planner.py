@@ -101,6 +101,12 @@ class FitPlan:
     def candidate(self, kind: str) -> CandidatePlan:
         return next(c for c in self.candidates if c.kind == kind)
 
+    def seconds_for(self, position: int, end: float, now: float) -> float:
+        """Seconds for the candidate at ``order[position]``: from ``now`` to ``end`` less the planned
+        shares of the candidates after it (what an earlier one left unused goes to this one)."""
+        later = sum(self.candidate(k).share_seconds for k in self.order[position + 1:])
+        return end - later - now
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
