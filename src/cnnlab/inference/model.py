@@ -46,7 +46,7 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import ImageArrays
 from cnnlab.errors import ConfigError, ModelError
 from cnnlab.evaluation.metrics import classification_report
-from cnnlab.evaluation.predict import MICRO_BATCH, MICRO_BATCH_REDUCED, TTA_MODES, micro_batch_for, predict_logits  # noqa: F401 (re-exported)
+from cnnlab.evaluation.predict import TTA_MODES, micro_batch_for, predict_logits
 from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.io import load_model, model_card, read_card
 from cnnlab.utils.hardware import choose_precision, default_device
