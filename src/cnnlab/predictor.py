@@ -295,8 +295,10 @@ class ImagePredictor:
     def _chunk_step(self, multiple: int = 1) -> int:
         """Files decoded per chunk when streaming: about STREAM_CHUNK, a whole number of micro-batches
         (and of ``multiple``, the explainer's batch), so each chunk's results are exactly those of
-        one call on every image."""
+        one call on every image. (An odd micro-batch whose common multiple with ``multiple`` is
+        over 4 x STREAM_CHUNK keeps whole micro-batches only: memory first, explainer batches split.)"""
         unit = math.lcm(self.batch_size, multiple)
+        unit = unit if unit <= 4 * STREAM_CHUNK else self.batch_size
         return unit * max(1, STREAM_CHUNK // unit)
 
     def _files(self, data: Any) -> tuple[list[Path], Any] | None:
