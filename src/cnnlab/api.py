@@ -156,12 +156,16 @@ def explain(run_dir: str | Path, inputs: Sequence[str | Path] | np.ndarray, out_
             method: str = "gradcam", target: str | int | None = None, layer: str | None = None,
             weights: str = "final") -> list[dict[str, Any]]:
     """Class-activation heatmaps for image files / folders: one overlay PNG each in ``out_dir`` and,
-    per image, {"image", "label", "probability", "heatmap_png", "peak": [x, y]} (see ImagePredictor.explain)."""
+    per image, {"image", "label", "probability", "heatmap_png", "peak": [x, y]} (see ImagePredictor.explain).
+    Files are decoded, explained and written a chunk at a time (ImagePredictor.iter_explanation)."""
     from cnnlab.evaluation.overlay import write_overlays
 
     pred = ImagePredictor.load(run_dir, weights=weights)
-    explanation = pred.explanation(inputs, target, method=method, layer=layer)
-    return write_overlays(explanation, out_dir, pred.decode_size)
+    rows: list[dict[str, Any]] = []
+    used: set[str] = set()  # overlay file names so far: the names one call on every image gives
+    for part in pred.iter_explanation(inputs, target, method=method, layer=layer):
+        rows += write_overlays(part, out_dir, pred.decode_size, start=len(rows), used=used)
+    return rows
 
 
 def iter_predict(run_dir: str | Path, inputs: Sequence[str | Path], *, top_k: int = 3, weights: str = "final",

@@ -17,6 +17,7 @@ folder (cnnlab.autofit); no pickle.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ import torch
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.dataset import DatasetBundle, ImageArrays, with_tuning_split
-from cnnlab.data.inputs import input_paths, unlabelled_images
+from cnnlab.data.inputs import decoded_chunks, input_paths, unlabelled_images
 from cnnlab.errors import ConfigError, DataError, ModelError
 from cnnlab.inference import Ensemble, InferenceModel
 from cnnlab.inference.after_training import evaluate_after_training
@@ -37,8 +38,8 @@ from cnnlab.models.classifier import ImageClassifier
 from cnnlab.models.io import CARD_NAME, WEIGHTS_NAME, save_model
 from cnnlab.training.rundir import RunDir
 
-#: Images decoded per chunk when predicting on image files (rounded down to whole micro-batches):
-#: 256 images at 224 px are 39 MB of pixels, however many files there are.
+#: Images decoded per chunk when predicting, embedding or explaining image files (rounded down to
+#: whole micro-batches): 256 images at 224 px are 39 MB of pixels, however many files there are.
 STREAM_CHUNK = 256
 
 
@@ -265,13 +266,12 @@ class ImagePredictor:
         Image files (paths, folders, a DataFrame of paths) are decoded a chunk at a time as they are
         predicted (:meth:`iter_proba`), so memory holds one chunk of pixels, not the whole set; chunks
         are whole micro-batches, so the probabilities are exactly those of decoding everything first."""
-        files = input_paths(data, image_column=self.image_column) if not isinstance(data, DatasetBundle) else None
+        files = self._files(data)
         if files is None:
             x, names, index = self._unlabelled(data)
             return self.inference.proba(x), names, index
-        step = self.batch_size * max(1, STREAM_CHUNK // self.batch_size)
         probs, names = [], []
-        for p, n in self._stream(files[0], step):
+        for p, n in self._stream(files[0], self._chunk_step()):
             probs.append(p)
             names += n
         out = np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)
@@ -289,11 +289,22 @@ class ImagePredictor:
         return self._stream(found[0], max(1, chunk or self.batch_size))
 
     def _stream(self, files: list[Path], step: int) -> Iterator[tuple[np.ndarray, list[str]]]:
-        from cnnlab.data.inputs import decode_paths
+        for x, part in decoded_chunks(files, self.decode_size, step):
+            yield self.logits(x).softmax(1).numpy(), [str(p) for p in part]
 
-        for i in range(0, len(files), step):
-            part = files[i : i + step]
-            yield self.logits(decode_paths(part, self.decode_size)).softmax(1).numpy(), [str(p) for p in part]
+    def _chunk_step(self, multiple: int = 1) -> int:
+        """Files decoded per chunk when streaming: about STREAM_CHUNK, a whole number of micro-batches
+        (and of ``multiple``, the explainer's batch), so each chunk's results are exactly those of
+        one call on every image. (An odd micro-batch whose common multiple with ``multiple`` is
+        over 4 x STREAM_CHUNK keeps whole micro-batches only: memory first, explainer batches split.)"""
+        unit = math.lcm(self.batch_size, multiple)
+        unit = unit if unit <= 4 * STREAM_CHUNK else self.batch_size
+        return unit * max(1, STREAM_CHUNK // unit)
+
+    def _files(self, data: Any) -> tuple[list[Path], Any] | None:
+        """(image files, DataFrame index or None) of paths, folders or a DataFrame of paths: the
+        inputs that stream; None for pixels already in memory (arrays, loaded datasets)."""
+        return input_paths(data, image_column=self.image_column) if not isinstance(data, DatasetBundle) else None
 
     def predict(self, data: Any) -> Any:
         """The most probable label of each image: a pandas Series named after ``label``."""
@@ -341,9 +352,30 @@ class ImagePredictor:
         return self.evaluate_details(data).report
 
     def extract_embedding(self, data: Any, *, progress: bool = False) -> np.ndarray:
-        """The pooled backbone features (N, D) float32 the head sees, at this predictor's precision."""
-        x, _, _ = self._unlabelled(data)
-        return self.inference.embed(x, progress=progress)
+        """The pooled backbone features (N, D) float32 the head sees, at this predictor's precision.
+
+        Image files (paths, folders, a DataFrame of paths) are decoded and embedded a chunk at a
+        time as :meth:`proba` does (whole micro-batches, compiled or not as for the whole set), so
+        memory holds one chunk of pixels and the features are exactly those of decoding every
+        file first; arrays and loaded datasets are embedded as they are."""
+        files = self._files(data)
+        if files is None:
+            x, _, _ = self._unlabelled(data)
+            return self.inference.embed(x, progress=progress)
+        import sys
+
+        from tqdm.auto import tqdm
+
+        from cnnlab.training.features import COMPILE_MIN_IMAGES
+
+        compile = len(files[0]) >= COMPILE_MIN_IMAGES  # the choice extract_features makes for the whole set
+        parts = []
+        with tqdm(total=len(files[0]), desc="features", unit="img", leave=False, disable=not progress or None,
+                  file=sys.stderr) as bar:
+            for x, _ in decoded_chunks(files[0], self.decode_size, self._chunk_step()):
+                parts.append(self.inference.embed(x, compile=compile))
+                bar.update(len(x))
+        return np.concatenate(parts) if parts else np.zeros((0, self.model.num_features), np.float32)
 
     def explain(self, images: Any, target: Any = None, method: str = "gradcam", layer: str | None = None) -> np.ndarray:
         """Class-activation heatmaps (N, H, W) float32 in [0, 1], one per image at its decoded size,
@@ -358,14 +390,41 @@ class ImagePredictor:
                     layer: str | None = None) -> Any:
         """:meth:`explain` with the images, labels and probabilities (this predictor's precision
         and TTA): a cnnlab.evaluation.explain.Explanation. An ensemble shows its best member's map."""
-        from cnnlab.evaluation.explain import explain_images
+        from cnnlab.evaluation.explain import join_explanations
+
+        parts = list(self.iter_explanation(images, target, method=method, layer=layer))
+        return parts[0] if len(parts) == 1 else join_explanations(parts)
+
+    def iter_explanation(self, images: Any, target: Any = None, *, method: str = "gradcam",
+                         layer: str | None = None) -> Iterator[Any]:
+        """:meth:`explanation` a chunk at a time: image files (paths, folders, a DataFrame of paths)
+        are decoded, predicted and explained one chunk after another (whole micro-batches and
+        explainer batches, so the maps are exactly those of one call); pixels in memory give one
+        Explanation. A list ``target`` (one per image) is checked against the number of files first."""
+        from cnnlab.evaluation.explain import HEATMAP_BATCH, explain_images
         from cnnlab.utils.cores import compute_threads
 
-        x, names, _ = self._unlabelled(images)
-        probs = self.logits(x).softmax(1).numpy()
-        with compute_threads():
-            return explain_images(self.model, x, probs, self.class_names, names, target=target, method=method,
-                                  layer=layer)
+        def explain(x: np.ndarray, names: list[str], target: Any) -> Any:
+            probs = self.logits(x).softmax(1).numpy()
+            with compute_threads():
+                return explain_images(self.model, x, probs, self.class_names, names, target=target, method=method,
+                                      layer=layer)
+
+        files = self._files(images)
+        if files is None:
+            x, names, _ = self._unlabelled(images)
+            yield explain(x, names, target)
+            return
+        paths = files[0]
+        per_image = target is not None and not isinstance(target, (int, str, np.integer))
+        if per_image:
+            target = list(target)
+            if len(target) != len(paths):  # resolve_targets' message, for the whole set rather than a chunk
+                raise ConfigError(f"explain: target has {len(target)} entries for {len(paths)} images")
+        done = 0
+        for x, part in decoded_chunks(paths, self.decode_size, self._chunk_step(HEATMAP_BATCH)):
+            yield explain(x, [str(p) for p in part], target[done : done + len(part)] if per_image else target)
+            done += len(part)
 
     # ------------------------------------------------------------------ saved form
 

@@ -19,6 +19,11 @@ chunk (pigeonhole), so only images sharing a chunk value are compared, with nump
 (a few numpy lines; no maintained library does this on numpy arrays). CIFAR-10's 60,000 images:
 see benchmarks/RESULTS.md.
 
+Both hashes read the pixels a block at a time (at most :data:`BLOCK_BYTES`) in file order
+(data/rows.py row_blocks): a split of a decoded cache costs a few large ``pread`` calls, never one
+read or page fault per image, and resident memory stays one block however large the set
+(benchmarks/duplicates_memmap.py).
+
 Exact copies are grouped, and only one image of each group (one outside the training split, when
 there is one) is hashed perceptually; pairs are reported as ``{"a": path, "b": path, "distance": d}``,
 ``a`` in the earlier split (train, val, test) when they differ.
@@ -32,7 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab.data.rows import row_blocks
+
 MAX_DISTANCE = 6  #: Hamming distance (of 64 bits) up to which two pHashes count as a near-duplicate
+#: Pixels read per block when hashing (data/rows.py row_blocks): at most this many bytes (1,024
+#: images at 32 px are 3 MiB, 111 at 224 px 16 MiB), so memory does not grow with the data set.
+BLOCK_BYTES = 16 * 2**20
 SPLIT_ORDER = ("train", "val", "test")
 
 
@@ -68,7 +78,7 @@ class DuplicateReport:
         return line
 
 
-def phashes(x: np.ndarray, batch: int = 4096, index: np.ndarray | None = None) -> np.ndarray:
+def phashes(x: np.ndarray, batch: int = 1024, index: np.ndarray | None = None) -> np.ndarray:
     """The 64-bit perceptual hash of each image of ``x`` (N, H, W, 3) as uint64, bit for bit
     ``imagehash.phash`` (hash_size 8): PIL's grey 32x32 LANCZOS thumbnail, the 8x8 lowest
     frequencies of its 2-D DCT-II, each bit "above their median".
@@ -76,19 +86,36 @@ def phashes(x: np.ndarray, batch: int = 4096, index: np.ndarray | None = None) -
     Hand-written batch form of imagehash's per-image function (which the tests use as the
     reference): the DCT as two matrix products over all images at once, 6x faster (60 against
     340 us an image on 2 busy cores), which a fit's start on 60,000 images needs.
-    ``index``: hash only ``x[index]`` (gathered a batch at a time, not copied whole)."""
+    ``index``: hash only ``x[index]``. Pixels decoded to disk are read a block at a time in file
+    order (data/rows.py row_blocks), never copied whole."""
     from PIL import Image
 
     n_ = np.arange(32)
     dct8 = 2.0 * np.cos(np.pi * np.arange(8)[:, None] * (2 * n_[None, :] + 1) / 64.0)  # scipy's DCT-II rows 0-7
     index = np.arange(len(x)) if index is None else np.asarray(index, dtype=np.int64)
     out = np.empty(len(index), dtype=np.uint64)
-    for s in range(0, len(index), batch):
+    for pos, block in row_blocks(x, _block_rows(x, batch), index):
         grey = np.stack([np.asarray(Image.fromarray(a).convert("L").resize((32, 32), Image.Resampling.LANCZOS))
-                         for a in x[index[s:s + batch]]]).astype(np.float64)
+                         for a in block]).astype(np.float64)
         low = (dct8 @ grey @ dct8.T).reshape(len(grey), 64)
         bits = low > np.median(low, axis=1, keepdims=True)
-        out[s:s + len(grey)] = np.packbits(bits, axis=1).view(">u8").reshape(-1)
+        out[pos] = np.packbits(bits, axis=1).view(">u8").reshape(-1)
+    return out
+
+
+def _block_rows(x: Any, most: int) -> int:
+    """Rows per block: at most ``most``, and at most BLOCK_BYTES of pixels."""
+    row = int(np.prod(x.shape[1:])) * np.dtype(x.dtype).itemsize
+    return max(1, min(most, BLOCK_BYTES // max(1, row)))
+
+
+def sha1_digests(x: Any) -> list[bytes]:
+    """The SHA-1 of each image's pixels (its uint8 bytes, row-major), in order; read a block at a
+    time in file order (data/rows.py row_blocks), so a split on disk costs a few large reads."""
+    out = [b""] * len(x)
+    for pos, block in row_blocks(x, _block_rows(x, 1024)):
+        for p, img in zip(pos.tolist(), block):
+            out[p] = hashlib.sha1(img).digest()  # a C-contiguous row: the bytes tobytes() gives
     return out
 
 
@@ -154,11 +181,9 @@ def find_duplicates(splits: dict[str, Any], max_distance: int = MAX_DISTANCE) ->
 
     # exact: group identical pixel arrays; the group's representative is its first image outside train
     groups: dict[bytes, list[int]] = {}
-    g = 0
-    for x in xs:
-        for img in x:
-            groups.setdefault(hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest(), []).append(g)
-            g += 1
+    digests = [d for x in xs for d in sha1_digests(x)]  # 20 bytes an image
+    for g, d in enumerate(digests):
+        groups.setdefault(d, []).append(g)
     members = list(groups.values())
     reps = []
     for m in members:

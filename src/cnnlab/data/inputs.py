@@ -2,13 +2,14 @@
 
 :func:`unlabelled_images` turns any of them into one (N, H, W, 3) uint8 array plus a name per
 image (its path, or ``#i`` for an array row), decoding files at the size asked for (see
-decode.py); :func:`input_paths` only lists the files, for callers that decode them a batch at a
-time (predictions on paths, folders and DataFrames stream that way). Labelled data for evaluation goes through :func:`cnnlab.data.sources.load_source`.
+decode.py); :func:`input_paths` only lists the files, and :func:`decoded_chunks` decodes them a
+chunk at a time, each chunk only when the caller asks for it (predictions, embeddings and
+explanations of paths, folders and DataFrames stream that way). Labelled data for evaluation goes through :func:`cnnlab.data.sources.load_source`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,18 @@ def decode_paths(paths: Sequence[Path], size: int | None) -> np.ndarray:
     return np.stack([decode_image(p, size) for p in paths])
 
 
+def decoded_chunks(paths: Sequence[Path], size: int | None, step: int) -> Iterator[tuple[np.ndarray, list[Path]]]:
+    """(pixels (n, H, W, 3) uint8, their files) for ``paths`` in order, ``step`` files at a time:
+    a chunk is decoded only when the caller asks for the next one, so memory holds one chunk of
+    pixels however many files there are, and the caller's work on the first chunk begins before
+    the last file is decoded. A bad file raises decode_image's DataError (naming it) when its
+    chunk is reached."""
+    step = max(1, int(step))
+    for i in range(0, len(paths), step):
+        part = list(paths[i : i + step])
+        yield decode_paths(part, size), part
+
+
 def frame_image_column(df: Any, column: str | None = None) -> str:
     columns = [str(c) for c in df.columns]
     if column is not None:
@@ -57,8 +70,8 @@ def unlabelled_images(data: Any, size: int | None, *, image_column: str | None =
     """(images, names, index) for paths, a folder, an array, an ImageArrays or a DataFrame.
 
     ``index`` is the DataFrame's index for a DataFrame (predictions line up with its rows),
-    else None. Arrays are taken as they are (no resizing). Files are all decoded into one array:
-    for a few images (explanations, embeddings); predictions decode them a batch at a time.
+    else None. Arrays are taken as they are (no resizing). Files are all decoded into one array;
+    ImagePredictor's predictions, embeddings and explanations of files use :func:`decoded_chunks`.
     """
     if isinstance(data, ImageArrays):
         return data.x, list(data.paths or [f"#{i}" for i in range(len(data))]), None

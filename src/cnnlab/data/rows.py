@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -308,6 +309,41 @@ def release_pages(x: Any) -> None:
         m.madvise(mmap.MADV_DONTNEED)
     except (OSError, ValueError):  # a closed map, or a platform without it: nothing to release
         pass
+
+
+#: :func:`row_blocks` reads the whole run of rows from the first chosen one to the last in one
+#: ``pread`` when the run is at most this many times the rows chosen (a split's rows of its file),
+#: else the chosen rows alone (:func:`take_rows`).
+DENSE_RUN = 4
+
+
+def row_blocks(x: Any, rows: int = 1024, index: np.ndarray | None = None
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``x[index]`` (default: every row of ``x``) in memory, at most ``rows`` rows at a time, as
+    (positions, pixels): ``pixels[k]`` is ``x[index[positions[k]]]``, and every position comes
+    exactly once. For a pass over a whole split (hashing every image), whose order does not matter.
+
+    Rows are read in file order: the rows of a :class:`RowView` (a split of a decoded file) are
+    sorted by their row in the file, and each block's run of rows is read with one ``pread`` when
+    it is dense (:data:`DENSE_RUN`), so a pass costs a few large reads rather than one read or one
+    page fault per row, and nothing is mapped into this process (resident memory stays one block)."""
+    idx = np.arange(len(x), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    base = x
+    if isinstance(x, RowView):
+        base, idx = x.base, x.index[idx]
+    idx = np.where(idx < 0, idx + len(base), idx)
+    order = np.argsort(idx, kind="stable")
+    rows = max(1, int(rows))
+    for s in range(0, len(order), rows):
+        pos = order[s : s + rows]
+        want = idx[pos]
+        lo, hi = int(want[0]), int(want[-1]) + 1
+        if isinstance(base, (np.ndarray, JoinedRows)) and hi - lo <= DENSE_RUN * len(want):
+            span = base[lo:hi]
+            span = read_all(span) if is_disk_backed(span) else span
+            yield pos, np.ascontiguousarray(span[want - lo])
+        else:
+            yield pos, np.ascontiguousarray(take_rows(base, want))
 
 
 def chunks(x: Any, size: int = 4096) -> Any:

@@ -43,6 +43,9 @@ OCCLUSION_PATCH_FRACTION = 1 / 8
 OCCLUSION_STRIDE_FRACTION = 1 / 2
 #: Occluded copies evaluated per forward pass: about this many pixels in one batch.
 OCCLUSION_PIXELS_PER_EVAL = 16 * 224 * 224 * 4
+#: Images explained per forward/backward pass (:func:`heatmaps`); callers that explain files a
+#: chunk at a time use whole multiples of it, so their heatmaps are those of one call.
+HEATMAP_BATCH = 16
 
 
 @dataclass
@@ -152,7 +155,7 @@ def _normalise(heat: torch.Tensor) -> np.ndarray:
 
 
 def heatmaps(model: nn.Module, images: np.ndarray, targets: Sequence[int], *, method: str = "gradcam",
-             layer: str | None = None, batch_size: int = 16) -> tuple[np.ndarray, str | None]:
+             layer: str | None = None, batch_size: int = HEATMAP_BATCH) -> tuple[np.ndarray, str | None]:
     """(heatmaps (N, H, W) float32 in [0, 1], Grad-CAM's layer name or None) for uint8 ``images``."""
     from captum.attr import LayerAttribution, LayerGradCam, Occlusion
 
@@ -208,4 +211,16 @@ def explain_images(model: nn.Module, images: np.ndarray, probs: np.ndarray, clas
                        layer=layer_name, predicted=[class_names[int(i)] for i in predicted])
 
 
-__all__ = ["METHODS", "Explanation", "explain_images", "find_layer", "heatmaps", "peak", "resolve_targets"]
+def join_explanations(parts: Sequence[Explanation]) -> Explanation:
+    """Explanations of consecutive chunks of images (same method and layer) as one, in order."""
+    first = parts[0]
+    return Explanation(names=[n for p in parts for n in p.names],
+                       images=np.concatenate([p.images for p in parts]),
+                       heatmaps=np.concatenate([p.heatmaps for p in parts]),
+                       targets=[t for p in parts for t in p.targets], labels=[t for p in parts for t in p.labels],
+                       probabilities=[t for p in parts for t in p.probabilities], method=first.method,
+                       layer=first.layer, predicted=[t for p in parts for t in p.predicted])
+
+
+__all__ = ["HEATMAP_BATCH", "METHODS", "Explanation", "explain_images", "find_layer", "heatmaps", "join_explanations",
+           "peak", "resolve_targets"]

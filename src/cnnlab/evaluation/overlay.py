@@ -60,25 +60,31 @@ def png_bytes(img: "Image.Image") -> bytes:  # noqa: F821
 
 
 
-def write_overlays(explanation: Any, out_dir: str | Path, decode_size: int | None) -> list[dict[str, Any]]:
+def write_overlays(explanation: Any, out_dir: str | Path, decode_size: int | None, *, start: int = 0,
+                   used: set[str] | None = None) -> list[dict[str, Any]]:
     """One overlay PNG per explained image in ``out_dir`` (``<image stem>.<method>.png``), and per
     image {"image", "label", "probability", "heatmap_png", "peak": [x, y]}; ``peak`` is in the
-    image file's own pixels (its upright original size; decoded pixels for an array row)."""
+    image file's own pixels (its upright original size; decoded pixels for an array row).
+
+    For an explanation written a chunk at a time: ``start`` is the chunk's first image number and
+    ``used`` the file names written so far (a set shared by the calls), so the names are those of
+    one call on every image."""
     from cnnlab.data.decode import to_original_xy, upright_size
     from cnnlab.utils.io import atomic_path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
+    used = set() if used is None else used
     rows = []
-    for i, name in enumerate(explanation.names):
-        heat, image = explanation.heatmaps[i], explanation.images[i]
+    for k, name in enumerate(explanation.names):
+        i = start + k
+        heat, image = explanation.heatmaps[k], explanation.images[k]
         stem = Path(name).stem if not name.startswith("#") else f"image{name[1:]}"
         file_name = f"{stem}.{explanation.method}.png"
         if file_name in used:
             file_name = f"{stem}-{i}.{explanation.method}.png"
         used.add(file_name)
-        label, prob = explanation.labels[i], explanation.probabilities[i]
+        label, prob = explanation.labels[k], explanation.probabilities[k]
         target = out / file_name
         with atomic_path(target) as tmp:
             panel(image, heat, caption(label, prob, explanation.method)).save(tmp, format="PNG")

@@ -281,14 +281,17 @@ class InferenceModel:
                        "images_per_second": len(y) / seconds if seconds else 0.0})
         return Evaluation(report, logits.softmax(1).numpy(), y, split, seconds)
 
-    def embed(self, x: np.ndarray, *, progress: bool = False) -> np.ndarray:
-        """The pooled backbone features (N, D) float32 the head sees, at this object's precision."""
+    def embed(self, x: np.ndarray, *, progress: bool = False, compile: bool | None = None) -> np.ndarray:
+        """The pooled backbone features (N, D) float32 the head sees, at this object's precision.
+
+        ``compile``: as extract_features (None: when ``x`` is large); a caller that embeds a large
+        set a chunk at a time passes the whole set's choice, so every chunk runs the same way."""
         from cnnlab.training.features import extract_features
         from cnnlab.utils.cores import compute_threads
 
         with compute_threads(self.threads):
             return extract_features(self.model, x, batch_size=self.micro_batch, device=self.device,
-                                    dtype=self.dtype, progress=progress)
+                                    dtype=self.dtype, compile=compile, progress=progress)
 
 
 class Ensemble:
