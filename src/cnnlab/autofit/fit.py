@@ -231,7 +231,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
         ddp.from_main(lambda: run_few_shot(
             predictor, out, train, val, test, profile, preset, limit=limit, start=start, clock=clock, log=log,
             seed=seed, precision=precision.name, device=str(device), machine=machine_summary(), source=source,
-            finish=_finish))
+            finish=_finish, calibrate=calibrate))
         return predictor
     sample = np.random.default_rng(seed).permutation(len(train))[:speed.FASTNET_SAMPLE]
     fast_speeds: list[dict[str, Any]] = []  # the fast net's measured steps, handed to its runs
