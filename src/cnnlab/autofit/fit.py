@@ -214,9 +214,10 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
     train, val, test, where = with_validation(bundle, tuning, seed)
     from cnnlab.data.duplicates import check_splits
 
-    train, _ = check_splits(train, val, test, drop_leaks=drop_leaks, log=log)
+    train, duplicates = check_splits(train, val, test, drop_leaks=drop_leaks, log=log)
     ranks.check_same_data(train, val, test)  # DDP: the same seed held out the same split on every rank
     profile = profile_data(train, val, test, mixed_sizes=mixed, validation=where)
+    profile.duplicates = duplicates.counts(removed=drop_leaks)  # fit.json's profile: pairs found, images removed
     log(profile.describe())
     metric = selection.selection_metric(profile)  # balanced accuracy on imbalanced data (selection.py)
     log(selection.describe(metric, profile))
