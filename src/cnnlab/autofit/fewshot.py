@@ -21,7 +21,10 @@ training a head by gradient descent with early stopping on that split is noise. 
   and applied on every inference path. There is no held-out split to fit it on, so it is fitted on
   the out-of-fold logits (each image scored by the fold's model that did not see it, as
   scikit-learn's ``cross_val_predict`` would give them); ``calibrate=False``: temperature 1.0 and
-  ``calibration: off`` on the card, as ``train.calibrate: false`` gives the others;
+  ``calibration: off`` on the card, as ``train.calibrate: false`` gives the others. Its limit: the
+  folds are only as independent as the images (benchmarks/fewshot_calibration.py: on the real-photo
+  set, whose crops of one photo fall on both sides of a fold, it sharpened and the test ECE went
+  0.099 -> 0.133, benchmarks/RESULTS.md);
 - the saved model: the logistic regression fitted on every image becomes the linear head of an
   ordinary cnnlab model
   (model.safetensors + model.json, no pickle): the predictor, export and serving use it unchanged.
