@@ -109,8 +109,8 @@ class ImagePredictor:
             presets: str | None = None, overrides: dict[str, Any] | list[str] | None = None, progress: bool = False,
             log: Callable[[str], None] = print, epoch_callback: Any = None,
             class_weight: dict[Any, float] | str | None = None, resume: bool = False,
-            backbone: str | None = None, backbone_weights: str | None = None, drop_leaks: bool = False,
-            calibrate: bool = True, started_at: float | None = None) -> "ImagePredictor":
+            backbone: str | None = None, backbone_weights: str | None = None, drop_leaks: bool | None = None,
+            calibrate: bool | None = None, started_at: float | None = None) -> "ImagePredictor":
         """Train on ``train_data`` (any data source; ``tuning_data``: the validation split) and keep the model.
 
         With ``time_limit`` (seconds or "10m"; default 600 when only ``presets`` is given) and/or
@@ -123,7 +123,9 @@ class ImagePredictor:
         ``started_at``: the ``time.monotonic()`` value the time limit counts from (default: this call).
         ``calibrate=False``: no temperature is fitted after training (the card records temperature
         1.0 and ``calibration: off``), for the auto-fit and the one run alike (``train.calibrate``).
-        A resumed fit keeps the ``drop_leaks`` and ``calibrate`` it was started with (its state.json).
+        ``drop_leaks`` / ``calibrate`` None (not given): False / True. A resumed fit keeps the
+        ``drop_leaks`` and ``calibrate`` it was started with (its state.json) and refuses another
+        value given explicitly (ConfigError).
         Else ``config`` is a config file, dict or object (default: the config defaults); the run
         directory is ``path``. Returns self, fitted: ``self.run`` holds the run's result.
         ``class_weight``: Keras-style loss weights ({class index or name: weight} or "balanced"),
@@ -150,7 +152,7 @@ class ImagePredictor:
         from cnnlab.training.balance import with_class_weight
 
         cfg = orchestrate.resolve_config(config, with_class_weight(overrides, class_weight))
-        if not calibrate:
+        if calibrate is False:  # None: not given (the config's train.calibrate holds)
             cfg.train.calibrate = False
         cfg.data.image_column = cfg.data.image_column or self.image_column
         if cfg.data.label_column is None and _has_column(train_data, self.label):

@@ -16,6 +16,15 @@ training a head by gradient descent with early stopping on that split is noise. 
   no fold lacks a class; leave-one-out when the smallest class has a single image. The figure is
   the pooled out-of-fold accuracy with its Wilson 95% interval (scipy), and the folds' mean and
   standard deviation;
+- calibration: like every other candidate, a temperature (Guo et al. 2017;
+  cnnlab.evaluation.calibration) divides the logits, stored in the model card (``temperature``)
+  and applied on every inference path. There is no held-out split to fit it on, so it is fitted on
+  the out-of-fold logits (each image scored by the fold's model that did not see it, as
+  scikit-learn's ``cross_val_predict`` would give them); ``calibrate=False``: temperature 1.0 and
+  ``calibration: off`` on the card, as ``train.calibrate: false`` gives the others. Its limit: the
+  folds are only as independent as the images (benchmarks/fewshot_calibration.py: on the real-photo
+  set, whose crops of one photo fall on both sides of a fold, it sharpened and the test ECE went
+  0.099 -> 0.133, benchmarks/RESULTS.md);
 - the saved model: the logistic regression fitted on every image becomes the linear head of an
   ordinary cnnlab model
   (model.safetensors + model.json, no pickle): the predictor, export and serving use it unchanged.
@@ -50,11 +59,27 @@ def _classifier(seed: int) -> Any:
     return LogisticRegression(C=C, max_iter=3000, random_state=seed)
 
 
-def _proba(clf: Any, f: np.ndarray, k: int) -> np.ndarray:
-    """Probabilities over all ``k`` classes (a fold may lack a class: its column stays 0)."""
-    out = np.zeros((len(f), k))
-    out[:, clf.classes_] = clf.predict_proba(f)
+#: the logit of a class a fold's model never saw, below the row's least likely class: its
+#: probability is 0 at every temperature calibration.T_MAX allows (exp(-ABSENT / T_MAX) ~ 1e-22)
+ABSENT = 1000.0
+
+
+def _logits(clf: Any, f: np.ndarray, k: int) -> np.ndarray:
+    """Logits over all ``k`` classes: softmax of them is ``clf.predict_proba`` (head_weights), and a
+    class the fold lacks gets a logit ABSENT below the row's lowest (probability 0, yet finite)."""
+    if isinstance(clf, _Constant):
+        known = np.zeros((len(f), 1))
+    else:
+        w, b = head_weights(clf, len(clf.classes_))
+        known = f.astype(np.float64) @ w.T + b
+    out = np.repeat(known.min(1, keepdims=True) - ABSENT, k, axis=1)
+    out[:, clf.classes_] = known
     return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
 
 
 def _fit(f: np.ndarray, y: np.ndarray, k: int, seed: int) -> Any:
@@ -73,6 +98,14 @@ class _Constant:
 
 def cross_validate(f: np.ndarray, y: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Out-of-fold probabilities (N, k) and the summary: folds, accuracy, its Wilson 95% CI, fold mean/std."""
+    logits, summary, _ = cross_validate_logits(f, y, k, seed)
+    return _softmax(logits), summary
+
+
+def cross_validate_logits(f: np.ndarray, y: np.ndarray, k: int, seed: int = 0
+                          ) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """:func:`cross_validate` with out-of-fold logits (N, k) instead of probabilities, and a mask of
+    the images whose class their fold's model saw (leave-one-out leaves a single image's class out)."""
     from scipy.stats import binomtest
     from sklearn.model_selection import LeaveOneOut, StratifiedKFold
 
@@ -82,21 +115,46 @@ def cross_validate(f: np.ndarray, y: np.ndarray, k: int, seed: int = 0) -> tuple
     splitter: Any = (StratifiedKFold(folds, shuffle=True, random_state=seed) if folds >= 2 else LeaveOneOut())
     method = f"stratified {folds}-fold" if folds >= 2 else "leave-one-out"
     oof = np.zeros((len(y), k))
+    seen = np.zeros(len(y), bool)
     accs = []
     for tr, te in splitter.split(f, y):
-        oof[te] = _proba(_fit(f[tr], y[tr], k, seed), f[te], k)
+        clf = _fit(f[tr], y[tr], k, seed)
+        oof[te] = _logits(clf, f[te], k)
+        seen[te] = np.isin(y[te], clf.classes_)
         accs.append(float((oof[te].argmax(1) == y[te]).mean()))
     right = int((oof.argmax(1) == y).sum())
     ci = binomtest(right, len(y)).proportion_ci(0.95, method="wilson")
     summary = {"method": method, "folds": len(accs), "images": int(len(y)), "accuracy": right / len(y),
                "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)],
                "fold_mean": round(float(np.mean(accs)), 4), "fold_std": round(float(np.std(accs)), 4)}
-    return oof, summary
+    return oof, summary, seen
 
 
 def describe(cv: dict[str, Any]) -> str:
     return (f"{cv['method']} cross-validation on {cv['images']} images: accuracy {cv['accuracy']:.4f} "
             f"(95% CI {cv['ci95'][0]:.3f}-{cv['ci95'][1]:.3f}; folds {cv['fold_mean']:.3f} +- {cv['fold_std']:.3f})")
+
+
+def out_of_fold_temperature(logits: np.ndarray, y: np.ndarray, seen: np.ndarray, calibrate: bool = True
+                            ) -> dict[str, Any]:
+    """The temperature of the few-shot model, fitted on the out-of-fold logits (Guo et al. 2017).
+
+    Cross-validation leaves no held-out split: every image is in the final model's training set,
+    so its logits there are over-confident and would fit too low a temperature. The honest stand-in
+    is each image's out-of-fold logits, from the fold's model that did not see it (what scikit-learn's
+    ``cross_val_predict(..., method="decision_function")`` returns): models trained on (k-1)/k of the
+    images, slightly less sure than the final one, which is the usual price of cross-validation.
+    Images whose class their fold never saw (leave-one-out of a class of one) are left out: their
+    logits say nothing about how sure the final model, which sees the class, is.
+    Returns the calibration figures (temperature, ECE before / after on the out-of-fold predictions)."""
+    from cnnlab.evaluation.calibration import ece, fit_temperature
+
+    if not calibrate:
+        return {"temperature": 1.0, "off": True}
+    z, t = logits[seen], y[seen]
+    temperature, before, after = fit_temperature(z, t)
+    return {"temperature": temperature, "val_ece_before": before, "val_ece_after": after, "count": int(len(t)),
+            "on": "out-of-fold logits"}
 
 
 def head_weights(clf: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,9 +167,10 @@ def head_weights(clf: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_fewshot(train: ImageArrays, val: ImageArrays | None, test: ImageArrays | None, run_dir: Path, *,
                 seed: int = 0, source: str = "", log: Callable[[str], None] = print,
-                clock: Callable[[], float] = time.monotonic) -> tuple[Any, ImageArrays]:
-    """Embed, cross-validate, fit on all, save into ``run_dir``. Returns (a runner.CandidateResult whose
-    ``val_*`` are the out-of-fold figures, the images they are of: training + validation)."""
+                clock: Callable[[], float] = time.monotonic, calibrate: bool = True) -> tuple[Any, ImageArrays]:
+    """Embed, cross-validate, fit the temperature on the out-of-fold logits (unless ``calibrate`` is
+    False), fit on all, save into ``run_dir``. Returns (a runner.CandidateResult whose ``val_*`` are
+    the out-of-fold figures, calibrated, the images they are of: training + validation)."""
     import torch
 
     from cnnlab.autofit.candidates import build_config
@@ -128,8 +187,16 @@ def fit_fewshot(train: ImageArrays, val: ImageArrays | None, test: ImageArrays |
     cfg.name, cfg.data.source = KIND, source
     model = create_model(cfg.model, list(every.class_names)).eval()
     f = extract_features(model, every.x, progress=False, compile=False, log=log)
-    oof, cv = cross_validate(f, every.y, k, seed)
+    oof_logits, cv, seen = cross_validate_logits(f, every.y, k, seed)
     log(f"{KIND}: {describe(cv)}")
+    calibration = out_of_fold_temperature(oof_logits, every.y, seen, calibrate)
+    t = calibration["temperature"]
+    oof = _softmax(oof_logits / t)  # the validation probabilities, as the other candidates' are: calibrated
+    if calibrate:
+        log(f"calibration: temperature {t:.3f} on the {calibration['count']} images' out-of-fold logits "
+            f"(ECE {calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f})")
+    else:
+        log("calibration: off; temperature 1.0")
     clf = _fit(f, every.y, k, seed)
     if isinstance(clf, _Constant):  # only one class has images: nothing to learn
         from cnnlab.errors import DataError
@@ -142,26 +209,39 @@ def fit_fewshot(train: ImageArrays, val: ImageArrays | None, test: ImageArrays |
         cls_layer.bias.copy_(torch.as_tensor(b, dtype=cls_layer.bias.dtype))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    RunDir(run_dir).write_config(cfg)
-    save_model(model, run_dir, {"data_image_size": every.image_size[0], "tta": "none",
-                                "train": {"epochs_run": 0, "data": source, "train_samples": len(every)},
-                                "few_shot": {**cv, "classifier": f"LogisticRegression(C={C})"}})
+    cfg.train.calibrate = calibrate
+    rd = RunDir(run_dir)
+    rd.write_config(cfg)
+    card = {"data_image_size": every.image_size[0], "tta": "none", "temperature": t,
+            "train": {"epochs_run": 0, "data": source, "train_samples": len(every)},
+            "few_shot": {**cv, "classifier": f"LogisticRegression(C={C})"}}
+    if not calibrate:
+        card["calibration"] = "off"  # as orchestrate.card_extra writes it for the other candidates
     test_probs = test_acc = None
     if test is not None:
+        from cnnlab.evaluation.calibration import ece
+
         with torch.no_grad():
             ft = extract_features(model, test.x, progress=False, compile=False, log=log)
-            test_probs = torch.softmax(model.head(torch.from_numpy(ft)), 1).numpy()
+            raw = model.head(torch.from_numpy(ft)).double().numpy()
+        test_probs = _softmax(raw / t)  # the card's temperature, as InferenceModel applies it
         test_acc = float((test_probs.argmax(1) == test.y).mean())
+        if calibrate:
+            calibration.update(test_ece_before=ece(_softmax(raw), test.y), test_ece_after=ece(test_probs, test.y))
+    save_model(model, run_dir, card)
+    # the report's calibration table reads metrics.json, as it does the other candidates'
+    rd.write_metrics({"epochs_run": 0, "cross_validation": cv,
+                      **({"calibration": calibration} if calibrate else {})})
     params = int(sum(p.numel() for p in model.parameters()))
     res = CandidateResult(KIND, run_dir, clock() - t0, 0, None, oof, test_probs, cv["accuracy"], test_acc, params,
-                          "none", {"cv": cv})
+                          "none", {"cv": cv, "calibration": calibration})
     return res, every
 
 
 def run_few_shot(predictor: Any, out: Path, train: ImageArrays, val: ImageArrays | None, test: ImageArrays | None,
                  profile: Any, preset: Any, *, limit: float, start: float, clock: Callable[[], float],
                  log: Callable[[str], None], seed: int, precision: str, device: str, machine: str, source: str,
-                 finish: Callable[..., Any]) -> Any:
+                 finish: Callable[..., Any], calibrate: bool = True) -> Any:
     """The whole fit of a few-shot source (auto_fit's hook; ``finish``: fit.py's ``_finish``): the
     planner's candidates are not run; the plan, leaderboard, report and fit.json have the one entry."""
     from cnnlab.autofit.planner import CandidatePlan, FitPlan
@@ -174,7 +254,8 @@ def run_few_shot(predictor: Any, out: Path, train: ImageArrays, val: ImageArrays
                    profile=profile.to_dict(), probe_seconds=0.0, available_seconds=max(0.0, start + limit - clock()),
                    reserve_seconds=0.0, order=[KIND],
                    candidates=[CandidatePlan(KIND, 0.0, False, feasible=True, chosen=True, why=why)])
-    res, every = fit_fewshot(train, val, test, out / "models" / KIND, seed=seed, source=source, log=log, clock=clock)
+    res, every = fit_fewshot(train, val, test, out / "models" / KIND, seed=seed, source=source, log=log, clock=clock,
+                             calibrate=calibrate)
     c = plan.candidates[0]
     c.status, c.actual_seconds, c.actual_epochs = "done", round(res.seconds, 1), 0
     c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy

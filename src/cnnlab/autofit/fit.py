@@ -84,8 +84,8 @@ def _out_dir(path: Path | None) -> Path:
 
 def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_limit: Any, presets: str | None = None,
              seed: int = 0, log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-             started_at: float | None = None, drop_leaks: bool = False, resume: bool = False,
-             backbone: str | None = None, backbone_weights: str | None = None, calibrate: bool = True) -> Any:
+             started_at: float | None = None, drop_leaks: bool | None = None, resume: bool = False,
+             backbone: str | None = None, backbone_weights: str | None = None, calibrate: bool | None = None) -> Any:
     """Fit the best model (or ensemble) the budget allows into ``predictor.path``; returns ``predictor``.
 
     ``started_at``: the ``clock()`` value the time limit counts from (default: now; under
@@ -96,7 +96,9 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
     (the fit's own are used). ``backbone`` / ``backbone_weights``: the timm backbone of the pretrained
     candidates (default efficientnet_lite0) and its weights: ``offline``, ``hub`` or a local file
     (default: offline where a package ships them, else hub). ``calibrate=False``: no temperature is
-    fitted after each model's training (``train.calibrate: false``; the cards record temperature 1.0)."""
+    fitted after each model's training (``train.calibrate: false``; the cards record temperature 1.0).
+    ``drop_leaks`` / ``calibrate`` None: not given (False / True for a new fit; a resumed fit keeps
+    its own, and refuses a value given that differs from it)."""
     import contextlib
 
     from cnnlab.autofit.state import FitState
@@ -111,7 +113,9 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
         if predictor.path is None:
             raise ConfigError("resume: give the fit folder to continue (ImagePredictor(path=...) or --resume FOLDER)")
         with locked(predictor.path):
-            return _resume(predictor, train_data, tuning_data, time_limit, presets, log, clock, start)
+            return _resume(predictor, train_data, tuning_data, time_limit, presets, log, clock, start,
+                           given={"drop_leaks": drop_leaks, "calibrate": calibrate})
+    drop_leaks, calibrate = bool(drop_leaks), calibrate is not False  # not given: the defaults
     limit = time_limit_seconds(time_limit)
     preset = get_preset(presets, limit)
     check_backbone(backbone, backbone_weights)
@@ -130,7 +134,8 @@ def auto_fit(predictor: Any, train_data: Any, tuning_data: Any = None, *, time_l
 
 
 def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, presets: str | None,
-            log: Callable[[str], None], clock: Callable[[], float], start: float) -> Any:
+            log: Callable[[str], None], clock: Callable[[], float], start: float,
+            given: dict[str, bool | None] | None = None) -> Any:
     """Continue the fit a kill stopped in ``predictor.path`` (see state.py)."""
     from cnnlab.autofit.folder import is_fit_folder, load_fit
     from cnnlab.autofit.planner import FitPlan
@@ -145,6 +150,11 @@ def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, 
                           f"(got {time_limit!r})")
     if presets is not None and get_preset(presets).name != saved["preset"]:
         raise ConfigError(f"presets: the fit in {out} is {saved['preset']}; a resumed fit keeps it (got {presets!r})")
+    kept = {"drop_leaks": bool(saved.get("drop_leaks")), "calibrate": saved.get("calibrate") is not False}
+    for name, value in (given or {}).items():  # None: not given (the CLI's flags absent): the fit's own is kept
+        if value is not None and bool(value) != kept[name]:
+            raise ConfigError(f"{name}: the fit in {out} was started with {name}={kept[name]}; a resumed fit keeps "
+                              f"it (got {name}={bool(value)})")
     if is_fit_folder(out):
         log(f"{out}: the fit had finished; nothing to resume")
         from cnnlab.autofit.folder import attach
@@ -177,7 +187,7 @@ def _resume(predictor: Any, train_data: Any, tuning_data: Any, time_limit: Any, 
     return _fit(predictor, train_data, tuning_data, float(saved["time_limit"]), get_preset(saved["preset"]),
                 int(saved.get("seed") or 0), out, state, log, clock, start, plan=plan, resumed=saved,
                 pretrained={"arch": saved.get("backbone"), "weights": saved.get("backbone_weights")},
-                drop_leaks=bool(saved.get("drop_leaks")), calibrate=saved.get("calibrate") is not False)
+                drop_leaks=kept["drop_leaks"], calibrate=kept["calibrate"])
 
 
 def _fit(predictor: Any, train_data: Any, tuning_data: Any, limit: float, preset: Any, seed: int, out: Path,
@@ -214,9 +224,10 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
     train, val, test, where = with_validation(bundle, tuning, seed)
     from cnnlab.data.duplicates import check_splits
 
-    train, _ = check_splits(train, val, test, drop_leaks=drop_leaks, log=log)
+    train, duplicates = check_splits(train, val, test, drop_leaks=drop_leaks, log=log)
     ranks.check_same_data(train, val, test)  # DDP: the same seed held out the same split on every rank
     profile = profile_data(train, val, test, mixed_sizes=mixed, validation=where)
+    profile.duplicates = duplicates.counts(removed=drop_leaks)  # fit.json's profile: pairs found, images removed
     log(profile.describe())
     metric = selection.selection_metric(profile)  # balanced accuracy on imbalanced data (selection.py)
     log(selection.describe(metric, profile))
@@ -231,7 +242,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
         ddp.from_main(lambda: run_few_shot(
             predictor, out, train, val, test, profile, preset, limit=limit, start=start, clock=clock, log=log,
             seed=seed, precision=precision.name, device=str(device), machine=machine_summary(), source=source,
-            finish=_finish))
+            finish=_finish, calibrate=calibrate))
         return predictor
     sample = np.random.default_rng(seed).permutation(len(train))[:speed.FASTNET_SAMPLE]
     fast_speeds: list[dict[str, Any]] = []  # the fast net's measured steps, handed to its runs

@@ -44,6 +44,8 @@ class DataProfile:
     validation: str = ""  # where the validation split came from
     class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
     imbalance_ratio: float = 1.0  # largest / smallest class (training split)
+    #: duplicate pairs found at the fit's start and training images removed (DuplicateReport.counts)
+    duplicates: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,6 +46,15 @@ def _imbalance(p: dict[str, Any]) -> str:
             f"{p.get('imbalance_ratio', 1.0):.1f}")
 
 
+def _duplicates(p: dict[str, Any]) -> str:
+    d = p.get("duplicates") or {}
+    if not d:
+        return "duplicates: -"
+    return (f"duplicates: {d['exact_pairs']} exact and {d['near_pairs']} near pairs, {d['cross_split_pairs']} of them "
+            f"across splits; {d['leaked_train_images']} training images duplicate a validation or test image, "
+            f"{d['leaked_train_images_removed']} removed (--drop-leaks)")
+
+
 def _calibration_off(model_dir: Path) -> bool:
     """Whether the model's card says calibration was turned off (``--no-calibrate``, ``calibrate=False``)."""
     try:
@@ -69,6 +78,7 @@ def write_report(folder: Path, plan: dict[str, Any], info: dict[str, Any], error
              f"{_pct(info.get('test_accuracy'))}; balanced: validation {_pct(info.get('val_balanced_accuracy'))}, "
              f"test {_pct(info.get('test_balanced_accuracy'))}{_worst(info.get('test_worst_class'), ' (worst test class ', ')')}",
              f"- {_imbalance(p)}",
+             f"- {_duplicates(p)}",
              f"- selection: {info.get('selection') or 'by validation accuracy'}",
              *[f"- {k}: validated by {cv['method']} cross-validation on {cv['images']} images: {_pct(cv['accuracy'])}"
                f" (95% CI {_pct(cv['ci95'][0])}-{_pct(cv['ci95'][1])}; folds {cv['fold_mean']:.3f} +- "

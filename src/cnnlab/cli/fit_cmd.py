@@ -33,9 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tuning-data", help="a validation source (default: held out from --data)")
     p.add_argument("--label-column", default="label", help="CSV source: the label column (default: label, else detected)")
     p.add_argument("--image-column", help="CSV source: the image-path column (default: auto-detected)")
-    p.add_argument("--drop-leaks", action="store_true",
+    # default None: not given (a resumed fit keeps its own and refuses a flag that differs from it)
+    p.add_argument("--drop-leaks", action="store_true", default=None,
                    help="remove training images that duplicate (exactly or nearly) a validation or test image")
-    p.add_argument("--no-calibrate", action="store_true",
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false", default=None,
                    help="fit no temperature on the validation split after training (default: fitted, Guo et al. "
                         "2017); the model cards then record temperature 1.0 and calibration off")
     add_json_flag(p, "the fit summary (fit.json)")
@@ -91,7 +92,7 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
     get_preset(args.preset)  # anything is loaded or written
     pred = ImagePredictor(label=args.label_column, path=args.resume or args.out, image_column=args.image_column)
     pred = pred.fit(args.data, args.tuning_data, time_limit=limit, presets=args.preset, log=log,  # the API's fit
-                    started_at=started_at, drop_leaks=args.drop_leaks, calibrate=not args.no_calibrate,
+                    started_at=started_at, drop_leaks=args.drop_leaks, calibrate=args.calibrate,
                     resume=bool(args.resume), backbone=args.backbone, backbone_weights=args.backbone_weights)
     if not current().is_main:
         return 0  # DDP: rank 0 wrote the fit folder and prints its summary

@@ -61,6 +61,13 @@ class DuplicateReport:
                 "cross_split_duplicates": self.cross_split, "near_max_distance": self.max_distance,
                 "leaked_train_images": len(self.train_leaks)}
 
+    def counts(self, *, removed: bool = False) -> dict[str, int]:
+        """The pairs found, the training images that duplicate a validation or test image, and how
+        many of them were removed (``removed``: ``check_splits(drop_leaks=True)`` took them out)."""
+        n = len(self.train_leaks)
+        return {"exact_pairs": len(self.exact), "near_pairs": len(self.near), "cross_split_pairs": len(self.cross_split),
+                "leaked_train_images": n, "leaked_train_images_removed": n if removed else 0}
+
     @property
     def found(self) -> bool:
         return bool(self.exact or self.near)
