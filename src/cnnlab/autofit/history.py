@@ -239,7 +239,8 @@ class PriorCorrections:
     def describe(self) -> str:
         if self.source is None:
             return f"priors: the bundled ones alone (history off: {HISTORY_ENV}=0)"
-        used = ", ".join(f"{k} {v['shift']:+.3f} ({int(v['records'])} records)" for k, v in self.by_kind.items())
+        used = ", ".join(f"{k} {v['shift']:+.3f} ({int(v['records'])} record{'s' if v['records'] != 1 else ''})"
+                         for k, v in self.by_kind.items())
         return (f"priors: corrected from this project's history ({self.source}): {used}" if used else
                 f"priors: the bundled ones ({self.records_read} history records, none of similar data)")
 
