@@ -8,7 +8,10 @@ Fixtures (names are stable; other test modules rely on them):
     once) and removes ``CNNLAB_NO_CACHE``. It also removes ``CNNLAB_CIFAR10``
     so that nothing reads a real CIFAR-10 copy by accident; a test that needs it sets it with
     ``monkeypatch.setenv`` (which wins, as it runs after this fixture). Tests marked
-    ``integration`` keep the caller's ``CNNLAB_CIFAR10``. Returns the home folder's path.
+    ``integration`` keep the caller's ``CNNLAB_CIFAR10``. The auto-fit priors' history
+    (``<home>/priors/history.jsonl``, cnnlab.autofit.history) is therefore a test's own: a
+    developer's ``CNNLAB_PRIORS_HISTORY`` is removed, and each integration test (which share a
+    home) gets a history file of its own through it. Returns the home folder's path.
 
 ``make_tree``
     A factory ``make_tree(root, classes=..., per_class=..., size=..., seed=..., suffix=".png")``
@@ -85,6 +88,9 @@ def isolated_home(
     else:
         home = tmp_path_factory.mktemp("cnnlab_home")
     monkeypatch.setenv("CNNLAB_HOME", str(home))
+    monkeypatch.delenv("CNNLAB_PRIORS_HISTORY", raising=False)
+    if request.node.get_closest_marker("integration") is not None:  # no fit plans from another test's results
+        monkeypatch.setenv("CNNLAB_PRIORS_HISTORY", str(tmp_path_factory.mktemp("priors") / "history.jsonl"))
     monkeypatch.delenv("CNNLAB_NO_CACHE", raising=False)
     if request.node.get_closest_marker("integration") is None:
         monkeypatch.delenv("CNNLAB_CIFAR10", raising=False)

@@ -278,3 +278,31 @@ def test_high_quality_trains_two_models_and_weighs_an_ensemble(make_tree, tmp_pa
     loaded = ImagePredictor.load(tmp_path / "fit")
     images = [str(root / "test" / "red" / "000.png")]
     assert np.allclose(loaded.predict_proba(images).to_numpy(), pred.predict_proba(images).to_numpy(), atol=1e-5)
+
+
+def test_a_fit_records_its_candidates_and_the_next_plan_reads_them(fitted, monkeypatch):
+    import cnnlab
+    from cnnlab.autofit import history, planner
+    from cnnlab.autofit.presets import get_preset
+    from cnnlab.autofit.profile import DataProfile
+
+    pred, _ = fitted
+    folder = Path(pred.fit_summary()["folder"])
+    monkeypatch.setenv("CNNLAB_HOME", str(folder.parent / "home"))  # the fit's own home (the fixture's)
+    plan = json.loads((folder / "plan.json").read_text())
+    frozen = next(c for c in plan["candidates"] if c["kind"] == "frozen")
+    assert plan["priors"]["records_read"] == 0 and frozen["prior_records"] == 0  # the first fit: nothing learnt yet
+    records = [json.loads(line) for line in history.history_path().read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["frozen"]  # one record per finished candidate
+    r = records[0]
+    assert r["actual_val_accuracy"] == pytest.approx(frozen["actual_val_accuracy"], abs=1e-4)
+    assert r["predicted_val_accuracy"] == pytest.approx(frozen["predicted_val_accuracy"], abs=1e-4)
+    assert (r["per_class"], r["num_classes"], r["epochs"]) == (plan["profile"]["per_class_min"], 3, frozen["actual_epochs"])
+    assert r["width"] is None and r["balanced"] is False and r["cnnlab_version"] == cnnlab.__version__
+    # the next plan on the same data reads it: the frozen base's prior moves by a sixth of its error
+    profile = DataProfile(**plan["profile"])
+    again = planner.make_plan(profile, get_preset("medium_quality"), time_limit=LIMIT, elapsed=lambda: 0.0,
+                              measure=lambda k: 100.0, precision="fp32", device="cpu", machine="test",
+                              log=lambda s: None, corrections=history.corrections_for(profile, balanced=False))
+    assert again.candidate("frozen").prior_records == 1 and again.priors["history"] == str(history.history_path())
+    assert again.candidate("frozen").prior_correction == pytest.approx(history.residual(r) / 6, abs=1e-4) != 0

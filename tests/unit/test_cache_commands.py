@@ -110,3 +110,16 @@ def test_stale_temporary_folders_are_swept(tiny_tree, isolated_home):
     os.utime(alive, (old, old))  # ... but nothing has written there for two days
     assert main(["cache", "clean"]) == 0
     assert not alive.exists() and len(_entries(isolated_home)) == 1
+
+
+def test_the_priors_history_is_listed_and_never_cleaned(make_tree, tmp_path, isolated_home, capsys):
+    from cnnlab.autofit import history
+
+    load_source(make_tree(tmp_path / "a", per_class=4))
+    record = {"kind": "frozen", "width": None, "per_class": 4, "epochs": 3, "num_classes": 3, "image_side": 16,
+              "actual_val_accuracy": 0.9, "balanced": False}
+    assert history.append([record, record])
+    assert main(["cache", "list"]) == 0
+    assert f"priors history: 2 records in {isolated_home / 'priors' / 'history.jsonl'}" in capsys.readouterr().out
+    assert main(["cache", "clean", "--all"]) == 0
+    assert _entries(isolated_home) == [] and len(history.load()) == 2

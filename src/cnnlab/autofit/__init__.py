@@ -7,9 +7,11 @@
    validation split when none is given (profile.VALIDATION_SHARE);
 2. plan (planner.py): measure this machine's speed for each candidate of the preset with the
    code that trains it (speed.py; candidates.py, presets.py) in at most 5% of the budget,
-   predict each one's time and validation accuracy (priors.py), choose (fast-net seeds
-   included) and share out the budget; plan.json;
-3. run the chosen candidates, each bounded by its share of the deadline (runner.py), with a
+   predict each one's time and validation accuracy (priors.py, corrected by this project's own
+   history of fits: history.py), choose (fast-net seeds included) and share out the budget;
+   plan.json;
+3. run the chosen candidates, each bounded by its share of the deadline (runner.py), each
+   finished one appended to the priors' history (history.py), with a
    greedy soup of the top-k checkpoints where the trainer keeps them (soup_step.py); time left
    goes to another seed of the best (budget.py); state.json lets a killed fit resume (state.py);
 4. an ensemble of the candidates weighted on validation when it helps (ensemble.py);

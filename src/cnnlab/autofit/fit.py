@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab.autofit import history
 from cnnlab.autofit import leaderboard as lb
 from cnnlab.autofit.budget import budget_use, fill as _fill
 from cnnlab.autofit import ranks
@@ -267,7 +268,8 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
             precision=precision.name, device=str(device), machine=machine_summary(), log=log, world_size=world,
             global_batch=ranks.global_batches(preset.kinds, len(train)) if world > 1 else None,
             excluded=ranks.unsupported(preset.kinds, len(train)),
-            fast_speed=lambda seconds: ladder[0](seconds)))
+            fast_speed=lambda seconds: ladder[0](seconds),
+            corrections=history.corrections_for(profile, balanced=metric == selection.BALANCED, log=log)))
         if ddp.current().is_main:
             plan.write(out / "plan.json")
     else:
@@ -368,6 +370,7 @@ def _fit_steps(predictor: Any, train_data: Any, tuning_data: Any, limit: float, 
         c.actual_val_accuracy, c.actual_test_accuracy = res.val_accuracy, res.test_accuracy
         c.actual_images_per_second = res.extra.get("actual_images_per_second")
         plan.write(out / "plan.json")
+        history.record(plan, c, res.run_dir, balanced=metric == selection.BALANCED, log=log)  # the priors learn
         if state is not None:
             state.write(running=None)
         results.append(res)

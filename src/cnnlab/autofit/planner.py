@@ -8,7 +8,9 @@ the cheapest to measure first, each only while its expected cost (:data:`PROBE_C
 share; a candidate left unmeasured (all of them, for a budget under a minute) gets the speed of the
 reference machine (:data:`REFERENCE_IPS`, 2-core Zen 3, fp32) scaled by how much faster or
 slower the measured ones ran here. From the speed it predicts each candidate's time
-(:func:`time_model`) and, from priors.py, its validation accuracy for the epochs that fit.
+(:func:`time_model`) and, from priors.py, its validation accuracy for the epochs that fit,
+corrected per kind by what this project's own history of fits says the kind delivered
+(history.py; plan.json records each correction and the records it came from).
 
 The choice: the candidate with the best predicted accuracy in all the time there is (the
 main one); then, when the preset allows more models, others that fit in the preset's
@@ -69,6 +71,8 @@ class CandidatePlan:
     predicted_seconds: float = 0.0
     predicted_val_accuracy: float = 0.0
     why: str = ""
+    prior_correction: float = 0.0  #: the history's shift of this kind's skill over chance (history.py)
+    prior_records: int = 0  #: ... from this many records of similar data
     # filled in by the runner
     status: str = "planned"
     actual_seconds: float | None = None
@@ -97,6 +101,7 @@ class FitPlan:
     world_size: int = 1  #: data-parallel processes (cnnlab fit --nproc-per-node); each trains every candidate
     global_batch: dict[str, int] = field(default_factory=dict)  #: per candidate, split evenly over the processes
     excluded: dict[str, str] = field(default_factory=dict)  #: candidates left out under data parallelism, why
+    priors: dict[str, Any] = field(default_factory=dict)  #: the history the priors were corrected from (history.py)
 
     def candidate(self, kind: str) -> CandidatePlan:
         return next(c for c in self.candidates if c.kind == kind)
@@ -174,17 +179,19 @@ def epochs_in(kind: str, seconds: float, fixed: float, per_epoch: float, n_train
 
 
 def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, bool]], available: float,
-           tta_views: int = 1, fast_speed: FastSpeed | None = None) -> list[CandidatePlan]:
+           tta_views: int = 1, fast_speed: FastSpeed | None = None, corrections: Any = None) -> list[CandidatePlan]:
     """Predict and choose (see the module docstring); pure: no clock, no measuring.
 
     ``fast_speed(seconds)`` -> (images/s, stem width) of the net the fast recipe picks for that
-    much time (from its measured ladder); without it, the fast net's measured speed at any width."""
+    much time (from its measured ladder); without it, the fast net's measured speed at any width.
+    ``corrections``: history.PriorCorrections (None: the bundled priors alone)."""
     n, nv, nt = profile.count, profile.val_count, profile.test_count
     side = max(profile.file_sizes.get("median", 0), profile.image_size)
 
     def acc(kind: str, epochs: float, width: int | None = None) -> float:
         return predicted_accuracy(kind, per_class=profile.per_class_min, epochs=epochs,
-                                  num_classes=profile.num_classes, image_side=side, width=width)
+                                  num_classes=profile.num_classes, image_side=side, width=width,
+                                  shift=corrections.shift(kind) if corrections is not None else 0.0)
 
     def speed_of(kind: str, seconds: float) -> tuple[float, int | None]:
         if kind == "fastnet" and fast_speed is not None:
@@ -205,6 +212,8 @@ def choose(profile: DataProfile, preset: Preset, speeds: dict[str, tuple[float, 
 
     plans = {k: CandidatePlan(k, speeds[k][0], speeds[k][1]) for k in preset.kinds}
     for k, c in plans.items():
+        if corrections is not None:
+            c.prior_correction, c.prior_records = corrections.shift(k), corrections.records(k)
         c.epochs, c.predicted_seconds, c.predicted_val_accuracy = fit_in(k, available)
         c.feasible = c.predicted_val_accuracy > 0
         if not c.feasible:
@@ -276,6 +285,7 @@ def _seeds(main: CandidatePlan, most: int, seconds: float, fit_in: Callable[[str
         c.epochs, c.predicted_seconds, c.share_seconds = e, seconds / best_k, seconds / best_k
         c.images_per_second = speed_of(main.kind, seconds / best_k)[0]
         c.predicted_val_accuracy, c.why = a, why.format(i)
+        c.prior_correction, c.prior_records = main.prior_correction, main.prior_records
         runs.append(c)
     return runs[1:]
 
@@ -289,13 +299,15 @@ def run_order(cands: list[CandidatePlan]) -> list[str]:
 def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapsed: Callable[[], float],
               measure: Callable[[str], float], precision: str, device: str, machine: str,
               log: Callable[[str], None] = print, world_size: int = 1, global_batch: dict[str, int] | None = None,
-              excluded: dict[str, str] | None = None, fast_speed: FastSpeed | None = None) -> FitPlan:
+              excluded: dict[str, str] | None = None, fast_speed: FastSpeed | None = None,
+              corrections: Any = None) -> FitPlan:
     """Measure (within PROBE_SHARE of the budget), predict, choose. ``elapsed()``: seconds since the
     fit began (the caller's clock: tests pass a fake one). ``measure(kind)`` -> images/s;
     ``fast_speed``: the fast net's measured ladder (speed.FastLadder), used once it is measured.
 
     ``excluded``: candidates that cannot train here (data parallelism: ranks.unsupported), and
-    why; they are neither measured nor chosen."""
+    why; they are neither measured nor chosen. ``corrections``: history.PriorCorrections, the
+    priors' corrections from this project's own results (None: the bundled priors alone)."""
     from cnnlab.autofit.priors import predicted_accuracy as prior
     from cnnlab.errors import ConfigError
 
@@ -331,11 +343,14 @@ def make_plan(profile: DataProfile, preset: Preset, *, time_limit: float, elapse
     available = max(1.0, time_limit - elapsed() - reserve)
     views = {"none": 1, "flip": 2, "flip_translate": 6}[preset.tta]
     ladder = fast_speed if speeds.get("fastnet", (0.0, False))[1] else None
-    cands = choose(profile, preset, speeds, available, views, fast_speed=ladder)
+    cands = choose(profile, preset, speeds, available, views, fast_speed=ladder, corrections=corrections)
     plan = FitPlan(time_limit=time_limit, preset=preset.name, precision=precision, device=device, machine=machine,
                    profile=profile.to_dict(), probe_seconds=round(probe, 2), available_seconds=round(available, 1),
                    reserve_seconds=round(reserve, 1), candidates=cands, order=run_order(cands),
-                   world_size=world_size, global_batch=dict(global_batch or {}), excluded=excluded)
+                   world_size=world_size, global_batch=dict(global_batch or {}), excluded=excluded,
+                   priors=corrections.to_dict() if corrections is not None else {})
+    if corrections is not None:
+        log(corrections.describe())
     for line in plan.describe():
         log(line)
     return plan

@@ -1,4 +1,7 @@
-"""cnnlab cache list / clean: the decoded-pixel and feature caches under $CNNLAB_HOME (data/cache.py)."""
+"""cnnlab cache list / clean: the decoded-pixel and feature caches under $CNNLAB_HOME (data/cache.py).
+
+The auto-fit priors' history (``$CNNLAB_HOME/priors/history.jsonl``, cnnlab.autofit.history) is
+no cache: ``list`` names it and its record count, ``clean`` never deletes it."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="list or clean the decoded-pixel and feature caches",
                        description="cnnlab keeps each data source's decoded pixels (and frozen-backbone features) "
                                    "under $CNNLAB_HOME (default ~/.cache/cnnlab), at most CNNLAB_CACHE_MAX_GB "
-                                   "(default 50) together; the least recently used entries go first.")
+                                   "(default 50) together; the least recently used entries go first. The auto-fit "
+                                   "priors' history under $CNNLAB_HOME/priors is no cache: listed, never cleaned.")
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION")
     csub.required = True
     q = csub.add_parser("list", help="every cache entry: kind, size, last use, images, source")
@@ -42,7 +46,18 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     print_table(rows, ["kind", "key", "size_mb", "last_use", "images", "source"])
     print(f"{_total(rows)} in {cnnlab_home()} (cap {cache.max_bytes() / 1e9:g} GB: CNNLAB_CACHE_MAX_GB)")
+    _history_line()
     return 0
+
+
+def _history_line() -> None:
+    """The auto-fit priors' history, which ``clean`` keeps (cnnlab.autofit.history)."""
+    from cnnlab.autofit import history
+
+    path = history.history_path()
+    if path is not None and path.is_file():
+        print(f"priors history: {len(history.load(path))} records in {path} (auto-fit learns from it; "
+              f"not a cache: `cnnlab cache clean` keeps it; {history.HISTORY_ENV}=0 turns it off)")
 
 
 def run_clean(args: argparse.Namespace) -> int:
