@@ -37,7 +37,6 @@ from cnnlab.autofit.candidates import build_config  # noqa: E402
 from cnnlab.autofit.profile import load_bundle  # noqa: E402
 from cnnlab.autofit.runner import run_candidate  # noqa: E402
 from cnnlab.data.split import split_train_val  # noqa: E402
-from cnnlab.predictor import ImagePredictor  # noqa: E402
 from cnnlab.utils.hardware import machine_summary  # noqa: E402
 
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 cis.append(res.extra["cv"]["ci95"])
                 tr, val = split_train_val(part, 0.2, "stratified", d)  # the fit's split at this size
                 cfg = build_config("frozen", seconds=600, epochs=30, seed=d)
-                fr = run_candidate("frozen", cfg, tr, val, test, Path(tmp) / f"fz-{n}-{d}", predictor_cls=ImagePredictor,
+                fr = run_candidate("frozen", cfg, tr, val, test, Path(tmp) / f"fz-{n}-{d}",
                                    end=time.monotonic() + 1e6, eval_seconds=0.0, log=quiet)
                 fz.append(fr.test_accuracy)
                 print(f"  {n:2d}/class draw {d}: fewshot test {res.test_accuracy:.4f} (CV {res.extra['cv']['accuracy']:.3f},"
