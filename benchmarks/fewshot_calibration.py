@@ -26,15 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cnnlab.autofit import fewshot  # noqa: E402
-from cnnlab.autofit.profile import load_bundle  # noqa: E402
 from cnnlab.evaluation.calibration import fit_temperature, uncalibrated  # noqa: E402
 from cnnlab.utils.hardware import machine_summary  # noqa: E402
-
-
-def sample(train, per_class: int, seed: int):
-    rng = np.random.default_rng(seed)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(train.y == c))[:per_class] for c in range(train.num_classes)])
-    return train.subset(np.sort(idx))
+from fewshot_photos import load_photos, sample  # noqa: E402  (the same draws and photo folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,12 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--draws", type=int, default=3)
     args = ap.parse_args(argv)
-    if not Path(args.data).exists():
-        from make_photo_set import build_photo_set
-
-        build_photo_set(args.data, train_per_source=8, test_per_source=8, seed=0)
-    bundle, _ = load_bundle(args.data, log=lambda s: None)
-    train, test = bundle.train, bundle.test
+    train, test = load_photos(args.data)
     print(f"photos: {len(train)} train, {len(test)} test, classes {train.class_names}")
     print("| images a class | draw | temperature | out-of-fold ECE before -> after | test ECE before -> after "
           "| CV accuracy | test accuracy | oracle T on test |")

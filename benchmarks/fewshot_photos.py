@@ -46,18 +46,23 @@ def sample(train, per_class: int, seed: int):
     return train.subset(np.sort(idx))
 
 
+def load_photos(folder: str):
+    """(train, test) of the photo folder, built first (make_photo_set.py, 8 + 8 crops a source) if absent."""
+    if not Path(folder).exists():
+        from make_photo_set import build_photo_set
+
+        build_photo_set(folder, train_per_source=8, test_per_source=8, seed=0)
+    bundle, _ = load_bundle(folder, log=lambda s: None)
+    return bundle.train, bundle.test
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="runs/photos-fewshot")
     ap.add_argument("--per-class", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--draws", type=int, default=3)
     args = ap.parse_args(argv)
-    if not Path(args.data).exists():
-        from make_photo_set import build_photo_set
-
-        build_photo_set(args.data, train_per_source=8, test_per_source=8, seed=0)
-    bundle, _ = load_bundle(args.data, log=lambda s: None)
-    train, test = bundle.train, bundle.test
+    train, test = load_photos(args.data)
     print(f"photos: {len(train)} train, {len(test)} test, classes {train.class_names} "
           f"(train {np.bincount(train.y).tolist()}, test {np.bincount(test.y).tolist()})")
     quiet = lambda s: None  # noqa: E731

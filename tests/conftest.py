@@ -119,6 +119,30 @@ def _write_tree(
             Image.fromarray(pixels).save(folder / f"{i:03d}{suffix}")
     return root
 
+TINY_RUN_CFG = {"name": "t", "seed": 0, "model": {"arch": "test_resnet"},
+                "train": {"epochs": 1, "batch_size": 8, "precision": "fp32", "optimizer": {"name": "adam", "lr": 3e-3}}}
+
+
+def train_tiny_run(root: Path, per_class: int = 6) -> tuple[Path, Path]:
+    """A 3-class PNG tree under ``root/tree`` and a one-epoch test_resnet trained on it in
+    ``root/run`` (its own CNNLAB_HOME, one thread): (run folder, tree). For module fixtures."""
+    import torch
+
+    from cnnlab import api
+
+    tree = _write_tree(root / "tree", per_class=per_class)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_HOME", str(root / "home"))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            api.train(TINY_RUN_CFG, data=str(tree), run_dir=root / "run", progress=False, log=lambda s: None,
+                      evaluate_test=False)
+        finally:
+            torch.set_num_threads(threads)
+    return root / "run", tree
+
+
 
 def photo_set_builder():
     """benchmarks/make_photo_set.py as a module (real photos from scikit-learn, cropped at mixed sizes

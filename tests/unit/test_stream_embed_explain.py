@@ -9,34 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("timm")
 pytest.importorskip("captum")
 
-from cnnlab import api  # noqa: E402
 from cnnlab.cli.main import main  # noqa: E402
 from cnnlab.errors import ConfigError, DataError  # noqa: E402
-from conftest import _write_tree  # noqa: E402
-
-CFG = {"name": "t", "seed": 0, "model": {"arch": "test_resnet"},
-       "train": {"epochs": 1, "batch_size": 8, "precision": "fp32", "optimizer": {"name": "adam", "lr": 3e-3}}}
-
+from conftest import train_tiny_run  # noqa: E402
 
 @pytest.fixture(scope="module")
 def run_and_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream_embed")
-    tree = _write_tree(root / "tree", per_class=6)  # 18 images; a/000.png, b/000.png ...: stems repeat
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNLAB_HOME", str(root / "home"))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            api.train(CFG, data=str(tree), run_dir=root / "run", progress=False, log=lambda s: None,
-                      evaluate_test=False)
-        finally:
-            torch.set_num_threads(threads)
-    return root / "run", tree
+    return train_tiny_run(tmp_path_factory.mktemp("stream_embed"), per_class=6)  # 18 images; a/000.png, b/000.png ...: stems repeat
 
 
 def _files(tree: Path) -> list[Path]:
